@@ -1,0 +1,164 @@
+"""The action lifecycle (DESIGN.md "Action lifecycle") and the driver interface.
+
+An action is pure planning: ``plan(params, current)`` looks at the serving
+policy and returns a ``Plan`` of field changes, with no side effects. Apply,
+verify and revert are the same for every action, because a plan is a list of
+absolute values: writing ``after`` twice is the same as once (idempotent), and
+revert writes ``before`` back only where nobody changed the field since.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from actions.policy import ROUTE_FIELDS, ServingPolicy
+from bot.errors import InputError
+
+
+class FieldChange(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    route: str
+    field: str
+    before: Any = None
+    after: Any = None
+
+
+class Plan(BaseModel):
+    """Everything needed to apply, verify and revert one change, persisted before apply."""
+
+    action: str
+    target: str
+    params: dict[str, Any]
+    changes: list[FieldChange] = Field(default_factory=list)
+    summary: str = ""
+
+    @property
+    def routes(self) -> list[str]:
+        return sorted({c.route for c in self.changes})
+
+    @property
+    def noop(self) -> bool:
+        return not self.changes
+
+    def updates(self, side: Literal["before", "after"]) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        for c in self.changes:
+            out.setdefault(c.route, {})[c.field] = getattr(c, side)
+        return out
+
+    def diff(self) -> str:
+        """A readable before/after diff, one ``-``/``+`` pair per changed field."""
+        if self.noop:
+            return "  (no change: the target already has these values)"
+        order = {f: i for i, f in enumerate(ROUTE_FIELDS)}
+        lines = [f"# {self.target}: {self.summary}" if self.summary else f"# {self.target}"]
+        for c in sorted(self.changes, key=lambda c: (c.route, order.get(c.field, 99))):
+            lines.append(f"- routes.{c.route}.{c.field}: {_show(c.before)}")
+            lines.append(f"+ routes.{c.route}.{c.field}: {_show(c.after)}")
+        return "\n".join(lines)
+
+
+def _show(value: Any) -> str:
+    return json.dumps(value, sort_keys=True)
+
+
+@runtime_checkable
+class ServingDriver(Protocol):
+    """The one narrow interface to a serving stack (policy file, HTTP API, LiteLLM...).
+
+    ``write`` sets absolute values (idempotent). A driver that changes routes one
+    at a time and fails part-way raises ``PartialApplyError`` naming the routes
+    it already changed, so the runner can put them back.
+    """
+
+    name: str
+
+    async def read(self) -> ServingPolicy: ...
+
+    async def write(self, updates: dict[str, dict[str, Any]], *, reason: str) -> None: ...
+
+
+class Action(ABC):
+    """One mitigation from the catalog. Subclasses define ``Params`` and ``changes``."""
+
+    name: ClassVar[str]
+    title: ClassVar[str]
+    Params: ClassVar[type[BaseModel]]
+
+    def parse_params(self, raw: dict[str, Any]) -> BaseModel:
+        try:
+            return self.Params.model_validate(raw)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            where = ".".join(str(p) for p in err["loc"]) or "<params>"
+            raise InputError(
+                f"action '{self.name}': {where}: {err['msg']}",
+                hint=f"parameters of {self.name}: {', '.join(self.Params.model_fields)}",
+            ) from None
+
+    @abstractmethod
+    def changes(self, params: Any, current: ServingPolicy) -> tuple[dict[str, dict[str, Any]], str]:
+        """Return ``({route: {field: new_value}}, summary)``; raise InputError if unsafe."""
+
+    def plan(self, raw_params: dict[str, Any], current: ServingPolicy, *, target: str) -> Plan:
+        params = self.parse_params(raw_params)
+        wanted, summary = self.changes(params, current)
+        # Validate the resulting policy as a whole (e.g. traffic weights sum to 1).
+        try:
+            current.with_values(wanted)
+        except ValidationError as exc:
+            raise InputError(f"action '{self.name}' would write an invalid policy: {exc}") from None
+        changes = [
+            FieldChange(route=route, field=f, before=current.get(route, f), after=value)
+            for route, fields in wanted.items()
+            for f, value in fields.items()
+            if current.get(route, f) != value
+        ]
+        return Plan(
+            action=self.name,
+            target=target,
+            params=params.model_dump(mode="json"),
+            changes=changes,
+            summary=summary,
+        )
+
+    async def apply(self, plan: Plan, driver: ServingDriver, *, reason: str) -> None:
+        if not plan.noop:
+            await driver.write(plan.updates("after"), reason=reason)
+
+    async def verify(self, plan: Plan, driver: ServingDriver) -> list[str]:
+        """Read back; return the fields that do not hold the planned value (empty = ok)."""
+        now = await driver.read()
+        return [
+            f"routes.{c.route}.{c.field} is {_show(now.get(c.route, c.field))}, "
+            f"expected {_show(c.after)}"
+            for c in plan.changes
+            if now.get(c.route, c.field) != c.after
+        ]
+
+    async def revert(self, plan: Plan, driver: ServingDriver, *, reason: str) -> list[str]:
+        """Put ``before`` back where the field still holds our ``after``.
+
+        Returns the fields left alone because someone changed them since; the
+        runner records them so a human can decide.
+        """
+        now = await driver.read()
+        restore: dict[str, dict[str, Any]] = {}
+        drifted: list[str] = []
+        for c in plan.changes:
+            value = now.get(c.route, c.field)
+            if value == c.after:
+                restore.setdefault(c.route, {})[c.field] = c.before
+            elif value != c.before:
+                drifted.append(
+                    f"routes.{c.route}.{c.field} changed since apply "
+                    f"(now {_show(value)}); left as is"
+                )
+        if restore:
+            await driver.write(restore, reason=reason)
+        return drifted

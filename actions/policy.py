@@ -1,0 +1,74 @@
+"""The serving policy: the common language between the bot and a gateway.
+
+Drivers write it; the sandbox gateway and the LiteLLM pre-call hook read it on
+every request. The file format is fixed by DESIGN.md ("Serving policy file").
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+# The route settings an action may change, in the order diffs show them.
+ROUTE_FIELDS: tuple[str, ...] = (
+    "enabled",
+    "max_output_tokens",
+    "max_concurrency",
+    "fallback",
+    "prompt_version",
+    "traffic",
+)
+
+
+class RoutePolicy(BaseModel):
+    """What a gateway must enforce for one route (a LiteLLM ``model_name``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    max_output_tokens: int | None = Field(default=None, gt=0)
+    max_concurrency: int | None = Field(default=None, gt=0)
+    fallback: str | None = None
+    prompt_version: str | None = None
+    # Weights per model behind the route; empty means "the route's own default".
+    traffic: dict[str, float] = Field(default_factory=dict)
+    # Routes sharing a group serve the same callers; the blast-radius guard never
+    # leaves a group without an enabled route (or an enabled fallback).
+    group: str | None = None
+
+    @field_validator("traffic")
+    @classmethod
+    def _weights_sum_to_one(cls, v: dict[str, float]) -> dict[str, float]:
+        if not v:
+            return v
+        if any(w < 0 for w in v.values()):
+            raise ValueError("traffic weights must be >= 0")
+        total = sum(v.values())
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"traffic weights must sum to 1.0, got {total:g}")
+        return v
+
+
+class ServingPolicy(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: Literal[1] = 1
+    routes: dict[str, RoutePolicy] = Field(default_factory=dict)
+    updated_at: datetime | None = None
+    updated_by: str | None = None
+
+    def route(self, name: str) -> RoutePolicy:
+        """The route's policy; a route the file does not list has the defaults."""
+        return self.routes.get(name, RoutePolicy())
+
+    def get(self, route: str, field: str) -> Any:
+        return getattr(self.route(route), field)
+
+    def with_values(self, updates: dict[str, dict[str, Any]]) -> ServingPolicy:
+        """A copy with ``{route: {field: value}}`` set, validated as a whole."""
+        data = self.model_dump(mode="json")
+        for route, fields in updates.items():
+            data["routes"].setdefault(route, {}).update(fields)
+        return ServingPolicy.model_validate(data)

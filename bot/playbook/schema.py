@@ -1,0 +1,250 @@
+"""The playbook schema: the single source for validation and the exported JSON Schema.
+
+``playbooks/playbook.schema.json`` is generated from ``Playbook`` by
+``llm-incident schema`` (a test fails when the file is stale), and every shipped
+playbook points editors at it with a ``yaml-language-server`` comment.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+
+INCIDENT_CLASSES = (
+    "runaway_cost",
+    "latency_spike",
+    "malformed_output",
+    "context_overflow",
+    "safety_regression",
+    "provider_errors",
+    "bad_routing",
+    "quality_degradation",
+)
+IncidentClass = Literal[
+    "runaway_cost",
+    "latency_spike",
+    "malformed_output",
+    "context_overflow",
+    "safety_regression",
+    "provider_errors",
+    "bad_routing",
+    "quality_degradation",
+]
+Severity = Literal["critical", "high", "warning", "info"]
+
+_DURATION = re.compile(r"^\s*(\d+)\s*(s|m|h|d)\s*$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(value: Any) -> timedelta:
+    """``30s``, ``10m``, ``2h``, ``1d`` (or a number of seconds) -> timedelta."""
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
+        return timedelta(seconds=value)
+    if isinstance(value, str) and (m := _DURATION.match(value)):
+        return timedelta(seconds=int(m.group(1)) * _UNITS[m.group(2)])
+    raise ValueError(f"not a duration: {value!r} (use e.g. 30s, 10m, 2h, 1d)")
+
+
+def format_duration(td: timedelta) -> str:
+    secs = int(td.total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if secs and secs % size == 0:
+            return f"{secs // size}{unit}"
+    return f"{secs}s"
+
+
+Duration = Annotated[
+    timedelta,
+    BeforeValidator(parse_duration),
+    PlainSerializer(format_duration, return_type=str),
+    WithJsonSchema({"type": "string", "pattern": r"^\d+(s|m|h|d)$", "examples": ["10m"]}),
+]
+
+
+class _Strict(BaseModel):
+    # Unknown keys are errors: a typo such as `aproval` must not be silently ignored.
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+# --- match -------------------------------------------------------------------------
+
+
+class Condition(_Strict):
+    """One test on an alert. Exactly one of the forms below.
+
+    ``{alertname: X}``, ``{label: k, equals: v}``, ``{label: k, regex: r}`` (full
+    match), ``{label: k, in: [a, b]}``, ``{label: k, absent: true}``.
+    """
+
+    alertname: str | None = None
+    label: str | None = None
+    equals: str | None = None
+    regex: str | None = None
+    in_: list[str] | None = Field(default=None, alias="in")
+    absent: bool | None = None
+
+    @model_validator(mode="after")
+    def _one_form(self) -> Condition:
+        tests = [n for n in ("equals", "regex", "in_", "absent") if getattr(self, n) is not None]
+        if self.alertname is not None:
+            if self.label is not None or tests:
+                raise ValueError("alertname stands alone; use a separate condition for labels")
+            return self
+        if self.label is None:
+            raise ValueError("a condition needs `alertname` or `label`")
+        if len(tests) != 1:
+            raise ValueError("a label condition needs exactly one of equals, regex, in, absent")
+        if self.regex is not None:
+            try:
+                re.compile(self.regex)
+            except re.error as exc:
+                raise ValueError(f"bad regex {self.regex!r}: {exc}") from None
+        return self
+
+    def describe(self) -> str:
+        if self.alertname is not None:
+            return f"alertname = {self.alertname}"
+        if self.equals is not None:
+            return f"{self.label} = {self.equals}"
+        if self.regex is not None:
+            return f"{self.label} =~ /{self.regex}/"
+        if self.in_ is not None:
+            return f"{self.label} in [{', '.join(self.in_)}]"
+        return f"{self.label} is absent"
+
+
+class Match(_Strict):
+    """The playbook applies when every ``all`` condition holds and, if ``any`` is
+    given, at least one ``any`` condition holds."""
+
+    any: list[Condition] = Field(default_factory=list)
+    all: list[Condition] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> Match:
+        if not self.any and not self.all:
+            raise ValueError("match needs at least one condition in `any` or `all`")
+        return self
+
+
+# --- guards ------------------------------------------------------------------------
+
+
+class MaxRuns(_Strict):
+    count: int = Field(ge=1)
+    window: Duration
+
+
+class BlastRadius(_Strict):
+    max_routes: int = Field(default=1, ge=1, description="most routes one run may change")
+    keep_serving: bool = Field(
+        default=True,
+        description="refuse a change that leaves a route group with no enabled route "
+        "and no enabled fallback",
+    )
+
+
+_EXPECT = re.compile(r"^\s*(<=|>=|==|!=|<|>)\s*(-?\d+(\.\d+)?([eE]-?\d+)?)\s*$")
+
+
+class Verify(_Strict):
+    query: str = Field(min_length=1, description="PromQL instant query; a template")
+    expect: str = Field(description="comparison every returned sample must pass, e.g. '< 0.05'")
+    within: Duration = Field(description="how long the metric has to recover")
+    on_fail: Literal["revert", "escalate"] = "revert"
+
+    @field_validator("expect")
+    @classmethod
+    def _expect_form(cls, v: str) -> str:
+        if not _EXPECT.match(v):
+            raise ValueError(f"expect must look like '< 0.05' or '>= 1', got {v!r}")
+        return v
+
+    def expectation(self) -> tuple[str, float]:
+        m = _EXPECT.match(self.expect)
+        assert m  # validated above
+        return m.group(1), float(m.group(2))
+
+
+class Guard(_Strict):
+    approval: Literal["none", "oncall", "two_person"] = "oncall"
+    auto: bool = Field(default=False, description="may run without a human once guards pass")
+    dry_run: bool = Field(default=False, description="plan and record only, never apply")
+    cooldown: Duration | None = None
+    max_runs: MaxRuns | None = None
+    ttl: Duration | None = Field(default=None, description="revert automatically after this")
+    blast_radius: BlastRadius = Field(default_factory=BlastRadius)
+    verify: Verify | None = None
+
+    @model_validator(mode="after")
+    def _auto_needs_no_human(self) -> Guard:
+        if self.auto and self.approval != "none":
+            raise ValueError("auto: true needs approval: none (an approval needs a human)")
+        return self
+
+
+# --- playbook ----------------------------------------------------------------------
+
+
+class Step(_Strict):
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
+    title: str
+    action: str = Field(description="an action from the catalog, e.g. cap_output_length")
+    with_: dict[str, Any] = Field(
+        default_factory=dict, alias="with", description="action arguments; strings are templates"
+    )
+    target: str = Field(default="default", description="which configured serving target")
+    guard: Guard = Field(default_factory=Guard)
+
+
+class DiagnoseQuery(_Strict):
+    title: str
+    query: str = Field(description="PromQL shown to humans; a template")
+
+
+class Playbook(_Strict):
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
+    title: str
+    class_: IncidentClass = Field(alias="class")
+    severity: Severity
+    summary: str = ""
+    match: Match
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="named values rendered from the alert; templates"
+    )
+    diagnose: list[DiagnoseQuery] = Field(default_factory=list)
+    steps: list[Step] = Field(min_length=1)
+
+    @field_validator("steps")
+    @classmethod
+    def _unique_step_ids(cls, steps: list[Step]) -> list[Step]:
+        seen: set[str] = set()
+        for s in steps:
+            if s.id in seen:
+                raise ValueError(f"duplicate step id '{s.id}'")
+            seen.add(s.id)
+        return steps
+
+    def step(self, step_id: str) -> Step | None:
+        return next((s for s in self.steps if s.id == step_id), None)
+
+
+def json_schema() -> dict[str, Any]:
+    schema = Playbook.model_json_schema(by_alias=True)
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "llm-incident playbook"
+    return schema

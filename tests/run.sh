@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The project's one test command (the README quotes it, .ci/run calls it).
+# It installs what the tests need on a fresh machine, then runs the linter, the
+# import contracts and every test tier. Integration tests never skip here.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v prometheus >/dev/null || need_apt+=(prometheus)
+command -v promtool >/dev/null || need_apt+=(prometheus)
+command -v prometheus-alertmanager >/dev/null || need_apt+=(prometheus-alertmanager)
+if ((${#need_apt[@]})); then
+  if [[ $(id -u) -ne 0 ]]; then SUDO=sudo; else SUDO=; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
+    "${need_apt[@]}" >/dev/null
+fi
+
+python3 -m pip install -q -e '.[test]'
+
+echo "== ruff"; python3 -m ruff check bot actions drills tests bench
+echo "== import contracts"; lint-imports
+echo "== pytest"
+export LLM_INCIDENT_REQUIRE_INTEGRATION=1
+python3 -m pytest "$@"
