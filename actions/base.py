@@ -71,7 +71,8 @@ def _show(value: Any) -> str:
 class ServingDriver(Protocol):
     """The one narrow interface to a serving stack (policy file, HTTP API, LiteLLM...).
 
-    ``write`` sets absolute values (idempotent). A driver that changes routes one
+    ``write`` sets absolute values (idempotent); ``action`` names the catalog
+    action the values come from, for drivers that map actions to API calls. A driver that changes routes one
     at a time and fails part-way raises ``PartialApplyError`` naming the routes
     it already changed, so the runner can put them back.
     """
@@ -80,7 +81,23 @@ class ServingDriver(Protocol):
 
     async def read(self) -> ServingPolicy: ...
 
-    async def write(self, updates: dict[str, dict[str, Any]], *, reason: str) -> None: ...
+    async def write(
+        self, updates: dict[str, dict[str, Any]], *, reason: str, action: str
+    ) -> None: ...
+
+
+class Sample(BaseModel):
+    """One element of a PromQL instant-query result."""
+
+    labels: dict[str, str] = Field(default_factory=dict)
+    value: float
+
+
+@runtime_checkable
+class MetricsSource(Protocol):
+    """Where verification queries go (Prometheus in production, a fake in tests)."""
+
+    async def query(self, promql: str) -> list[Sample]: ...
 
 
 class Action(ABC):
@@ -129,7 +146,7 @@ class Action(ABC):
 
     async def apply(self, plan: Plan, driver: ServingDriver, *, reason: str) -> None:
         if not plan.noop:
-            await driver.write(plan.updates("after"), reason=reason)
+            await driver.write(plan.updates("after"), reason=reason, action=self.name)
 
     async def verify(self, plan: Plan, driver: ServingDriver) -> list[str]:
         """Read back; return the fields that do not hold the planned value (empty = ok)."""
@@ -160,5 +177,5 @@ class Action(ABC):
                     f"(now {_show(value)}); left as is"
                 )
         if restore:
-            await driver.write(restore, reason=reason)
+            await driver.write(restore, reason=reason, action=self.name)
         return drifted
