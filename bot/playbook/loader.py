@@ -1,0 +1,313 @@
+"""Load and lint playbook files, reporting every problem with its file, line and field.
+
+Parsing keeps line numbers (``bot.playbook.yamlsource``), so every schema error
+points at the line of its key. Beyond the schema, the loader checks
+what pydantic cannot: actions exist in the catalog, a step's ``with`` uses
+exactly its action's parameters, and every template parses, is allowed, and
+reads only params the playbook defines.
+
+``PlaybookRegistry`` holds the current good set: a reload that finds any
+problem keeps the last good set in force, so a typo pushed during an incident
+never leaves the bot without playbooks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from actions.catalog import CATALOG
+from bot.errors import NotFound, PlaybookError, Problem, TemplateError
+from bot.playbook.render import TemplateLineError, inspect_template
+from bot.playbook.schema import Playbook
+from bot.playbook.yamlsource import (
+    KeyPath,
+    YamlDocument,
+    allowed_keys,
+    format_path,
+    parse_yaml,
+    suggest,
+    validation_problems,
+)
+
+ALERT_NAMES = frozenset({"alert", "labels", "annotations"})
+_MAX_NODES = 100_000  # aliases can make a small file expand into a huge tree
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+# --- checks beyond the schema --------------------------------------------------------
+
+
+def _strings(value: Any, path: KeyPath) -> Iterator[tuple[KeyPath, str]]:
+    if isinstance(value, str):
+        yield path, value
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield from _strings(v, (*path, str(k)))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _strings(v, (*path, i))
+
+
+def _at(doc: YamlDocument, path: KeyPath, msg: str, hint: str | None = None, **kw: Any) -> Problem:
+    line = kw["line"] if "line" in kw else doc.line_of(path)
+    return Problem(doc.file, line, format_path(path), msg, hint)
+
+
+def _template_problems(
+    doc: YamlDocument, path: KeyPath, text: str, defined: set[str] | None
+) -> list[Problem]:
+    """``defined`` is None for params templates, which see the alert but not params."""
+    try:
+        info = inspect_template(text)
+    except TemplateLineError as exc:
+        return [_at(doc, path, exc.message, exc.hint, line=doc.value_line(path, exc.lineno))]
+    except TemplateError as exc:
+        return [_at(doc, path, exc.message, exc.hint, line=doc.value_line(path))]
+    line = doc.value_line(path)
+    allowed = ALERT_NAMES if defined is None else ALERT_NAMES | {"params"}
+    out = []
+    for name in sorted(info.names - allowed):
+        if name == "params":
+            msg, hint = "params templates cannot read params", "read the alert: labels.x, alert.y"
+        else:
+            msg, hint = f"unknown name '{name}'", suggest(name, sorted(allowed), "templates read")
+        out.append(_at(doc, path, msg, hint, line=line))
+    for name in sorted(info.params - defined) if defined is not None else ():
+        msg = f"reads params.{name}, but the playbook defines no param '{name}'"
+        hint = suggest(name, sorted(defined), "defined params") if defined else None
+        out.append(_at(doc, path, msg, hint or "define it under `params:`", line=line))
+    return out
+
+
+def _args_problems(doc: YamlDocument, base: KeyPath, action: str, args: dict) -> list[Problem]:
+    """A step's ``with`` must use exactly its action's parameters."""
+    model = CATALOG[action].Params
+    known = allowed_keys(model)
+    out = [
+        _at(doc, (*base, "with", str(key)), f"unknown argument '{key}' for action '{action}'",
+            suggest(str(key), known, f"arguments of {action}"))
+        for key in args
+        if str(key) not in known
+    ]  # fmt: skip
+    out += [
+        _at(doc, (*base, "with"), f"action '{action}' needs argument '{key}'",
+            f"add `{key}:` under `with:`")
+        for key in (f.alias or n for n, f in model.model_fields.items() if f.is_required())
+        if key not in args
+    ]  # fmt: skip
+    if not out and not any("{{" in s or "{%" in s for _, s in _strings(args, ())):
+        # Nothing to render: validate the arguments now rather than mid-incident.
+        try:
+            model.model_validate(args)
+        except ValidationError as exc:
+            out += validation_problems(exc, doc, model, (*base, "with"))
+    return out
+
+
+def _step_problems(doc: YamlDocument, i: int, step: dict, defined: set[str]) -> list[Problem]:
+    out: list[Problem] = []
+    base: KeyPath = ("steps", i)
+    args = step.get("with") if isinstance(step.get("with"), dict) else {}
+    action = step.get("action")
+    if isinstance(action, str) and action not in CATALOG:
+        hint = suggest(action, sorted(CATALOG), "actions in the catalog")
+        out.append(_at(doc, (*base, "action"), f"unknown action '{action}'", hint))
+    elif isinstance(action, str):
+        out += _args_problems(doc, base, action, args)
+    for path, text in _strings(args, (*base, "with")):
+        out += _template_problems(doc, path, text, defined)
+    guard = step.get("guard")
+    verify = guard.get("verify") if isinstance(guard, dict) else None
+    if isinstance(verify, dict) and isinstance(verify.get("query"), str):
+        path = (*base, "guard", "verify", "query")
+        out += _template_problems(doc, path, verify["query"], defined)
+    return out
+
+
+def _semantic_problems(doc: YamlDocument) -> list[Problem]:
+    data: dict[str, Any] = doc.data
+    out: list[Problem] = []
+    params = data.get("params") if isinstance(data.get("params"), dict) else {}
+    defined = {str(k) for k in params}
+    for path, text in _strings(params, ("params",)):
+        out += _template_problems(doc, path, text, None)
+    diagnose = data.get("diagnose")
+    for i, item in enumerate(diagnose if isinstance(diagnose, list) else []):
+        if isinstance(item, dict) and isinstance(item.get("query"), str):
+            out += _template_problems(doc, ("diagnose", i, "query"), item["query"], defined)
+    steps = data.get("steps")
+    for i, step in enumerate(steps if isinstance(steps, list) else []):
+        if isinstance(step, dict):
+            out += _step_problems(doc, i, step, defined)
+    return out
+
+
+# --- files, directories, registry ------------------------------------------------------
+
+
+def _parse_playbook(text: str, file: str) -> tuple[Playbook | None, YamlDocument | None, list]:
+    try:
+        doc = parse_yaml(text, file)
+    except PlaybookError as exc:
+        return None, None, list(exc.problems)
+    if not isinstance(doc.data, dict):
+        got = "an empty file" if doc.data is None else type(doc.data).__name__
+        msg = f"a playbook is a YAML mapping (id, title, class, ...), got {got}"
+        return None, doc, [Problem(file, 1, "", msg)]
+    problems = _semantic_problems(doc)
+    try:
+        playbook = Playbook.model_validate(doc.data)
+    except ValidationError as exc:
+        problems = validation_problems(exc, doc, Playbook) + problems
+        playbook = None
+    problems.sort(key=lambda p: p.line or 0)
+    return (None if problems else playbook), doc, problems
+
+
+def load_text(text: str, file: str = "<string>") -> Playbook:
+    """Parse one playbook from YAML text; raise ``PlaybookError`` listing every problem."""
+    playbook, _, problems = _parse_playbook(text, file)
+    if problems or playbook is None:
+        raise PlaybookError(problems=problems)
+    return playbook
+
+
+def load_file(path: str | Path) -> Playbook:
+    """Load one playbook file; raise ``PlaybookError`` listing every problem."""
+    return load_text(_read(Path(path)), str(path))
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        problem = Problem(str(path), None, "", f"cannot read file: {exc}", "check the path")
+        raise PlaybookError(problems=[problem]) from None
+
+
+def playbook_files(
+    paths: Iterable[str | Path], *, kind: str = "playbook"
+) -> tuple[list[Path], list[Problem]]:
+    """Expand directories to the ``*.yaml``/``*.yml`` files directly inside them."""
+    files: list[Path] = []
+    problems: list[Problem] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found = sorted(
+                p
+                for p in path.iterdir()
+                if p.is_file() and p.suffix in (".yaml", ".yml") and ".schema." not in p.name
+            )
+            if not found:
+                problems.append(Problem(str(path), None, "", f"no *.yaml {kind} files here"))
+            files += found
+        elif path.exists():
+            files.append(path)
+        else:
+            problems.append(Problem(str(path), None, "", "no such file or directory"))
+    return files, problems
+
+
+def _load_many(paths: Iterable[str | Path]) -> tuple[dict[str, Playbook], list[Problem]]:
+    files, problems = playbook_files(paths)
+    found: dict[str, tuple[Playbook, str, int | None]] = {}
+    for path in files:
+        try:
+            text = _read(path)
+        except PlaybookError as exc:
+            problems += exc.problems
+            continue
+        playbook, doc, file_problems = _parse_playbook(text, str(path))
+        problems += file_problems
+        if playbook is None or doc is None:
+            continue
+        line = doc.line_of(("id",))
+        if playbook.id in found:
+            _, other, other_line = found[playbook.id]
+            problems.append(
+                Problem(
+                    str(path),
+                    line,
+                    "id",
+                    f"duplicate playbook id '{playbook.id}': also defined in {other}:{other_line}",
+                    "playbook ids must be unique; rename one of them",
+                )
+            )
+            continue
+        found[playbook.id] = (playbook, str(path), line)
+    return {pid: pb for pid, (pb, _, _) in found.items()}, problems
+
+
+def lint(paths: Iterable[str | Path]) -> list[Problem]:
+    """Every problem in the given files and directories (empty list = all good)."""
+    return _load_many(paths)[1]
+
+
+def load_dir(path: str | Path) -> dict[str, Playbook]:
+    """All playbooks in ``path`` (a directory or one file), or ``PlaybookError`` with every problem."""
+    playbooks, problems = _load_many([path])
+    if problems:
+        raise PlaybookError(problems=problems)
+    return playbooks
+
+
+class PlaybookRegistry:
+    """The current good set of playbooks; a bad reload keeps the last good set."""
+
+    def __init__(
+        self,
+        playbooks: Mapping[str, Playbook] | None = None,
+        *,
+        source: str | Path | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._clock = clock
+        self._playbooks: dict[str, Playbook] = dict(playbooks or {})
+        self.source: Path | None = Path(source) if source is not None else None
+        self.loaded_at: datetime | None = clock() if playbooks is not None else None
+        self.problems: list[Problem] = []
+
+    @classmethod
+    def from_path(cls, path: str | Path, **kwargs: Any) -> PlaybookRegistry:
+        """A registry loaded from ``path``; raises ``PlaybookError`` so a bad start is loud."""
+        return cls(load_dir(path), source=path, **kwargs)
+
+    @property
+    def playbooks(self) -> dict[str, Playbook]:
+        # The same object until a reload swaps in a new set, so callers may cache by identity.
+        return self._playbooks
+
+    def reload(self, path: str | Path | None = None) -> list[Problem]:
+        """Load ``path`` (default: the last source); on any problem keep the current set."""
+        target = Path(path) if path is not None else self.source
+        if target is None:
+            problem = Problem("<registry>", None, "", "no playbook path to reload from")
+            self.problems = [problem]
+            return [problem]
+        playbooks, problems = _load_many([target])
+        self.problems = problems
+        if problems:
+            return problems
+        self._playbooks, self.source, self.loaded_at = playbooks, target, self._clock()
+        return []
+
+    def get(self, playbook_id: str) -> Playbook:
+        try:
+            return self._playbooks[playbook_id]
+        except KeyError:
+            known = ", ".join(sorted(self._playbooks)) or "none loaded"
+            raise NotFound(
+                f"no playbook '{playbook_id}'", hint=f"known playbooks: {known}"
+            ) from None
+
+    def __len__(self) -> int:
+        return len(self._playbooks)
+
+    def __contains__(self, playbook_id: object) -> bool:
+        return playbook_id in self._playbooks
