@@ -1,0 +1,295 @@
+"""The policy-file driver: the serving policy as a YAML file on disk.
+
+The sandbox gateway and the LiteLLM pre-call hook read this file on every
+request, so a write must never expose a half-written file: we write a temp file
+in the same directory, fsync it, keep the previous version as ``<name>.prev``,
+``os.replace`` it into place and fsync the directory. Readers therefore see the
+old policy or the new one, never a mix. Writers (only the bot, but possibly
+several processes of it) are serialised by an exclusive ``flock`` on a sidecar
+``<name>.lock`` file, so two read-modify-write cycles cannot lose an update.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import fcntl
+import os
+import stat
+import tempfile
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from actions.policy import ServingPolicy
+from bot.errors import DriverError
+
+# libyaml's C loader/dumper are several times faster than the pure-Python ones,
+# and the file is read on every apply, verify and revert.
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class PolicyFileDriver:
+    """Reads and atomically rewrites a serving-policy YAML file."""
+
+    name = "policy-file"
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        create_missing: bool = False,
+        actor: str = "llm-incident",
+        clock: Callable[[], datetime] = _utcnow,
+    ) -> None:
+        self.path = Path(path)
+        self.create_missing = create_missing
+        # Recorded as ``updated_by`` when a write gives no reason.
+        self.actor = actor
+        self._clock = clock
+
+    @property
+    def prev_path(self) -> Path:
+        return self.path.with_name(self.path.name + ".prev")
+
+    @property
+    def lock_path(self) -> Path:
+        return self.path.with_name(self.path.name + ".lock")
+
+    # -- the ServingDriver protocol -------------------------------------------------
+
+    async def read(self) -> ServingPolicy:
+        # File I/O is quick but blocking; a thread keeps the event loop responsive.
+        return await asyncio.to_thread(self._read)
+
+    async def write(self, updates: dict[str, dict[str, Any]], *, reason: str, action: str) -> None:
+        await asyncio.to_thread(self._write, updates, reason, action)
+
+    # -- implementation (runs in a worker thread) -------------------------------------
+
+    def _read(self) -> ServingPolicy:
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            if self.create_missing:
+                return ServingPolicy()
+            raise DriverError(
+                f"serving policy file {self.path} does not exist",
+                hint="create it (an empty policy is `version: 1` and `routes: {}`), "
+                "or point the policy-file driver at the right path",
+            ) from None
+        except PermissionError:
+            raise DriverError(
+                f"serving policy file {self.path} is not readable (permission denied)",
+                hint="give the bot's user read and write access to the file and its directory",
+            ) from None
+        except IsADirectoryError:
+            raise DriverError(
+                f"serving policy path {self.path} is a directory, not a file",
+                hint="point the policy-file driver at a YAML file",
+            ) from None
+        except OSError as exc:
+            raise DriverError(
+                f"serving policy file {self.path} could not be read: {exc.strerror or exc}",
+                hint="check the disk and the path",
+            ) from None
+        return parse_policy(raw, source=str(self.path))
+
+    def _write(self, updates: dict[str, dict[str, Any]], reason: str, action: str) -> None:
+        directory = self.path.parent
+        if not directory.is_dir():
+            raise DriverError(
+                f"directory {directory} for the serving policy file does not exist",
+                hint="create it or fix the policy-file path",
+            )
+        with self._locked():
+            current = self._read()
+            try:
+                new = current.with_values(updates)
+            except ValidationError as exc:
+                err = exc.errors()[0]
+                where = ".".join(str(p) for p in err["loc"])
+                raise DriverError(
+                    f"action '{action}' would make {self.path} invalid: {where}: {err['msg']}",
+                    hint="nothing was written; fix the action parameters",
+                ) from None
+            # Absolute values: if nothing changes, leave the file (and its
+            # updated_at) untouched, so repeating a write is a true no-op.
+            if new.routes == current.routes and self.path.exists():
+                return
+            new = new.model_copy(
+                update={"updated_at": self._clock(), "updated_by": reason.strip() or self.actor}
+            )
+            self._replace(dump_policy(new))
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        try:
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise DriverError(
+                f"cannot open lock file {self.lock_path}: {exc.strerror or exc}",
+                hint="the bot needs write access to the policy file's directory",
+            ) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            # Closing the descriptor releases the flock.
+            os.close(fd)
+
+    def _replace(self, data: bytes) -> None:
+        directory = self.path.parent
+        try:
+            mode = stat.S_IMODE(self.path.stat().st_mode)
+        except FileNotFoundError:
+            mode = 0o644
+        tmp = self._write_temp(directory, data, mode)
+        try:
+            self._keep_previous()
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise DriverError(
+                f"could not replace {self.path}: {exc.strerror or exc}",
+                hint="the previous policy is still in force; check disk space and permissions",
+            ) from None
+        _fsync_dir(directory)
+
+    def _write_temp(self, directory: Path, data: bytes, mode: int) -> str:
+        try:
+            fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{self.path.name}.", suffix=".tmp")
+        except OSError as exc:
+            raise DriverError(
+                f"could not create a temp file next to {self.path}: {exc.strerror or exc}",
+                hint="the previous policy is still in force; check disk space and permissions",
+            ) from None
+        try:
+            # mkstemp makes 0600; the gateway may read as another user, so keep the mode.
+            os.fchmod(fd, mode)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        except OSError as exc:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise DriverError(
+                f"could not write the new policy for {self.path}: {exc.strerror or exc}",
+                hint="the previous policy is still in force; check disk space and permissions",
+            ) from None
+        os.close(fd)
+        return tmp
+
+    def _keep_previous(self) -> None:
+        if not self.path.exists():
+            return
+        staging = self.prev_path.with_name(self.prev_path.name + ".tmp")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(staging)
+        try:
+            # A hard link is free and atomic; the replace below gives the live
+            # name a new inode, so the link keeps the old content.
+            os.link(self.path, staging)
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.EXDEV, errno.EMLINK, errno.ENOTSUP):
+                raise
+            staging.write_bytes(self.path.read_bytes())
+        os.replace(staging, self.prev_path)
+
+
+def _fsync_dir(directory: Path) -> None:
+    # Makes the rename durable; some filesystems refuse to open directories.
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def dump_policy(policy: ServingPolicy) -> bytes:
+    """The policy as YAML, routes in their order, fields in the documented order."""
+    data = policy.model_dump(mode="json")
+    text = yaml.dump(data, Dumper=_Dumper, sort_keys=False, default_flow_style=False)
+    return text.encode()
+
+
+def parse_policy(raw: bytes, *, source: str) -> ServingPolicy:
+    """Parse and validate a policy document; errors name the file, line and field."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DriverError(
+            f"{source}: not UTF-8 text (byte {exc.start})",
+            hint="restore the file from its .prev copy",
+        ) from None
+    try:
+        data = yaml.load(text, Loader=_Loader)  # a safe loader (C or Python)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}" if mark is not None else source
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise DriverError(
+            f"{where}: corrupt YAML: {problem}",
+            hint="fix the file or restore it from its .prev copy",
+        ) from None
+    if data is None:
+        raise DriverError(
+            f"{source}: the serving policy file is empty",
+            hint="an empty policy is `version: 1` and `routes: {}`; restore the .prev copy "
+            "if the file was truncated",
+        )
+    if not isinstance(data, dict):
+        raise DriverError(
+            f"{source}: a serving policy must be a mapping, got {type(data).__name__}",
+            hint="see the 'Serving policy file' format in the design notes",
+        )
+    try:
+        return ServingPolicy.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = [str(p) for p in err["loc"]]
+        line = _line_of(text, loc)
+        where = f"{source}:{line}" if line else source
+        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        raise DriverError(
+            f"{where}: {'.'.join(loc) or '<document>'}: {err['msg']}{more}",
+            hint="fix the field or restore the file from its .prev copy",
+        ) from None
+
+
+def _line_of(text: str, loc: list[str]) -> int | None:
+    """1-based line of the deepest key of ``loc`` found in the YAML text."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return None
+    line: int | None = None
+    for part in loc:
+        if not isinstance(node, yaml.MappingNode):
+            break
+        for key, value in node.value:
+            if isinstance(key, yaml.ScalarNode) and key.value == part:
+                line = key.start_mark.line + 1
+                node = value
+                break
+        else:
+            break
+    return line
