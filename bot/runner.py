@@ -1,0 +1,484 @@
+"""The runner: plan -> guards -> approval -> apply -> verify -> keep | revert; TTL -> revert.
+
+Every transition is persisted with its timeline event before the next step
+starts, so a crash leaves a record that ``reconcile()`` can finish. The store
+is the truth; ``timers()`` rebuilds the scheduler's cache from it.
+
+Failures never look like success: a refused step raises ``GuardRefused``
+(state unchanged, an event says why); an apply or revert that fails raises
+``ActionFailed`` after recording what was changed and what was put back.
+
+Timeline event kinds: the run states (planned, awaiting_approval, approved,
+refused, dry_run, applying, applied, verified, reverted, failed, denied,
+expired), plus ``guard_refused``, ``held`` (the pause held an automatic action),
+``escalation``, ``reconciled``, ``revert_failed``, ``plan_failed``, ``paused``
+and ``resumed``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from typing import NoReturn
+
+from actions.base import Action, MetricsSource, Plan, ServingDriver
+from actions.catalog import get_action
+from actions.policy import ServingPolicy
+from bot.errors import (
+    ActionFailed,
+    GuardRefused,
+    IncidentBotError,
+    InputError,
+    PartialApplyError,
+)
+from bot.guards import (
+    RunnerSettings,
+    TargetLocks,
+    approval_state,
+    check_active_cap,
+    check_approval,
+    check_blast_radius,
+    check_cooldown,
+    check_dry_run,
+    check_lock,
+    check_max_runs,
+    check_pause,
+    check_stale_plan,
+    evaluate_verification,
+    fmt_time,
+)
+from bot.playbook.schema import Guard, Verify, format_duration
+from bot.store import PAUSE_FLAG, Run, Store
+
+__all__ = ["BOT_ACTOR", "Runner", "RunnerSettings"]
+
+BOT_ACTOR = "bot"
+ACTIVE = ("applied", "verified")
+APPLICABLE = ("planned", "approved", "awaiting_approval", "expired")
+
+
+class Runner:
+    def __init__(
+        self,
+        store: Store,
+        drivers: Mapping[str, ServingDriver],
+        metrics: MetricsSource | None,
+        *,
+        settings: RunnerSettings = RunnerSettings(),  # noqa: B008 - frozen, safe to share
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        self.store = store
+        self.drivers = dict(drivers)
+        self.metrics = metrics
+        self.settings = settings
+        self.clock = clock or store.clock
+        self.locks = TargetLocks()
+
+    # --- plan ----------------------------------------------------------------------
+
+    async def plan(
+        self,
+        *,
+        incident_id: str | None,
+        playbook_id: str | None,
+        step_id: str | None,
+        action: str,
+        target: str,
+        args: dict,
+        guard: Guard,
+        verify_query: str | None,
+        requested_by: str,
+        dry_run: bool = False,
+        automatic: bool = False,
+    ) -> Run:
+        """Plan and persist a run (plan and diff) before anything is applied."""
+        try:
+            act = get_action(action)
+            current = await self._driver(target).read()
+            plan = act.plan(args, current, target=target)
+        except IncidentBotError as exc:
+            if incident_id:
+                self.store.add_event(incident_id, "plan_failed", f"could not plan {action}: {exc}",
+                                     actor=requested_by, data={"step": step_id})
+            raise
+        refusals = self._refusals(plan, guard, current, run_id=None)
+        pause = check_pause(self.store.flag(PAUSE_FLAG), automatic=automatic)
+        dry = dry_run or guard.dry_run
+        data = {"diff": plan.diff(), "action": action, "target": target}
+        if dry:
+            refusals += [pause] if pause else []
+            needs = "" if guard.approval == "none" else f"; would need {guard.approval} approval"
+            verdict = "; ".join(str(r) for r in refusals) or "every guard passes"
+            state, text = "dry_run", f"dry run of {plan.summary or action}: {verdict}{needs}"
+        elif refusals:
+            state, text = "refused", f"{action}: {refusals[0]}"
+        elif guard.approval == "none":
+            state, text = "planned", f"planned {plan.summary or action} on {target}"
+        else:
+            state = "awaiting_approval"
+            text = f"planned {plan.summary or action} on {target}; needs {guard.approval} approval"
+        data["refusals"] = [{"guard": r.guard, "reason": r.reason} for r in refusals]
+        with self.store.transaction():
+            run = self.store.create_run(
+                incident_id=incident_id, playbook_id=playbook_id, step_id=step_id, plan=plan,
+                args=args, guard=guard, verify_query=verify_query, state=state, dry_run=dry,
+                requested_by=requested_by, error=str(refusals[0]) if state == "refused" else None,
+                event_text=text, event_data=data,
+            )
+            if pause and state == "planned":
+                self._hold(run, pause)  # an auto step waits for resume instead of being refused
+        return self.store.run(run.id)
+
+    def _refusals(
+        self, plan: Plan, guard: Guard, current: ServingPolicy, *, run_id: str | None
+    ) -> list[GuardRefused]:
+        now = self.clock()
+        spans = [s for s in (guard.cooldown, guard.max_runs and guard.max_runs.window) if s]
+        history = []
+        if spans:
+            history = self.store.applied_runs(plan.action, plan.target, now - max(spans))
+        active = self.store.active_mitigations()
+        kw = {"action": plan.action, "routes": plan.routes, "history": history, "now": now}
+        checks = [
+            check_stale_plan(plan, current) if run_id else None,
+            check_blast_radius(guard, plan, current),
+            check_active_cap(active, self.settings, run_id=run_id),
+            check_cooldown(guard, run_id=run_id, **kw),
+            check_max_runs(guard, run_id=run_id, **kw),
+            check_lock(plan, active, run_id=run_id),
+        ]
+        return [c for c in checks if c is not None]
+
+    # --- approval ------------------------------------------------------------------
+
+    async def approve(self, run_id: str, user: str) -> Run:
+        run = self.store.run(run_id)
+        if run.state not in ("awaiting_approval", "approved", "expired"):
+            raise InputError(
+                f"{run_id} is {run.state}; only a run awaiting approval can be approved",
+                hint="plan the step again to get a new run",
+            )
+        if run.guard.approval == "two_person" and user == run.requested_by:
+            self._refuse(run, GuardRefused(
+                "approval", f"{user} requested {run_id} and cannot approve it: "
+                "two_person needs an approval by someone else",
+                hint="ask another on-call engineer to approve"), actor=user)
+        expires = self.clock() + self.settings.approval_ttl
+        with self.store.transaction():
+            self.store.add_approval(run_id, user, "approve", expires_at=expires)
+            return self.store.transition(
+                run_id, "approved",
+                f"approved by {user} (valid until {fmt_time(expires, self.clock())})",
+                actor=user, data={"expires_at": expires.isoformat()},
+            )
+
+    async def deny(self, run_id: str, user: str, reason: str = "") -> Run:
+        run = self.store.run(run_id)
+        if run.state not in APPLICABLE:
+            raise InputError(f"{run_id} is {run.state}; only a run not yet applied can be denied",
+                             hint=f"to undo an applied change, revert {run_id}")
+        with self.store.transaction():
+            self.store.add_approval(run_id, user, "deny", expires_at=self.clock())
+            why = f": {reason}" if reason else ""
+            return self.store.transition(run_id, "denied", f"denied by {user}{why}", actor=user)
+
+    # --- apply ---------------------------------------------------------------------
+
+    async def apply(self, run_id: str, *, actor: str, automatic: bool = False) -> Run:
+        run = self.store.run(run_id)
+        if run.state in ACTIVE:
+            return run  # applying twice is a no-op
+        if refusal := check_dry_run(run_id, run.dry_run):
+            self._refuse(run, refusal, actor=actor)
+        driver, act = self._driver(run.target), get_action(run.action)
+        async with self.locks.hold(run.target, run.routes):
+            run = self.store.run(run_id)  # another apply may have finished while we waited
+            if run.state in ACTIVE:
+                return run
+            if run.state not in APPLICABLE:
+                raise InputError(f"{run_id} is {run.state}; it cannot be applied",
+                                 hint="plan the step again to get a new run")
+            self._check_before_apply(run, automatic=automatic, actor=actor)
+            refusals = self._refusals(run.plan, run.guard, await driver.read(), run_id=run_id)
+            if refusals:
+                self._refuse(run, refusals[0], actor=actor)
+            note = self._paused_note(automatic, "apply")
+            run = self.store.transition(run_id, "applying",
+                                        f"applying {run.plan.summary or run.action}{note}",
+                                        actor=actor)
+            reason = " ".join(x for x in (run.id, run.incident_id, run.step_id, f"by {actor}") if x)
+            try:
+                await act.apply(run.plan, driver, reason=reason)
+                mismatch = await act.verify(run.plan, driver)
+            except PartialApplyError as exc:
+                await self._fail(run, act, driver, exc.message, actor, routes=exc.applied)
+            except Exception as exc:  # a failed write may still have changed something
+                await self._fail(run, act, driver, _why(exc), actor, routes=None)
+            if mismatch:
+                await self._fail(run, act, driver, "the change did not take effect: "
+                                 + "; ".join(mismatch), actor, routes=None)
+            return self._mark_applied(run, actor=actor, applied_at=self.clock(),
+                                      text=f"applied: {run.plan.summary or run.action}")
+
+    def _check_before_apply(self, run: Run, *, automatic: bool, actor: str) -> None:
+        if pause := check_pause(self.store.flag(PAUSE_FLAG), automatic=automatic):
+            self._hold(run, pause)
+            raise pause
+        now = self.clock()
+        approvals = self.store.approvals(run.id)
+        refusal = check_approval(run.guard, run_id=run.id, requested_by=run.requested_by,
+                                 approvals=approvals, now=now)
+        if refusal is None:
+            return
+        state, _ = approval_state(run.guard, requested_by=run.requested_by,
+                                  approvals=approvals, now=now)
+        if state == "expired" and run.state != "expired":
+            self.store.transition(run.id, "expired", f"not applied: {refusal.reason}", actor=actor)
+            raise refusal
+        self._refuse(run, refusal, actor=actor)
+
+    def _mark_applied(self, run: Run, *, actor: str, applied_at: datetime, text: str,
+                      kind: str | None = None) -> Run:
+        g = run.guard
+        ttl_due = applied_at + g.ttl if g.ttl else None
+        verify_due = applied_at + g.verify.within if g.verify and run.verify_query else None
+        with self.store.transaction():
+            self.store.record_mitigation(run, applied_at=applied_at, ttl_due_at=ttl_due,
+                                         verify_due_at=verify_due)
+            return self.store.transition(run.id, "applied", text, actor=actor, kind=kind, data={
+                "diff": run.diff, "ttl_due_at": ttl_due and ttl_due.isoformat(),
+                "verify_due_at": verify_due and verify_due.isoformat()})
+
+    async def _fail(self, run: Run, act: Action, driver: ServingDriver, what: str, actor: str,
+                    *, routes: list[str] | None) -> NoReturn:
+        """Put back what this run changed (only ``routes`` if given), mark failed, raise."""
+        restored, problem = await self._put_back(run, act, driver, routes)
+        back = f"put back {', '.join(restored)}" if restored else "nothing needed putting back"
+        if problem:
+            back = f"could not check or put back the target ({problem}); check it by hand"
+        applied = ""
+        if routes is not None:
+            applied = f"; applied before the failure: {', '.join(routes) or 'nothing'}"
+        text = f"apply failed: {what}{applied}; {back}"
+        self.store.transition(run.id, "failed", text, actor=actor, error=text,
+                              data={"restored": restored})
+        raise ActionFailed(f"{run.id} failed: {what}; {back}",
+                           hint="see the run's timeline; the step can be planned again")
+
+    async def _put_back(self, run: Run, act: Action, driver: ServingDriver,
+                        routes: list[str] | None) -> tuple[list[str], str | None]:
+        changes = [c for c in run.plan.changes if routes is None or c.route in routes]
+        try:
+            now = await driver.read()
+            ours = [c for c in changes if now.get(c.route, c.field) == c.after]
+            if ours:
+                sub = run.plan.model_copy(update={"changes": ours})
+                await act.revert(sub, driver, reason=f"{run.id} put back after a failed apply")
+        except Exception as exc:
+            return [], _why(exc)
+        return [f"routes.{c.route}.{c.field}" for c in ours], None
+
+    # --- verification --------------------------------------------------------------
+
+    async def check_verification(self, run_id: str) -> Run:
+        run = self.store.run(run_id)
+        mit = self.store.mitigation(run_id)
+        verify = run.guard.verify
+        if (run.state != "applied" or mit is None or not mit.active
+                or mit.verify_state != "pending" or not verify or not run.verify_query):
+            return run
+        ok, detail = await self._evaluate(run.verify_query, verify)
+        if ok:
+            with self.store.transaction():
+                self.store.set_verify_state(run_id, "passed")
+                return self.store.transition(run_id, "verified", f"verification passed: {detail}",
+                                             actor=BOT_ACTOR, data={"query": run.verify_query})
+        if mit.verify_due_at is None or self.clock() < mit.verify_due_at:
+            return run  # still inside `within`: the metric has time to recover
+        if verify.on_fail == "escalate":
+            with self.store.transaction():
+                self.store.set_verify_state(run_id, "failed")
+                self.store.add_event(run.incident_id, "escalation",
+                                     f"verification of {run_id} failed: {detail}; the change "
+                                     "stays in place, a human must decide", actor=BOT_ACTOR,
+                                     run_id=run_id, data={"query": run.verify_query})
+            return self.store.run(run_id)
+        try:
+            run = await self.revert(run_id, actor=BOT_ACTOR, automatic=True,
+                                    reason=f"verification failed: {detail}")
+        except GuardRefused:
+            return self.store.run(run_id)  # paused: stays pending, retried by run_due
+        self.store.set_verify_state(run_id, "failed")
+        return run
+
+    async def _evaluate(self, query: str, verify: Verify) -> tuple[bool, str]:
+        if self.metrics is None:
+            return False, "no metrics source is configured"
+        try:
+            samples = await self.metrics.query(query)
+        except Exception as exc:  # any query failure is "not passing", judged at the deadline
+            return False, f"query failed: {_why(exc)}"
+        return evaluate_verification(samples, verify)
+
+    # --- revert --------------------------------------------------------------------
+
+    async def revert(self, run_id: str, *, actor: str, reason: str, automatic: bool = False) -> Run:
+        run, mit = self.store.run(run_id), self.store.mitigation(run_id)
+        if run.state == "reverted" or (mit is not None and not mit.active):
+            return run  # reverting twice is a no-op
+        if run.state not in ACTIVE or mit is None:
+            raise InputError(f"{run_id} is {run.state}: nothing of it is applied to revert",
+                             hint="only an applied or verified run can be reverted")
+        if pause := check_pause(self.store.flag(PAUSE_FLAG), automatic=automatic):
+            self._hold(run, pause)
+            raise pause
+        driver, act = self._driver(run.target), get_action(run.action)
+        async with self.locks.hold(run.target, run.routes):
+            run, mit = self.store.run(run_id), self.store.mitigation(run_id)
+            if run.state == "reverted" or (mit is not None and not mit.active):
+                return run
+            try:
+                drifted = await act.revert(run.plan, driver, reason=f"{run_id} revert: {reason}")
+                now = await driver.read()
+            except Exception as exc:
+                self._revert_failed(run, _why(exc), actor)
+            stuck = [f"routes.{c.route}.{c.field}" for c in run.plan.changes
+                     if now.get(c.route, c.field) == c.after]
+            if stuck:
+                self._revert_failed(run, f"{', '.join(stuck)} still hold the change", actor)
+            note = self._paused_note(automatic, "revert")
+            left = f"; left as is: {'; '.join(drifted)}" if drifted else ""
+            with self.store.transaction():
+                self.store.mark_reverted(run_id, reason)
+                return self.store.transition(run_id, "reverted",
+                                             f"reverted by {actor}: {reason}{note}{left}",
+                                             actor=actor, data={"drifted": drifted})
+
+    def _revert_failed(self, run: Run, why: str, actor: str) -> NoReturn:
+        self.store.add_event(run.incident_id, "revert_failed",
+                             f"revert of {run.id} failed: {why}; the change is still in place",
+                             actor=actor, run_id=run.id)
+        raise ActionFailed(f"revert of {run.id} failed: {why}; the change is still in place",
+                           hint="retry the revert; timer-driven reverts retry on their own")
+
+    # --- timers, pause, restart ----------------------------------------------------
+
+    async def run_due(self) -> list[Run]:
+        """Do now everything whose time has come: TTL reverts, verification deadlines,
+        and automatic runs the pause held (once resumed)."""
+        now, done = self.clock(), []
+        for m in self.store.active_mitigations():
+            try:
+                if m.ttl_due_at and m.ttl_due_at <= now:
+                    ttl = self.store.run(m.run_id).guard.ttl
+                    span = format_duration(ttl) if ttl else "TTL"
+                    done.append(await self.revert(m.run_id, actor=BOT_ACTOR, automatic=True,
+                                                  reason=f"TTL of {span} expired"))
+                elif m.verify_state == "pending" and m.verify_due_at and m.verify_due_at <= now:
+                    done.append(await self.check_verification(m.run_id))
+            except IncidentBotError:
+                continue  # recorded on the timeline; retried on the next tick
+        if self.store.flag(PAUSE_FLAG) is None:
+            for run in self.store.runs(state="planned"):
+                if run.held_at is None:
+                    continue
+                if run.incident_id and not self.store.incident(run.incident_id).is_open:
+                    done.append(self.store.transition(
+                        run.id, "expired", "not applied: the incident closed while the bot "
+                        "was paused", actor=BOT_ACTOR))
+                    continue
+                try:
+                    done.append(await self.apply(run.id, actor=BOT_ACTOR, automatic=True))
+                except IncidentBotError:
+                    continue
+        return done
+
+    def timers(self) -> list[tuple[str, str, datetime]]:
+        out: list[tuple[str, str, datetime]] = []
+        for m in self.store.active_mitigations():
+            if m.ttl_due_at:
+                out.append((m.run_id, "ttl", m.ttl_due_at))
+            if m.verify_state == "pending" and m.verify_due_at:
+                out.append((m.run_id, "verify", m.verify_due_at))
+        return sorted(out, key=lambda t: (t[2], t[0], t[1]))
+
+    async def pause(self, actor: str, reason: str) -> None:
+        with self.store.transaction():
+            self.store.set_flag(PAUSE_FLAG, reason, actor=actor)
+            self._broadcast("paused", f"bot paused by {actor}: {reason}; automatic actions "
+                            "are held until resume", actor)
+
+    async def resume(self, actor: str) -> list[Run]:
+        """Lift the pause, then run what it held (returns those runs)."""
+        with self.store.transaction():
+            self.store.set_flag(PAUSE_FLAG, None, actor=actor)
+            self._broadcast("resumed", f"bot resumed by {actor}", actor)
+        return await self.run_due()
+
+    async def reconcile(self) -> list[Run]:
+        """Finish runs a crash left in ``applying``: applied if the target holds the plan."""
+        out = []
+        for run in self.store.runs(state="applying"):
+            driver, act = self.drivers.get(run.target), get_action(run.action)
+            try:
+                if driver is None:
+                    raise InputError(f"target '{run.target}' is not configured")
+                now = await driver.read()
+            except IncidentBotError as exc:
+                self.store.add_event(run.incident_id, "reconcile_failed",
+                                     f"{run.id} left in applying: cannot read the target ({exc})",
+                                     actor=BOT_ACTOR, run_id=run.id)
+                continue
+            missing = [c for c in run.plan.changes if now.get(c.route, c.field) != c.after]
+            if not missing:
+                out.append(self._mark_applied(
+                    run, actor=BOT_ACTOR, applied_at=run.updated_at, kind="reconciled",
+                    text="found in applying after a restart; the target holds the planned "
+                    "values: marked applied"))
+                continue
+            restored, problem = await self._put_back(run, act, driver, routes=None)
+            back = f"put back {', '.join(restored)}" if restored else "nothing to put back"
+            text = (f"found in applying after a restart; the target does not hold the plan "
+                    f"({', '.join(f'routes.{c.route}.{c.field}' for c in missing)}); "
+                    f"{problem or back}: marked failed")
+            out.append(self.store.transition(run.id, "failed", text, actor=BOT_ACTOR,
+                                             kind="reconciled", error=text))
+        return out
+
+    # --- helpers -------------------------------------------------------------------
+
+    def _driver(self, target: str) -> ServingDriver:
+        try:
+            return self.drivers[target]
+        except KeyError:
+            known = ", ".join(sorted(self.drivers)) or "none"
+            raise InputError(f"unknown target '{target}'", hint=f"configured targets: {known}") from None
+
+    def _refuse(self, run: Run, refusal: GuardRefused, *, actor: str) -> NoReturn:
+        self.store.add_event(run.incident_id, "guard_refused", str(refusal), actor=actor,
+                             run_id=run.id, data={"guard": refusal.guard})
+        raise refusal
+
+    def _hold(self, run: Run, pause: GuardRefused) -> None:
+        if run.held_at is not None:
+            return  # already said once; timers retry every tick and must not flood the timeline
+        with self.store.transaction():
+            self.store.mark_held(run.id, True)
+            self.store.add_event(run.incident_id, "held", f"{run.id} held: {pause.reason}",
+                                 actor=BOT_ACTOR, run_id=run.id)
+
+    def _paused_note(self, automatic: bool, what: str) -> str:
+        if automatic or self.store.flag(PAUSE_FLAG) is None:
+            return ""
+        return f" (the bot is paused; a human's explicit {what} goes ahead)"
+
+    def _broadcast(self, kind: str, text: str, actor: str) -> None:
+        # The global timeline, plus every open incident so its own timeline tells the story.
+        self.store.add_event(None, kind, text, actor=actor)
+        for inc in self.store.incidents(limit=1000):
+            if inc.is_open:
+                self.store.add_event(inc.id, kind, text, actor=actor)
+
+
+def _why(exc: BaseException) -> str:
+    return str(exc) if isinstance(exc, IncidentBotError) else f"{type(exc).__name__}: {exc}"

@@ -1,0 +1,505 @@
+"""The SQLite store: the single source of truth (alerts, incidents, timeline, runs...).
+
+Everything the bot knows after a restart comes from here; timers, caches and
+chat messages are rebuilt from it. Writes that belong together (a run's state
+and its timeline event, a mitigation and the run becoming ``applied``) share one
+transaction: use ``with store.transaction():`` around them, it nests.
+
+Records come back as the frozen dataclasses of ``bot.records``, never raw rows. Times are aware UTC
+datetimes; ``now`` comes from the injected ``clock`` so tests can freeze time.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlite_utils import Database
+
+from actions.base import Plan
+from bot.alert import Alert
+from bot.errors import InputError, NotFound, StoreError
+from bot.migrations import INCIDENT_STATUSES, LATEST_VERSION, MIGRATIONS, RUN_STATES
+from bot.playbook.schema import Guard
+from bot.records import (
+    CLOSED_STATUSES,
+    Approval,
+    Event,
+    Flag,
+    Incident,
+    Mitigation,
+    Run,
+    StoredAlert,
+    alert_from_row,
+    approval_from_row,
+    event_from_row,
+    incident_from_row,
+    mitigation_from_row,
+    run_from_row,
+    to_text,
+    utc_now,
+)
+
+__all__ = [
+    "Approval", "Event", "Flag", "Incident", "Mitigation", "Run", "Store", "StoredAlert",
+    "group_key_for", "CLOSED_STATUSES", "PAUSE_FLAG",
+]
+
+PAUSE_FLAG = "paused"
+
+
+def group_key_for(alert: Alert, klass: str) -> str:
+    """Default grouping key: ``class|route|model``.
+
+    The route is the ``route`` label, else LiteLLM's ``requested_model``; the
+    model is the ``model`` label, else vLLM's ``model_name``; a missing one is
+    ``*``. So a cost alert and a token-rate alert on the same route and model
+    land in one incident, while the same class on another route opens its own.
+    """
+    labels = alert.labels
+    route = labels.get("route") or labels.get("requested_model") or "*"
+    model = labels.get("model") or labels.get("model_name") or "*"
+    return f"{klass}|{route}|{model}"
+
+
+class Store:
+    """Open (and migrate) the database at ``path``; ``None`` or ``":memory:"`` = in memory."""
+
+    def __init__(
+        self,
+        path: str | Path | None = None,
+        *,
+        clock: Callable[[], datetime] = utc_now,
+        busy_timeout_ms: int = 5000,
+    ) -> None:
+        self.clock = clock
+        self._lock = threading.RLock()
+        memory = path is None or str(path) == ":memory:"
+        where = ":memory:" if memory else str(path)
+        try:
+            # check_same_thread=False: the web layer may hand work to a thread; _lock
+            # serialises our use of the one connection.
+            conn = sqlite3.connect(where, check_same_thread=False)
+            self.db = Database(conn)
+            self.db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+            self.db.execute("PRAGMA foreign_keys = ON")
+            if not memory:
+                self.db.enable_wal()
+            self._migrate(where)
+        except sqlite3.Error as exc:
+            raise StoreError(
+                f"cannot open the store at {where}: {exc}",
+                hint="check the path exists, is writable and is an llm-incident database",
+            ) from exc
+
+    def close(self) -> None:
+        self.db.close()
+
+    def now(self) -> datetime:
+        return self.clock()
+
+    # --- schema --------------------------------------------------------------------
+
+    def _migrate(self, where: str) -> None:
+        self.db.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations "
+            "(version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)"
+        )
+        current = self.schema_version
+        if current > LATEST_VERSION:
+            raise StoreError(
+                f"the store at {where} has schema version {current}, newer than this "
+                f"release understands (up to {LATEST_VERSION})",
+                hint="upgrade llm-incident, or point it at another database file",
+            )
+        if current == LATEST_VERSION:
+            return
+        # All missing versions in one transaction: a failure leaves the old schema intact.
+        version = current
+        try:
+            with self.transaction():
+                for version in range(current + 1, LATEST_VERSION + 1):
+                    MIGRATIONS[version - 1](self.db)
+                    self.db.execute(
+                        "INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)",
+                        [version, to_text(self.now())],
+                    )
+        except StoreError as exc:
+            raise StoreError(
+                f"migrating the store at {where} to version {version} failed ({exc.__cause__}); "
+                f"it stays at version {current}",
+                hint="report this with the database's schema_migrations table",
+            ) from exc
+
+    @property
+    def schema_version(self) -> int:
+        row = self.db.execute("SELECT MAX(version) FROM schema_migrations").fetchone()
+        return int(row[0] or 0)
+
+    @contextmanager
+    def transaction(self) -> Iterator[Store]:
+        """One atomic unit of writes; nested blocks join the outer one (as savepoints)."""
+        with self._lock:
+            if self.db.conn.in_transaction:
+                with self.db.atomic():
+                    yield self
+                return
+            # IMMEDIATE takes the write lock up front, so a read-then-write cannot be
+            # refused half-way by another writer (busy_timeout waits instead).
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self
+                self.db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self.db.conn.rollback()
+                raise StoreError(f"store write failed, nothing was saved: {exc}",
+                                 hint="check the disk and the database file") from exc
+            except BaseException:
+                self.db.conn.rollback()
+                raise
+
+    def _rows(self, sql: str, params: list[Any] | None = None) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self.db.query(sql, params or []))
+
+    def _next_id(self, table: str, prefix: str) -> tuple[str, int]:
+        row = self.db.execute(f"SELECT COALESCE(MAX(seq), 0) + 1 FROM {table}").fetchone()
+        return f"{prefix}-{row[0]}", int(row[0])
+
+    # --- alerts and incidents --------------------------------------------------------
+
+    def record_alert(
+        self,
+        alert: Alert,
+        *,
+        group_key: str,
+        title: str,
+        klass: str,
+        severity: str,
+        is_drill: bool = False,
+    ) -> tuple[str, bool]:
+        """Store one alert; returns ``(incident_id, created)``.
+
+        Dedup on ``(fingerprint, starts_at)``: repeats of a known firing change
+        nothing, a resolved copy updates status and ends_at. A new firing joins
+        the newest open incident with the same group key (and the same drill
+        flag: a drill never absorbs a real alert), else opens an incident. An alert
+        first seen already resolved (the bot was down while it fired) is still
+        recorded, so the history is complete.
+        """
+        now = to_text(self.now())
+        starts = to_text(alert.starts_at)
+        with self.transaction():
+            known = self._rows(
+                "SELECT * FROM alerts WHERE fingerprint = ? AND starts_at = ?",
+                [alert.fingerprint, starts],
+            )
+            if known:
+                row = known[0]
+                if alert.status == "resolved" and row["status"] != "resolved":
+                    self.db.execute(
+                        "UPDATE alerts SET status = 'resolved', ends_at = ? WHERE id = ?",
+                        [to_text(alert.ends_at) or now, row["id"]],
+                    )
+                    self.add_event(
+                        row["incident_id"], "alert_resolved",
+                        f"alert {alert.alertname or alert.fingerprint} resolved",
+                        actor=alert.source, data={"fingerprint": alert.fingerprint},
+                    )
+                return row["incident_id"], False
+            open_rows = self._rows(
+                f"SELECT id FROM incidents WHERE group_key = ? AND is_drill = ? "
+                f"AND status NOT IN {CLOSED_STATUSES!r} ORDER BY seq DESC LIMIT 1",
+                [group_key, int(is_drill)],
+            )
+            created = not open_rows
+            if created:
+                incident_id, seq = self._next_id("incidents", "INC")
+                self.db["incidents"].insert(
+                    {
+                        "id": incident_id, "seq": seq, "group_key": group_key, "title": title,
+                        "class": klass, "severity": severity, "status": "open",
+                        "is_drill": int(is_drill), "commander": None, "created_at": now,
+                        "updated_at": now, "resolved_at": None,
+                    }
+                )
+                drill = " (drill)" if is_drill else ""
+                self.add_event(incident_id, "opened", f"incident opened{drill}: {title}",
+                               actor=alert.source, data={"group_key": group_key})
+            else:
+                incident_id = open_rows[0]["id"]
+            self.db["alerts"].insert(
+                {
+                    "incident_id": incident_id, "source": alert.source,
+                    "fingerprint": alert.fingerprint, "starts_at": starts,
+                    "ends_at": to_text(alert.ends_at), "status": alert.status,
+                    "alertname": alert.alertname, "labels": json.dumps(alert.labels),
+                    "annotations": json.dumps(alert.annotations),
+                    "generator_url": alert.generator_url,
+                    "raw": json.dumps(alert.raw, default=str), "received_at": now,
+                }
+            )
+            self.add_event(incident_id, "alert",
+                           f"alert {alert.alertname or alert.fingerprint} {alert.status}",
+                           actor=alert.source, data={"fingerprint": alert.fingerprint,
+                                                     "labels": alert.labels})
+        return incident_id, created
+
+    def incident(self, incident_id: str) -> Incident:
+        rows = self._rows("SELECT * FROM incidents WHERE id = ?", [incident_id])
+        if not rows:
+            raise NotFound(f"no incident {incident_id}", hint="list incidents with `incidents`")
+        return incident_from_row(rows[0])
+
+    def incidents(self, status: str | None = None, limit: int = 50) -> list[Incident]:
+        """Newest first, optionally only those with one ``status``."""
+        if status is not None and status not in INCIDENT_STATUSES:
+            raise InputError(f"unknown incident status '{status}'",
+                             hint=f"one of: {', '.join(INCIDENT_STATUSES)}")
+        where, params = ("WHERE status = ?", [status]) if status else ("", [])
+        rows = self._rows(f"SELECT * FROM incidents {where} ORDER BY seq DESC LIMIT ?",
+                          [*params, int(limit)])
+        return [incident_from_row(r) for r in rows]
+
+    def set_incident_status(self, incident_id: str, status: str, *, actor: str) -> Incident:
+        if status not in INCIDENT_STATUSES:
+            raise InputError(f"unknown incident status '{status}'",
+                             hint=f"one of: {', '.join(INCIDENT_STATUSES)}")
+        with self.transaction():
+            before = self.incident(incident_id)
+            now = to_text(self.now())
+            resolved = now if status == "resolved" else None
+            self.db.execute(
+                "UPDATE incidents SET status = ?, updated_at = ?, resolved_at = ? WHERE id = ?",
+                [status, now, resolved, incident_id],
+            )
+            self.add_event(incident_id, "status", f"status {before.status} -> {status}",
+                           actor=actor, data={"from": before.status, "to": status})
+        return self.incident(incident_id)
+
+    def alerts_for(self, incident_id: str) -> list[StoredAlert]:
+        rows = self._rows("SELECT * FROM alerts WHERE incident_id = ? ORDER BY id", [incident_id])
+        return [alert_from_row(r) for r in rows]
+
+    # --- timeline ------------------------------------------------------------------
+
+    def add_event(
+        self,
+        incident_id: str | None,
+        kind: str,
+        text: str,
+        *,
+        actor: str,
+        run_id: str | None = None,
+        data: dict[str, Any] | None = None,
+    ) -> Event:
+        with self.transaction():
+            cur = self.db.execute(
+                "INSERT INTO events (incident_id, run_id, at, kind, actor, text, data) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [incident_id, run_id, to_text(self.now()), kind, actor, text,
+                 json.dumps(data or {}, default=str, sort_keys=True)],
+            )
+            row = self._rows("SELECT * FROM events WHERE id = ?", [cur.lastrowid])[0]
+            return event_from_row(row)
+
+    def timeline(self, incident_id: str | None) -> list[Event]:
+        """An incident's events in order; ``None`` = events of no incident (ad hoc, pause)."""
+        if incident_id is None:
+            rows = self._rows("SELECT * FROM events WHERE incident_id IS NULL ORDER BY id")
+        else:
+            rows = self._rows("SELECT * FROM events WHERE incident_id = ? ORDER BY id",
+                              [incident_id])
+        return [event_from_row(r) for r in rows]
+
+    def run_events(self, run_id: str) -> list[Event]:
+        return [event_from_row(r) for r in self._rows(
+            "SELECT * FROM events WHERE run_id = ? ORDER BY id", [run_id])]
+
+    # --- runs ----------------------------------------------------------------------
+
+    def create_run(
+        self,
+        *,
+        incident_id: str | None,
+        playbook_id: str | None,
+        step_id: str | None,
+        plan: Plan,
+        args: dict[str, Any],
+        guard: Guard,
+        verify_query: str | None,
+        state: str,
+        dry_run: bool,
+        requested_by: str,
+        error: str | None = None,
+        event_text: str,
+        event_data: dict[str, Any] | None = None,
+    ) -> Run:
+        """Persist a planned run (plan and diff included) and its first timeline event."""
+        _check_state(state)
+        now = to_text(self.now())
+        with self.transaction():
+            run_id, seq = self._next_id("runs", "RUN")
+            self.db["runs"].insert(
+                {
+                    "id": run_id, "seq": seq, "incident_id": incident_id,
+                    "playbook_id": playbook_id, "step_id": step_id, "action": plan.action,
+                    "target": plan.target, "args": json.dumps(args, default=str),
+                    "guard": guard.model_dump_json(), "verify_query": verify_query,
+                    "plan": plan.model_dump_json(), "diff": plan.diff(), "state": state,
+                    "dry_run": int(dry_run), "requested_by": requested_by,
+                    "created_at": now, "updated_at": now, "error": error, "held_at": None,
+                }
+            )
+            self.add_event(incident_id, state, event_text, actor=requested_by, run_id=run_id,
+                           data={"state": state, **(event_data or {})})
+        return self.run(run_id)
+
+    def run(self, run_id: str) -> Run:
+        rows = self._rows("SELECT * FROM runs WHERE id = ?", [run_id])
+        if not rows:
+            raise NotFound(f"no run {run_id}", hint="list runs with `runs`")
+        return run_from_row(rows[0])
+
+    def runs(self, incident_id: str | None = None, state: str | None = None) -> list[Run]:
+        clauses, params = [], []
+        if incident_id is not None:
+            clauses.append("incident_id = ?")
+            params.append(incident_id)
+        if state is not None:
+            _check_state(state)
+            clauses.append("state = ?")
+            params.append(state)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        rows = self._rows(f"SELECT * FROM runs {where} ORDER BY seq", params)
+        return [run_from_row(r) for r in rows]
+
+    def transition(
+        self,
+        run_id: str,
+        state: str,
+        text: str,
+        *,
+        actor: str,
+        kind: str | None = None,
+        error: str | None = None,
+        data: dict[str, Any] | None = None,
+    ) -> Run:
+        """Move a run to ``state`` and add the timeline event, atomically (clears held_at)."""
+        _check_state(state)
+        with self.transaction():
+            before = self.run(run_id)
+            self.db.execute(
+                "UPDATE runs SET state = ?, error = ?, updated_at = ?, held_at = NULL "
+                "WHERE id = ?",
+                [state, error, to_text(self.now()), run_id],
+            )
+            self.add_event(before.incident_id, kind or state, text, actor=actor, run_id=run_id,
+                           data={"from": before.state, "state": state, **(data or {})})
+        return self.run(run_id)
+
+    def mark_held(self, run_id: str, held: bool) -> None:
+        with self.transaction():
+            self.db.execute("UPDATE runs SET held_at = ? WHERE id = ?",
+                            [to_text(self.now()) if held else None, run_id])
+
+    # --- approvals -----------------------------------------------------------------
+
+    def add_approval(self, run_id: str, user: str, decision: str, *, expires_at: datetime) -> None:
+        with self.transaction():
+            self.db["approvals"].insert(
+                {"run_id": run_id, "user": user, "decision": decision,
+                 "at": to_text(self.now()), "expires_at": to_text(expires_at)}
+            )
+
+    def approvals(self, run_id: str) -> list[Approval]:
+        rows = self._rows("SELECT * FROM approvals WHERE run_id = ? ORDER BY id", [run_id])
+        return [approval_from_row(r) for r in rows]
+
+    # --- mitigations ---------------------------------------------------------------
+
+    def record_mitigation(
+        self,
+        run: Run,
+        *,
+        applied_at: datetime,
+        ttl_due_at: datetime | None,
+        verify_due_at: datetime | None,
+    ) -> Mitigation:
+        with self.transaction():
+            self.db["mitigations"].insert(
+                {
+                    "run_id": run.id, "target": run.target, "routes": json.dumps(run.routes),
+                    "fields": json.dumps([f"{c.route}.{c.field}" for c in run.plan.changes]),
+                    "applied_at": to_text(applied_at), "ttl_due_at": to_text(ttl_due_at),
+                    "verify_due_at": to_text(verify_due_at),
+                    "verify_state": "pending" if verify_due_at else None,
+                    "reverted_at": None, "revert_reason": None,
+                }, replace=True,
+            )
+        return self.mitigation(run.id)  # type: ignore[return-value]
+
+    def mitigation(self, run_id: str) -> Mitigation | None:
+        rows = self._rows("SELECT * FROM mitigations WHERE run_id = ?", [run_id])
+        return mitigation_from_row(rows[0]) if rows else None
+
+    def active_mitigations(self, target: str | None = None) -> list[Mitigation]:
+        sql = "SELECT * FROM mitigations WHERE reverted_at IS NULL"
+        params: list[Any] = []
+        if target is not None:
+            sql += " AND target = ?"
+            params.append(target)
+        return [mitigation_from_row(r) for r in self._rows(sql + " ORDER BY applied_at", params)]
+
+    def applied_runs(self, action: str, target: str, since: datetime) -> list[Mitigation]:
+        """Every change of ``action`` on ``target`` applied since ``since``, reverted or not:
+        what cooldown and max_runs count."""
+        rows = self._rows(
+            "SELECT m.* FROM mitigations m JOIN runs r ON r.id = m.run_id "
+            "WHERE r.action = ? AND m.target = ? AND m.applied_at >= ? ORDER BY m.applied_at",
+            [action, target, to_text(since)],
+        )
+        return [mitigation_from_row(r) for r in rows]
+
+    def set_verify_state(self, run_id: str, state: str) -> None:
+        with self.transaction():
+            self.db.execute("UPDATE mitigations SET verify_state = ? WHERE run_id = ?",
+                            [state, run_id])
+
+    def mark_reverted(self, run_id: str, reason: str) -> None:
+        with self.transaction():
+            self.db.execute(
+                "UPDATE mitigations SET reverted_at = ?, revert_reason = ? WHERE run_id = ?",
+                [to_text(self.now()), reason, run_id],
+            )
+
+    # --- flags ---------------------------------------------------------------------
+
+    def flag(self, name: str) -> Flag | None:
+        rows = self._rows("SELECT * FROM flags WHERE name = ?", [name])
+        if not rows:
+            return None
+        r = rows[0]
+        return Flag(r["name"], r["value"], r["set_by"], datetime.fromisoformat(r["set_at"]))
+
+    def set_flag(self, name: str, value: str | None, *, actor: str) -> None:
+        """Set a flag; ``value=None`` removes it."""
+        with self.transaction():
+            if value is None:
+                self.db.execute("DELETE FROM flags WHERE name = ?", [name])
+            else:
+                self.db["flags"].upsert(
+                    {"name": name, "value": value, "set_by": actor,
+                     "set_at": to_text(self.now())}, pk="name",
+                )
+
+
+def _check_state(state: str) -> None:
+    if state not in RUN_STATES:
+        raise InputError(f"unknown run state '{state}'", hint=f"one of: {', '.join(RUN_STATES)}")
