@@ -1,0 +1,95 @@
+"""`llm-incident` on the command line: the same verbs as `/llm-incident` in Slack.
+
+Global options (anywhere on the line): --db PATH, --playbooks DIR, --policy PATH,
+--prometheus URL. Everything else goes to the shared command layer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from bot.commands import VERBS, Context, Result, execute
+from bot.commands.grammar import JSON, Verb
+from bot.engine import Engine
+from bot.errors import IncidentBotError
+from bot.settings import Settings
+
+GLOBAL_OPTIONS = {
+    "--db": "db_path",
+    "--playbooks": "playbooks_dir",
+    "--policy": "policy_path",
+    "--prometheus": "prometheus_url",
+}
+
+
+def split_globals(argv: Sequence[str]) -> tuple[dict[str, str], list[str]]:
+    """Pull the global options out of argv; the rest is the command."""
+    found: dict[str, str] = {}
+    rest: list[str] = []
+    it = iter(argv)
+    for tok in it:
+        key, eq, value = tok.partition("=")
+        # `test --playbooks DIR` is the test verb's own option, not the global one.
+        if key in GLOBAL_OPTIONS and not (rest and rest[0] == "test" and key == "--playbooks"):
+            if not eq:
+                value = next(it, "")
+            if not value:
+                raise IncidentBotError(f"{key} needs a value")
+            found[GLOBAL_OPTIONS[key]] = value
+        else:
+            rest.append(tok)
+    return found, rest
+
+
+def make_context(settings: Settings) -> Context:
+    def open_engine() -> Engine:
+        from bot.wiring import build_engine  # drivers are imported only when needed
+
+        return build_engine(settings)
+
+    return Context(actor=settings.user, playbooks_dir=settings.playbooks_dir,
+                   open_engine=open_engine, local=True)
+
+
+async def run(argv: Sequence[str], settings: Settings | None = None) -> Result:
+    overrides, tokens = split_globals(argv)
+    conv = {k: (v if k == "prometheus_url" else Path(v)) for k, v in overrides.items()}
+    settings = settings or Settings.from_env(**conv)
+    if not tokens:
+        tokens = ["help"]
+    ctx = make_context(settings)
+    verb: Verb | None = VERBS.get(tokens[0].lower())
+    if verb is not None and verb.changes_state:
+        # A CLI-only deployment has no scheduler: before changing anything, settle
+        # what a crash left half-done and run the reverts that are overdue.
+        try:
+            await ctx.engine.runner.reconcile()
+            await ctx.engine.runner.run_due()
+        except IncidentBotError as err:
+            return Result(str(err), {"error": str(err)}, exit_code=4)
+    return await execute(tokens, ctx)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        result = asyncio.run(run(argv))
+    except IncidentBotError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    if JSON in argv:
+        print(json.dumps(result.data, indent=2, default=str))
+    else:
+        out = sys.stdout if result.ok else sys.stderr
+        print(result.text, file=out)
+    return result.exit_code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,95 @@
+"""The command layer shared by the CLI and Slack: one grammar, one set of results."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from bot.commands import incident_verbs as iv
+from bot.commands import playbook_verbs as pv
+from bot.commands.context import Context
+from bot.commands.grammar import AS, JSON, Command, Result, Verb, parse, split
+from bot.errors import CommandError, GuardRefused, IncidentBotError, InputError, NotFound
+
+log = logging.getLogger(__name__)
+
+__all__ = ["VERBS", "Command", "Context", "Result", "Verb", "execute", "parse", "split"]
+
+
+async def _help(ctx: Context, cmd: Command) -> Result:
+    if topic := cmd.args.get("verb"):
+        verb = VERBS.get(topic.lower())
+        if verb is None:
+            raise CommandError(f"no command '{topic}'", hint="`help` lists them")
+        return Result(f"{verb.usage}\n  {verb.summary}")
+    width = max(len(v.usage) for v in VERBS.values())
+    lines = [f"{v.usage:<{width}}  {v.summary}" for v in VERBS.values()]
+    return Result("\n".join(lines), [{"verb": v.name, "usage": v.usage} for v in VERBS.values()])
+
+
+def _verbs(*verbs: Verb) -> dict[str, Verb]:
+    return {v.name: v for v in verbs}
+
+
+VERBS: dict[str, Verb] = _verbs(
+    Verb("help", "show commands, or one command's usage", optional=("verb",), handler=_help),
+    Verb("lint", "check playbook files; exits 1 on any problem", optional=("paths...",),
+         flags=(JSON,), handler=pv.lint_verb),
+    Verb("test", "run playbook tests (like promtool test rules)", optional=("paths...",),
+         options=("--playbooks",), handler=pv.test_verb),
+    Verb("match", "match every alert in FILE against the playbooks", args=("file",),
+         flags=("--explain", JSON), handler=pv.match_verb),
+    Verb("schema", "print the playbook JSON Schema (--write updates the shipped file)",
+         flags=("--write",), handler=pv.schema_verb),
+    Verb("playbooks", "list the loaded playbooks", flags=(JSON,), handler=pv.playbooks_verb),
+    Verb("playbook", "show one playbook's match, steps and guards", args=("id",),
+         flags=(JSON,), handler=pv.playbook_verb),
+    Verb("plan", "plan a playbook step as a diff (nothing is applied)", args=("playbook",),
+         options=("--alert", "--incident", "--step", AS), flags=("--dry-run", JSON),
+         changes_state=True, handler=iv.plan_verb),
+    Verb("apply", "apply a planned run; refuses while a guard says no", args=("run",),
+         options=(AS,), flags=(JSON,), changes_state=True, handler=iv.apply_verb),
+    Verb("approve", "approve a run (two_person: not the requester)", args=("run",),
+         options=(AS,), flags=(JSON,), changes_state=True, handler=iv.approve_verb),
+    Verb("deny", "deny a run", args=("run",), options=("--reason", AS), flags=(JSON,),
+         changes_state=True, handler=iv.deny_verb),
+    Verb("revert", "revert an applied run", args=("run",), options=("--reason", AS),
+         flags=(JSON,), changes_state=True, handler=iv.revert_verb),
+    Verb("mitigations", "list active mitigations", flags=(JSON,), handler=iv.mitigations_verb),
+    Verb("runs", "list runs", options=("--incident", "--state"), flags=(JSON,),
+         handler=iv.runs_verb),
+    Verb("pause", "stop every automatic action (kill switch)", options=("--reason", AS),
+         flags=(JSON,), changes_state=True, handler=iv.pause_verb),
+    Verb("resume", "allow automatic actions again", options=(AS,), flags=(JSON,),
+         changes_state=True, handler=iv.resume_verb),
+    Verb("incidents", "list incidents", options=("--status",), flags=(JSON,),
+         handler=iv.incidents_verb),
+    Verb("show", "show an incident's timeline", args=("id",), flags=(JSON,),
+         handler=iv.show_verb),
+    Verb("postmortem", "write an incident's postmortem (Markdown)", args=("id",),
+         flags=(JSON,), handler=iv.postmortem_verb),
+    Verb("tick", "run what is due now: TTL reverts, verification checks", options=(AS,),
+         flags=(JSON,), changes_state=True, handler=iv.tick_verb),
+)
+
+# Exit codes: 0 ok, 1 the check failed (lint/test found problems), 2 bad input,
+# 3 a guard refused, 4 a target or the store failed.
+EXIT_INPUT, EXIT_REFUSED, EXIT_FAILED = 2, 3, 4
+
+
+async def execute(tokens: Sequence[str] | str, ctx: Context) -> Result:
+    """Parse and run one command. Errors become a Result with a message, never a traceback."""
+    try:
+        cmd = parse(split(tokens) if isinstance(tokens, str) else tokens, VERBS)
+        if actor := cmd.opt(AS):
+            if not ctx.local:
+                raise CommandError("--as is for the CLI; in Slack you act as yourself")
+            ctx.actor = actor
+        assert cmd.verb.handler is not None
+        return await cmd.verb.handler(ctx, cmd)
+    except GuardRefused as err:
+        return Result(str(err), {"error": str(err), "guard": err.guard}, exit_code=EXIT_REFUSED)
+    except (InputError, NotFound) as err:
+        return Result(str(err), {"error": str(err)}, exit_code=EXIT_INPUT)
+    except IncidentBotError as err:
+        return Result(str(err), {"error": str(err)}, exit_code=EXIT_FAILED)

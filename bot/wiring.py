@@ -1,0 +1,73 @@
+"""The composition root: settings -> store, playbooks, drivers, runner, engine.
+
+The only place that picks concrete drivers. Everything it builds is handed to
+the core through the narrow interfaces in ``actions.base``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from actions.base import MetricsSource, ServingDriver
+from actions.drivers.http import HttpDriver, HttpTargetConfig
+from actions.drivers.policy_file import PolicyFileDriver
+from actions.drivers.prometheus import PrometheusSource
+from bot.engine import Engine
+from bot.errors import InputError
+from bot.playbook.loader import PlaybookRegistry
+from bot.runner import Runner, RunnerSettings
+from bot.settings import Settings
+from bot.store import Store
+
+
+def build_driver(name: str, cfg: dict[str, Any], settings: Settings) -> ServingDriver:
+    kind = cfg.get("driver")
+    if kind == "policy_file":
+        if "path" not in cfg:
+            raise InputError(f"target '{name}': policy_file needs `path`")
+        # The default target's file is created on first use, so a fresh machine works.
+        return PolicyFileDriver(Path(cfg["path"]), create_missing=True, actor="llm-incident")
+    if kind == "http":
+        body = {k: v for k, v in cfg.items() if k != "driver"}
+        body.setdefault("name", name)
+        try:
+            config = HttpTargetConfig.model_validate(body)
+        except ValidationError as exc:
+            raise InputError(f"target '{name}': {exc}") from None
+        return HttpDriver(config, env=settings.env)
+    raise InputError(
+        f"target '{name}': unknown driver {kind!r}", hint="drivers: policy_file, http"
+    )
+
+
+def build_engine(settings: Settings) -> Engine:
+    registry = PlaybookRegistry()
+    problems = registry.reload(settings.playbooks_dir)
+    if problems:
+        # No good set to fall back to at start: refuse to run with half the playbooks.
+        from bot.errors import PlaybookError
+
+        raise PlaybookError(problems=problems)
+    drivers = {
+        name: build_driver(name, cfg, settings)
+        for name, cfg in settings.target_configs().items()
+    }
+    metrics: MetricsSource | None = (
+        PrometheusSource(settings.prometheus_url) if settings.prometheus_url else None
+    )
+    if settings.db_path.parent and str(settings.db_path) != ":memory:":
+        settings.db_path.parent.mkdir(parents=True, exist_ok=True)
+    store = Store(settings.db_path)
+    runner = Runner(
+        store,
+        drivers,
+        metrics,
+        settings=RunnerSettings(
+            approval_ttl=settings.approval_ttl,
+            max_active_mitigations=settings.max_active_mitigations,
+        ),
+    )
+    return Engine(store, registry, runner)
