@@ -63,7 +63,7 @@ async def run(argv: Sequence[str], settings: Settings | None = None) -> Result:
         tokens = ["help"]
     ctx = make_context(settings)
     verb: Verb | None = VERBS.get(tokens[0].lower())
-    if verb is not None and verb.changes_state:
+    if verb is not None and verb.changes_state and verb.name != "tick":
         # A CLI-only deployment has no scheduler: before changing anything, settle
         # what a crash left half-done and run the reverts that are overdue.
         try:
