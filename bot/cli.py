@@ -61,6 +61,10 @@ async def run(argv: Sequence[str], settings: Settings | None = None) -> Result:
     settings = settings or Settings.from_env(**conv)
     if not tokens:
         tokens = ["help"]
+    if tokens[0] == "demo":
+        from bot.demo import run_demo
+
+        return await run_demo(settings)
     ctx = make_context(settings)
     verb: Verb | None = VERBS.get(tokens[0].lower())
     if verb is not None and verb.changes_state and verb.name != "tick":

@@ -56,7 +56,7 @@ async def match_verb(ctx: Context, cmd: Command) -> Result:
         labels = ", ".join(f"{k}={v}" for k, v in sorted(alert.labels.items()))
         lines.append(f"alert {alert.alertname or '?'} [{alert.status}] {{{labels}}}")
         if explain:
-            matches, misses = matcher.explain(alert)
+            matches, misses = matcher.explain(alert, limit=3)
         else:
             matches, misses = matcher.match(alert), []
         if not matches:
