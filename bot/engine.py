@@ -3,25 +3,39 @@
 Commands (CLI and Slack), the web intake and the scheduler all call these
 methods; none of them talks to the store or the runner behind its back. No
 Slack, web framework or driver is imported here: the runner arrives with its
-drivers already injected.
+drivers already injected, the notifier with its channels.
+
+``handle_alerts`` is the service's entry point: ingest (dedup in the store),
+post a suggestion for each new incident, run the steps marked ``auto`` whose
+guards pass, and apply the lifecycle rules (``bot.lifecycle``) to resolved
+alerts. Publishing never raises: a failing notifier is logged and the alert
+stays ingested.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from bot.alert import Alert
-from bot.errors import InputError, NotFound
+from bot.errors import GuardRefused, IncidentBotError, InputError, NotFound
+from bot.lifecycle import ENGINE_ACTOR, Change, Lifecycle, LifecyclePolicy
 from bot.matcher import Matcher, MatchResult
+from bot.messages import Message
+from bot.notifier import Notifier, publish_safely
 from bot.playbook.loader import PlaybookRegistry
 from bot.playbook.render import render_params, render_query, render_step_args
 from bot.playbook.schema import Playbook, Step
 from bot.runner import Runner
-from bot.store import Run, Store, group_key_for
+from bot.store import PAUSE_FLAG, Incident, Run, Store, group_key_for
+from bot.suggestions import auto_result_message, build_suggestion
+
+log = logging.getLogger(__name__)
 
 UNCLASSIFIED = "unclassified"
+MAX_NOTE = 4000  # a note is a timeline line, not a document
 
 
 @dataclass
@@ -32,6 +46,9 @@ class Ingested:
     incident_id: str
     created: bool
     matches: list[MatchResult] = field(default_factory=list)
+    # "opened" (a new incident), "joined" (a new alert of an open incident),
+    # "resolved" (a known alert resolved now), "duplicate" (nothing changed).
+    outcome: str = ""
 
     @property
     def suggestion(self) -> Playbook | None:
@@ -46,11 +63,18 @@ class Engine:
         runner: Runner,
         *,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        notifier: Notifier | None = None,
+        lifecycle: LifecyclePolicy = LifecyclePolicy(),  # noqa: B008 - frozen, safe to share
+        diagnose_timeout: float = 2.0,
     ) -> None:
         self.store = store
         self.registry = registry
         self.runner = runner
         self.clock = clock
+        self.notifier = notifier
+        self.lifecycle = Lifecycle(store, lifecycle)
+        self.diagnose_timeout = diagnose_timeout
+        self._listeners: list[Callable[[], None]] = []
         self._matcher: Matcher | None = None
         self._matcher_for: object = None
 
@@ -67,6 +91,7 @@ class Engine:
     def ingest(self, alerts: Iterable[Alert], *, is_drill: bool = False) -> list[Ingested]:
         out = []
         for alert in alerts:
+            known = self.store.alert_by_key(alert.fingerprint, alert.starts_at)
             matches = self.matcher.match(alert)
             top = matches[0].playbook if matches else None
             klass = top.class_ if top else alert.labels.get("incident_class", UNCLASSIFIED)
@@ -90,8 +115,81 @@ class Engine:
                         "others": [m.playbook.id for m in matches[1:]],
                     },
                 )
-            out.append(Ingested(alert, incident_id, created, matches))
+            if known is None:
+                outcome = "opened" if created else "joined"
+            elif alert.status == "resolved" and known.status != "resolved":
+                outcome = "resolved"
+            else:
+                outcome = "duplicate"
+            out.append(Ingested(alert, incident_id, created, matches, outcome))
         return out
+
+    async def handle_alerts(
+        self, alerts: Iterable[Alert], *, is_drill: bool = False
+    ) -> list[Ingested]:
+        """Ingest, suggest for new incidents, run auto steps, apply the recovery rules.
+
+        A duplicate publishes nothing. A new alert joining an open incident is
+        recorded on its timeline without a message (grouping exists to cut noise).
+        """
+        ingested = self.ingest(alerts, is_drill=is_drill)
+        recovering: dict[str, None] = {}  # ordered set
+        for item in ingested:
+            if item.created and item.alert.status == "firing":
+                try:
+                    await self._open(item)
+                except Exception:  # the alert is stored; never fail the webhook over a message
+                    log.exception("suggesting for %s failed", item.incident_id)
+            if item.alert.status == "resolved" and item.outcome != "duplicate":
+                recovering[item.incident_id] = None
+        for incident_id in recovering:
+            await self._publish_changes(self.lifecycle.on_alerts_resolved(incident_id))
+        if any(i.outcome != "duplicate" for i in ingested):
+            self._changed()
+        return ingested
+
+    async def _open(self, item: Ingested) -> None:
+        inc = self.store.incident(item.incident_id)
+        msg = await build_suggestion(inc, item.alert, item.matches, diagnose=self.diagnose,
+                                     metrics=self.runner.metrics, timeout=self.diagnose_timeout)
+        await self.publish(msg)
+        if item.suggestion is not None:
+            await self._run_auto_steps(inc, item.suggestion)
+
+    async def _run_auto_steps(self, inc: Incident, playbook: Playbook) -> None:
+        for step in (s for s in playbook.steps if s.guard.auto):
+            run: Run | None = None
+            try:
+                run = await self.plan_step(inc.id, playbook.id, step.id, actor=ENGINE_ACTOR,
+                                           automatic=True)
+                if run.state == "planned" and run.held_at is None:
+                    run = await self.runner.apply(run.id, actor=ENGINE_ACTOR, automatic=True)
+                outcome, detail = self._auto_outcome(run)
+            except GuardRefused as exc:
+                run = self.store.run(run.id) if run else None
+                outcome = "held" if exc.guard == "pause" else f"refused by guard {exc.guard}"
+                detail = str(exc)
+            except IncidentBotError as exc:
+                run = self.store.run(run.id) if run else None
+                outcome, detail = "failed", str(exc)
+            await self.publish(auto_result_message(inc, step, outcome, detail, run))
+        await self._publish_changes(self.lifecycle.sync_runs(inc.id))
+
+    def _auto_outcome(self, run: Run) -> tuple[str, str]:
+        if run.state == "applied":
+            mit = self.store.mitigation(run.id)
+            ttl = f"; reverts at {mit.ttl_due_at:%H:%M} UTC" if mit and mit.ttl_due_at else ""
+            return "applied", f"{run.plan.summary or run.action} on {run.target}{ttl}"
+        if run.held_at is not None:
+            pause = self.store.flag(PAUSE_FLAG)
+            who = f" by {pause.set_by}: {pause.value}" if pause else ""
+            return "held", f"the bot is paused{who}; {run.id} runs after `resume`"
+        events = self.store.run_events(run.id)
+        if run.state == "refused":
+            refusals = events[0].data.get("refusals") if events else None
+            guard = refusals[0]["guard"] if refusals else "?"
+            return f"refused by guard {guard}", run.error or "refused"
+        return run.state, events[-1].text if events else run.state
 
     def latest_alert(self, incident_id: str) -> Alert:
         alerts = self.store.alerts_for(incident_id)
@@ -172,6 +270,97 @@ class Engine:
         """The playbook's diagnose queries, rendered for this alert (title, PromQL)."""
         params = render_params(playbook, alert)
         return [(d.title, render_query(d.query, params, alert)) for d in playbook.diagnose]
+
+    # --- lifecycle ------------------------------------------------------------
+
+    async def acknowledge(self, incident_id: str, actor: str) -> Incident:
+        inc = self.store.incident(incident_id)
+        if inc.status in ("mitigating", "mitigated"):
+            # Someone took it after the bot already acted: record who, keep the status.
+            text = f"acknowledged by {actor} (status stays {inc.status})"
+            self.store.add_event(incident_id, "acknowledged", text, actor=actor)
+            await self.publish(self._timeline(inc, f"{incident_id} acknowledged", text))
+            return inc
+        return await self._move(incident_id, "acknowledged", actor)
+
+    async def resolve(self, incident_id: str, actor: str, reason: str = "") -> Incident:
+        return await self._move(incident_id, "resolved", actor, reason)
+
+    async def cancel(self, incident_id: str, actor: str, reason: str) -> Incident:
+        return await self._move(incident_id, "cancelled", actor, reason)
+
+    async def note(self, incident_id: str, text: str, actor: str) -> Incident:
+        text = text.strip()
+        if not text:
+            raise InputError(f"a note on {incident_id} needs some text",
+                             hint=f"note {incident_id} WHAT HAPPENED")
+        if len(text) > MAX_NOTE:
+            raise InputError(f"the note on {incident_id} is {len(text)} characters; "
+                             f"the limit is {MAX_NOTE}", hint="link to a document instead")
+        inc = self.store.incident(incident_id)
+        self.store.add_event(incident_id, "note", text, actor=actor)
+        await self.publish(self._timeline(inc, f"{incident_id} note by {actor}", text))
+        return inc
+
+    async def assign(self, incident_id: str, commander: str, actor: str) -> Incident:
+        commander = commander.strip()
+        if not commander or len(commander) > 100:
+            raise InputError(f"assign {incident_id}: the commander must be a user name "
+                             "(1-100 characters)", hint=f"assign {incident_id} USER")
+        inc = self.store.incident(incident_id)
+        if not inc.is_open:
+            raise InputError(f"{incident_id} is {inc.status}; a closed incident needs no "
+                             "commander", hint="add a `note` instead")
+        inc = self.store.set_commander(incident_id, commander, actor=actor)
+        text = f"{commander} is the incident commander (assigned by {actor})"
+        await self.publish(self._timeline(inc, f"{incident_id} commander: {commander}", text))
+        return inc
+
+    async def after_run(self, run: Run) -> None:
+        """Call after a run changed outside ``handle_alerts`` (a command, a timer):
+        applies the run rules of the lifecycle and tells the listeners (the scheduler)."""
+        if run.incident_id:
+            await self._publish_changes(self.lifecycle.sync_runs(run.incident_id))
+        self._changed()
+
+    async def sync_lifecycle(self) -> list[Change]:
+        """Re-apply the run rules to every open incident (idempotent; the scheduler's tick)."""
+        changes: list[Change] = []
+        for inc in self.store.incidents(limit=1000):
+            if inc.is_open:
+                changes += self.lifecycle.sync_runs(inc.id)
+        await self._publish_changes(changes)
+        return changes
+
+    async def _move(self, incident_id: str, wanted: str, actor: str, reason: str = "") -> Incident:
+        change = self.lifecycle.move(incident_id, wanted, actor=actor, reason=reason)
+        await self._publish_changes([change])
+        return change.incident
+
+    # --- publishing -----------------------------------------------------------
+
+    async def publish(self, msg: Message) -> None:
+        """Hand a message to the notifier; failures are logged, never raised."""
+        await publish_safely(self.notifier, msg)
+
+    async def _publish_changes(self, changes: list[Change]) -> None:
+        for change in changes:
+            await self.publish(self.lifecycle.update_message(change))
+
+    def _timeline(self, inc: Incident, title: str, text: str) -> Message:
+        return Message("timeline", inc.id, title, text, severity=inc.severity,
+                       is_drill=inc.is_drill)
+
+    def add_change_listener(self, listener: Callable[[], None]) -> None:
+        """``listener()`` runs after anything may have added timers (the scheduler's refresh)."""
+        self._listeners.append(listener)
+
+    def _changed(self) -> None:
+        for listener in self._listeners:
+            try:
+                listener()
+            except Exception:
+                log.exception("change listener %r failed", listener)
 
 
 def _title(alert: Alert, playbook: Playbook | None) -> str:

@@ -267,7 +267,9 @@ class Store:
                           [*params, int(limit)])
         return [incident_from_row(r) for r in rows]
 
-    def set_incident_status(self, incident_id: str, status: str, *, actor: str) -> Incident:
+    def set_incident_status(
+        self, incident_id: str, status: str, *, actor: str, reason: str = ""
+    ) -> Incident:
         if status not in INCIDENT_STATUSES:
             raise InputError(f"unknown incident status '{status}'",
                              hint=f"one of: {', '.join(INCIDENT_STATUSES)}")
@@ -279,9 +281,28 @@ class Store:
                 "UPDATE incidents SET status = ?, updated_at = ?, resolved_at = ? WHERE id = ?",
                 [status, now, resolved, incident_id],
             )
-            self.add_event(incident_id, "status", f"status {before.status} -> {status}",
-                           actor=actor, data={"from": before.status, "to": status})
+            why = f": {reason}" if reason else ""
+            data = {"from": before.status, "to": status} | ({"reason": reason} if reason else {})
+            self.add_event(incident_id, "status", f"status {before.status} -> {status}{why}",
+                           actor=actor, data=data)
         return self.incident(incident_id)
+
+    def set_commander(self, incident_id: str, commander: str, *, actor: str) -> Incident:
+        """Name the incident commander; the timeline gets an ``assigned`` event."""
+        with self.transaction():
+            before = self.incident(incident_id)
+            self.db.execute("UPDATE incidents SET commander = ? WHERE id = ?",
+                            [commander, incident_id])
+            was = f" (was {before.commander})" if before.commander else ""
+            self.add_event(incident_id, "assigned", f"commander: {commander}{was}", actor=actor,
+                           data={"commander": commander, "previous": before.commander})
+        return self.incident(incident_id)
+
+    def alert_by_key(self, fingerprint: str, starts_at: datetime) -> StoredAlert | None:
+        """The stored alert with this dedup key, if any."""
+        rows = self._rows("SELECT * FROM alerts WHERE fingerprint = ? AND starts_at = ?",
+                          [fingerprint, to_text(starts_at)])
+        return alert_from_row(rows[0]) if rows else None
 
     def alerts_for(self, incident_id: str) -> list[StoredAlert]:
         rows = self._rows("SELECT * FROM alerts WHERE incident_id = ? ORDER BY id", [incident_id])

@@ -6,6 +6,7 @@ import logging
 from collections.abc import Sequence
 
 from bot.commands import incident_verbs as iv
+from bot.commands import lifecycle_verbs as lv
 from bot.commands import playbook_verbs as pv
 from bot.commands.context import Context
 from bot.commands.grammar import AS, JSON, Command, Result, Verb, parse, split
@@ -70,6 +71,16 @@ VERBS: dict[str, Verb] = _verbs(
          flags=(JSON,), handler=iv.postmortem_verb),
     Verb("tick", "run what is due now: TTL reverts, verification checks", options=(AS,),
          flags=(JSON,), changes_state=True, handler=iv.tick_verb),
+    Verb("ack", "acknowledge an incident (stops the reminders)", args=("id",), options=(AS,),
+         flags=(JSON,), changes_state=True, handler=lv.ack_verb),
+    Verb("resolve", "resolve an incident", args=("id",), options=("--reason", AS),
+         flags=(JSON,), changes_state=True, handler=lv.resolve_verb),
+    Verb("cancel", "cancel an incident (false alarm)", args=("id",), options=("--reason", AS),
+         flags=(JSON,), changes_state=True, handler=lv.cancel_verb),
+    Verb("note", "add a note to an incident's timeline", args=("id", "text..."), options=(AS,),
+         flags=(JSON,), changes_state=True, handler=lv.note_verb),
+    Verb("assign", "name the incident commander", args=("id", "user"), options=(AS,),
+         flags=(JSON,), changes_state=True, handler=lv.assign_verb),
 )
 
 # Exit codes: 0 ok, 1 the check failed (lint/test found problems), 2 bad input,

@@ -77,7 +77,9 @@ async def plan_verb(ctx: Context, cmd: Command) -> Result:
 
 
 async def apply_verb(ctx: Context, cmd: Command) -> Result:
-    return _one(await ctx.engine.runner.apply(cmd.args["run"], actor=ctx.actor))
+    run = await ctx.engine.runner.apply(cmd.args["run"], actor=ctx.actor)
+    await ctx.engine.after_run(run)  # incident -> mitigating, scheduler picks up the timers
+    return _one(run)
 
 
 async def approve_verb(ctx: Context, cmd: Command) -> Result:

@@ -1,0 +1,127 @@
+"""Notifiers and the neutral message: console text, log, recording, fan-out, button values."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+from datetime import UTC, datetime
+
+import pytest
+
+from bot.errors import InputError
+from bot.messages import Button, Field, Message, Section, button_command, parse_value
+from bot.notifier import (
+    ConsoleNotifier,
+    FanoutNotifier,
+    LogNotifier,
+    RecordingNotifier,
+    publish_safely,
+)
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+MSG = Message(
+    kind="suggestion", incident_id="INC-3", title="INC-3 Runaway cost on chat",
+    text="suggested playbook runaway-cost", severity="critical", is_drill=True,
+    sections=(Section("Spend is 4x budget <b>*now*</b>", title="Alert",
+                      fields=(Field("Route", "chat"), Field("Model", "gpt-x"))),),
+    buttons=(Button("run_step", "Run cap-output", "INC-3:runaway-cost:cap-output", "primary"),
+             Button("approve", "Approve RUN-3", "RUN-3"),
+             Button("ack", "Acknowledge", "INC-3")),
+)
+
+
+def test_console_renders_a_readable_block():
+    out = io.StringIO()
+    run(ConsoleNotifier(out).publish(MSG))
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "== [CRITICAL] [DRILL] INC-3 Runaway cost on chat =="
+    text = out.getvalue()
+    assert "-- Alert" in text and "Route: chat" in text and "Model: gpt-x" in text
+    assert "<b>*now*</b>" in text  # plain: escaping is the chat renderer's job
+    assert ("[Run cap-output]  llm-incident plan runaway-cost --incident INC-3 "
+            "--step cap-output") in text
+    assert "[Approve RUN-3]  llm-incident approve RUN-3" in text
+    assert "[Acknowledge]  llm-incident ack INC-3" in text
+
+
+def test_console_survives_a_malformed_button_value():
+    out = io.StringIO()
+    bad = Message("update", None, "x", "y", buttons=(Button("run_step", "Run", "INC-1"),))
+    run(ConsoleNotifier(out).publish(bad))
+    assert "[Run]" in out.getvalue() and "llm-incident" not in out.getvalue()
+
+
+def test_log_notifier_logs_fallback_text(caplog):
+    with caplog.at_level(logging.INFO, logger="llm_incident.messages"):
+        run(LogNotifier().publish(MSG))
+    [rec] = caplog.records
+    assert rec.levelno == logging.WARNING  # critical severity
+    assert "INC-3 Runaway cost on chat" in rec.getMessage() and "[DRILL]" in rec.getMessage()
+    assert rec.incident_id == "INC-3"
+
+
+def test_recording_notifier_keeps_messages_and_times():
+    times = iter([datetime(2026, 1, 1, 10, m, tzinfo=UTC) for m in (1, 2)])
+    rec = RecordingNotifier(clock=lambda: next(times))
+    other = Message("update", "INC-3", "INC-3 acknowledged", "acked")
+    run(rec.publish(MSG))
+    run(rec.publish(other))
+    assert rec.messages == [MSG, other]
+    assert [t.minute for t in rec.times] == [1, 2]
+    assert rec.of_kind("update") == [other]
+
+
+class Boom:
+    async def publish(self, msg):
+        raise RuntimeError("webhook 500")
+
+
+class Hang:
+    async def publish(self, msg):
+        await asyncio.sleep(3600)
+
+
+def test_fanout_isolates_a_failing_and_a_hanging_notifier(caplog):
+    rec = RecordingNotifier()
+    fan = FanoutNotifier(Boom(), Hang(), rec, timeout=0.05)
+    with caplog.at_level(logging.ERROR):
+        run(fan.publish(MSG))  # does not raise, does not hang
+    assert rec.messages == [MSG]
+    logged = " ".join(r.getMessage() for r in caplog.records)
+    assert "Boom failed" in logged and "webhook 500" in logged and "Hang failed" in logged
+
+
+def test_publish_safely_reports_failure_without_raising():
+    assert run(publish_safely(Boom(), MSG)) is False
+    assert run(publish_safely(None, MSG)) is True
+
+
+@pytest.mark.parametrize(
+    "action, value, command",
+    [("run_step", "INC-3:runaway-cost:cap-output",
+      "plan runaway-cost --incident INC-3 --step cap-output"),
+     ("dry_run", "INC-3:runaway-cost:cap-output",
+      "plan runaway-cost --incident INC-3 --step cap-output --dry-run"),
+     ("approve", "RUN-3", "approve RUN-3"), ("deny", "RUN-3", "deny RUN-3"),
+     ("revert", "RUN-3", "revert RUN-3"), ("ack", "INC-3", "ack INC-3"),
+     ("not_this_playbook", "INC-3:runaway-cost", "note INC-3 not this playbook: runaway-cost")],
+)
+def test_button_values_and_commands(action, value, command):
+    assert button_command(Button(action, "x", value)) == command
+
+
+@pytest.mark.parametrize(
+    "action, value, problem",
+    [("run_step", "INC-3:runaway-cost", "3 non-empty"), ("approve", "RUN-3:x", "1 non-empty"),
+     ("ack", "", "1 non-empty"), ("run_step", "INC-3::cap", "3 non-empty"),
+     ("launch", "INC-3", "unknown button action")],
+)
+def test_bad_button_values_are_refused_clearly(action, value, problem):
+    with pytest.raises(InputError, match=problem) as err:
+        parse_value(action, value)
+    assert action in err.value.message
