@@ -1,7 +1,8 @@
 """`llm-incident` on the command line: the same verbs as `/llm-incident` in Slack.
 
 Global options (anywhere on the line): --db PATH, --playbooks DIR, --policy PATH,
---prometheus URL. Everything else goes to the shared command layer.
+--prometheus URL. Everything else goes to the shared command layer, except
+`serve [--host HOST] [--port PORT]`, which starts the service (not a chat verb).
 """
 
 from __future__ import annotations
@@ -78,9 +79,58 @@ async def run(argv: Sequence[str], settings: Settings | None = None) -> Result:
     return await execute(tokens, ctx)
 
 
+SERVE_USAGE = "usage: llm-incident [global options] serve [--host HOST] [--port PORT]"
+
+
+def parse_serve_args(tokens: Sequence[str]) -> dict[str, str | int]:
+    """`serve`'s own options (tokens after the word serve) -> Settings overrides."""
+    out: dict[str, str | int] = {}
+    it = iter(tokens)
+    for tok in it:
+        key, eq, value = tok.partition("=")
+        if key not in ("--host", "--port"):
+            raise IncidentBotError(f"serve: unknown argument {tok!r}", hint=SERVE_USAGE)
+        if not eq:
+            value = next(it, "")
+        if not value:
+            raise IncidentBotError(f"serve: {key} needs a value", hint=SERVE_USAGE)
+        if key == "--port":
+            if not value.isdigit() or int(value) > 65535:
+                raise IncidentBotError(f"serve: --port must be 0-65535, got {value!r}",
+                                       hint=SERVE_USAGE)
+            out["port"] = int(value)
+        else:
+            out["host"] = value
+    return out
+
+
+def serve_main(argv: Sequence[str]) -> int:
+    import logging
+
+    from bot.service import serve  # web stack imported only for this command
+
+    overrides, tokens = split_globals(argv)
+    conv = {k: (v if k == "prometheus_url" else Path(v)) for k, v in overrides.items()}
+    settings = Settings.from_env(**conv, **parse_serve_args(tokens[1:]))
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(serve(settings))
+    return 0
+
+
+def _is_serve(argv: Sequence[str]) -> bool:
+    try:
+        tokens = split_globals(argv)[1]
+    except IncidentBotError:
+        return False  # the normal path reports the bad global option
+    return bool(tokens) and tokens[0] == "serve"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
+        if _is_serve(argv):
+            return serve_main(argv)
         result = asyncio.run(run(argv))
     except IncidentBotError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -31,7 +31,27 @@ ENV_VARS = {
     "LLM_INCIDENT_APPROVAL_TTL": "how long an approval stays valid (default 15m)",
     "LLM_INCIDENT_MAX_ACTIVE": "most mitigations active at once (default 3)",
     "LLM_INCIDENT_USER": "who the CLI acts as (default: the login name)",
+    "LLM_INCIDENT_HOST": "address `serve` listens on (default 127.0.0.1)",
+    "LLM_INCIDENT_PORT": "port `serve` listens on (default 8080)",
+    "LLM_INCIDENT_WEBHOOK_TOKEN": "bearer token the alert webhooks require (default: none)",
+    "LLM_INCIDENT_GRAFANA_HMAC_SECRET": "secret of Grafana's webhook HMAC signature (default: none)",
+    "LLM_INCIDENT_GRAFANA_HMAC_HEADER": "header carrying that signature "
+    "(default X-Grafana-Alerting-Signature)",
+    "LLM_INCIDENT_GRAFANA_HMAC_TIMESTAMP_HEADER": "Grafana's timestamp header, when its contact "
+    "point sets one; then required and checked for freshness (default: none)",
+    "LLM_INCIDENT_MAX_BODY": "largest webhook body accepted, in bytes (default 1048576)",
+    "SLACK_BOT_TOKEN": "Slack bot token (xoxb-...); with it `serve` posts to Slack (default: none)",
+    "SLACK_SIGNING_SECRET": "Slack signing secret; with it `serve` takes POST /slack/events",
+    "SLACK_APP_TOKEN": "Slack app-level token (xapp-...); with it `serve` uses Socket Mode",
+    "LLM_INCIDENT_SLACK_API_URL": "Slack Web API base URL (default https://slack.com/api/)",
+    "LLM_INCIDENT_SLACK_CHANNEL": "channel id incidents are posted in",
+    "LLM_INCIDENT_ONCALL_USERS": "comma-separated Slack user ids allowed to change things",
+    "LLM_INCIDENT_ONCALL_GROUP": "Slack user group id whose members may change things",
+    "LLM_INCIDENT_ALERT_CHANNELS": "comma-separated channel ids whose Alertmanager posts "
+    "are read as alerts",
 }
+
+DEFAULT_GRAFANA_HMAC_HEADER = "X-Grafana-Alerting-Signature"
 
 
 @dataclass(frozen=True)
@@ -44,6 +64,23 @@ class Settings:
     approval_ttl: timedelta = timedelta(minutes=15)
     max_active_mitigations: int = 3
     user: str = "cli"
+    # `llm-incident serve`
+    host: str = "127.0.0.1"
+    port: int = 8080
+    webhook_token: str | None = field(default=None, repr=False)
+    grafana_hmac_secret: str | None = field(default=None, repr=False)
+    grafana_hmac_header: str = DEFAULT_GRAFANA_HMAC_HEADER
+    grafana_hmac_timestamp_header: str | None = None
+    max_body_bytes: int = 1024 * 1024
+    # Slack (bot/slack/): nothing Slack runs unless a token or secret is set.
+    slack_bot_token: str | None = field(default=None, repr=False)
+    slack_signing_secret: str | None = field(default=None, repr=False)
+    slack_app_token: str | None = field(default=None, repr=False)
+    slack_api_url: str | None = None
+    slack_channel: str | None = None
+    oncall_users: tuple[str, ...] = ()
+    oncall_group: str | None = None
+    alert_channels: tuple[str, ...] = ()
     # Whatever the HTTP driver may template as {{ env.X }} (credentials).
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
 
@@ -67,6 +104,8 @@ class Settings:
             if not v.isdigit() or int(v) < 1:
                 raise InputError(f"LLM_INCIDENT_MAX_ACTIVE must be a positive integer, got {v!r}")
             s = replace(s, max_active_mitigations=int(v))
+        s = _serve_settings(s, env)
+        s = _slack_settings(s, env)
         overrides = {k: v for k, v in overrides.items() if v is not None}
         return replace(s, **overrides)
 
@@ -92,6 +131,53 @@ class Settings:
                 raise InputError(f"{self.targets_file}: targets.{name}: needs a `driver` key")
             targets[str(name)] = cfg
         return targets
+
+
+def _serve_settings(s: Settings, env: Mapping[str, str]) -> Settings:
+    if v := env.get("LLM_INCIDENT_HOST"):
+        s = replace(s, host=v)
+    if v := env.get("LLM_INCIDENT_PORT"):
+        if not v.isdigit() or not 0 <= int(v) <= 65535:
+            raise InputError(f"LLM_INCIDENT_PORT must be a port number 0-65535, got {v!r}")
+        s = replace(s, port=int(v))
+    if v := env.get("LLM_INCIDENT_WEBHOOK_TOKEN"):
+        s = replace(s, webhook_token=v)
+    if v := env.get("LLM_INCIDENT_GRAFANA_HMAC_SECRET"):
+        s = replace(s, grafana_hmac_secret=v)
+    if v := env.get("LLM_INCIDENT_GRAFANA_HMAC_HEADER"):
+        s = replace(s, grafana_hmac_header=v)
+    if v := env.get("LLM_INCIDENT_GRAFANA_HMAC_TIMESTAMP_HEADER"):
+        s = replace(s, grafana_hmac_timestamp_header=v)
+    if v := env.get("LLM_INCIDENT_MAX_BODY"):
+        if not v.isdigit() or int(v) < 1:
+            raise InputError(f"LLM_INCIDENT_MAX_BODY must be a positive number of bytes, got {v!r}")
+        s = replace(s, max_body_bytes=int(v))
+    return s
+
+
+def _slack_settings(s: Settings, env: Mapping[str, str]) -> Settings:
+    def ids(name: str) -> tuple[str, ...]:
+        return tuple(p.strip() for p in env.get(name, "").split(",") if p.strip())
+
+    s = replace(
+        s,
+        slack_bot_token=env.get("SLACK_BOT_TOKEN") or None,
+        slack_signing_secret=env.get("SLACK_SIGNING_SECRET") or None,
+        slack_app_token=env.get("SLACK_APP_TOKEN") or None,
+        slack_channel=env.get("LLM_INCIDENT_SLACK_CHANNEL") or None,
+        oncall_users=ids("LLM_INCIDENT_ONCALL_USERS"),
+        oncall_group=env.get("LLM_INCIDENT_ONCALL_GROUP") or None,
+        alert_channels=ids("LLM_INCIDENT_ALERT_CHANNELS"),
+    )
+    if v := env.get("LLM_INCIDENT_SLACK_API_URL"):
+        if not v.startswith(("http://", "https://")):
+            raise InputError(f"LLM_INCIDENT_SLACK_API_URL must be an http(s) URL, got {v!r}")
+        # slack_sdk joins method names onto the base URL: it must end with a slash.
+        s = replace(s, slack_api_url=v.rstrip("/") + "/")
+    if s.slack_app_token and not s.slack_app_token.startswith("xapp-"):
+        raise InputError("SLACK_APP_TOKEN must be an app-level token (xapp-...)",
+                         hint="Basic Information > App-Level Tokens, scope connections:write")
+    return s
 
 
 def _duration(name: str, value: str) -> timedelta:

@@ -240,24 +240,35 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusS
 # -- Alertmanager ------------------------------------------------------------------------
 
 
-def start_alertmanager(workdir: Path, webhook_url: str) -> Service:
-    """Run Alertmanager sending every alert to ``webhook_url``, grouped fast for tests."""
+def start_alertmanager(
+    workdir: Path,
+    webhook_url: str,
+    *,
+    group_wait: str = "1s",
+    group_interval: str = "1s",
+    repeat_interval: str = "1h",
+    bearer_token: str | None = None,
+) -> Service:
+    """Run Alertmanager sending every alert to ``webhook_url``, grouped fast for tests.
+
+    ``bearer_token`` goes into the receiver's ``http_config.authorization``, as a
+    deployment would configure it for the bot's webhook token."""
     binary = require_binary(ALERTMANAGER_BIN)
     workdir.mkdir(parents=True, exist_ok=True)
+    receiver: dict[str, Any] = {"url": webhook_url, "send_resolved": True}
+    if bearer_token is not None:
+        receiver["http_config"] = {
+            "authorization": {"type": "Bearer", "credentials": bearer_token}
+        }
     config = {
         "route": {
             "receiver": "webhook",
             "group_by": ["alertname"],
-            "group_wait": "1s",
-            "group_interval": "1s",
-            "repeat_interval": "1h",
+            "group_wait": group_wait,
+            "group_interval": group_interval,
+            "repeat_interval": repeat_interval,
         },
-        "receivers": [
-            {
-                "name": "webhook",
-                "webhook_configs": [{"url": webhook_url, "send_resolved": True}],
-            }
-        ],
+        "receivers": [{"name": "webhook", "webhook_configs": [receiver]}],
     }
     config_file = workdir / "alertmanager.yml"
     config_file.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -276,12 +287,15 @@ def start_alertmanager(workdir: Path, webhook_url: str) -> Service:
 
 
 @pytest.fixture(scope="session")
-def alertmanager(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[str], Service]]:
-    """Factory: ``alertmanager(webhook_url)`` starts one; all stop at the end of the session."""
+def alertmanager(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Service]]:
+    """Factory: ``alertmanager(webhook_url, **options)`` starts one (options: see
+    ``start_alertmanager``); all stop at the end of the session."""
     started: list[Service] = []
 
-    def start(webhook_url: str) -> Service:
-        service = start_alertmanager(tmp_path_factory.mktemp("alertmanager"), webhook_url)
+    def start(webhook_url: str, **options: Any) -> Service:
+        service = start_alertmanager(
+            tmp_path_factory.mktemp("alertmanager"), webhook_url, **options
+        )
         started.append(service)
         return service
 

@@ -1,0 +1,139 @@
+"""`llm-incident serve`: one asyncio process with the webhooks, the scheduler and the store.
+
+The composition of the long-running service: settings -> engine (``bot.wiring``),
+notifier, scheduler, FastAPI app, and a ``uvicorn.Server`` in the same event loop.
+
+Shutdown on SIGTERM or SIGINT: uvicorn stops accepting, finishes the requests in
+flight (bounded by ``GRACEFUL_SECONDS``), then the scheduler shuts down and the
+store closes. Nothing is lost: a webhook is answered 2xx only after its alerts are
+committed, so a request cut short is retried by its sender and deduplicated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import sys
+from collections.abc import Iterator
+
+import uvicorn
+
+from bot.engine import Engine
+from bot.notifier import ConsoleNotifier, Notifier
+from bot.scheduler import Scheduler
+from bot.service_metrics import ServiceMetrics
+from bot.settings import Settings
+from bot.web import create_app
+from bot.wiring import build_engine
+
+log = logging.getLogger("llm_incident.serve")
+
+GRACEFUL_SECONDS = 20  # a request still running after this is cut; its sender retries
+_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server with two changes: the ready line, and signal handling that
+    returns from ``serve()`` instead of re-raising the signal, so our cleanup runs."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.url: str | None = None
+        self.ready = asyncio.Event()
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        loop = asyncio.get_running_loop()
+        installed = []
+        for sig in _SIGNALS:
+            try:
+                # handle_exit: the first signal drains gracefully, a second forces exit.
+                loop.add_signal_handler(sig, self.handle_exit, sig, None)
+                installed.append(sig)
+            except (NotImplementedError, RuntimeError, ValueError):
+                pass  # not the main thread (tests, embedding): the caller stops us
+        try:
+            yield
+        finally:
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.should_exit or not self.servers:
+            return
+        host, port = self.servers[0].sockets[0].getsockname()[:2]
+        self.url = f"http://{host}:{port}"
+        log.info("llm-incident ready on %s (webhooks under /v1/alerts)", self.url)
+        self.ready.set()
+
+
+def build_notifier(settings: Settings) -> Notifier:
+    """The console until the Slack notifier is configured (its tokens in the settings)."""
+    return ConsoleNotifier(sys.stdout)
+
+
+def build_scheduler(engine: Engine, settings: Settings) -> Scheduler:
+    return Scheduler(engine)
+
+
+class Service:
+    """Everything one `serve` process runs; ``run()`` serves until stopped."""
+
+    def __init__(self, settings: Settings, host: str | None = None, port: int | None = None,
+                 *, engine: Engine | None = None, scheduler: Scheduler | None = None,
+                 notifier: Notifier | None = None) -> None:
+        self.settings = settings
+        self.engine = engine or build_engine(settings)
+        self.engine.notifier = notifier or build_notifier(settings)
+        self.scheduler = scheduler or build_scheduler(self.engine, settings)
+        self.metrics = ServiceMetrics(self.engine.store)
+        self.app = create_app(self.engine, settings, metrics=self.metrics,
+                              scheduler=self.scheduler)
+        config = uvicorn.Config(
+            self.app,
+            host=host or settings.host,
+            port=settings.port if port is None else port,
+            log_config=None,  # the caller configures logging; uvicorn's loggers propagate
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=GRACEFUL_SECONDS,
+            server_header=False,
+        )
+        self.server = _Server(config)
+
+    @property
+    def url(self) -> str | None:
+        return self.server.url
+
+    async def wait_ready(self) -> str:
+        await self.server.ready.wait()
+        assert self.server.url is not None
+        return self.server.url
+
+    def stop(self) -> None:
+        """Ask for a graceful stop (what SIGTERM does)."""
+        self.server.should_exit = True
+
+    async def run(self) -> None:
+        try:
+            # Before listening: start() settles what a crash left and runs overdue reverts.
+            await self.scheduler.start()
+            await self.server.serve()
+            if not self.server.started:
+                raise SystemExit(1)  # uvicorn logged why (port in use...)
+        finally:
+            try:
+                await self.scheduler.shutdown()
+            except Exception:  # noqa: BLE001 - the store must still be closed
+                log.exception("scheduler shutdown failed")
+            self.engine.store.close()
+            log.info("llm-incident stopped")
+
+
+async def serve(settings: Settings, host: str | None = None, port: int | None = None) -> None:
+    """Serve until SIGTERM/SIGINT; returns after a graceful shutdown."""
+    await Service(settings, host, port).run()

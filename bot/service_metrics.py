@@ -1,0 +1,138 @@
+"""The service's own Prometheus metrics, on a registry of their own (not the global one).
+
+Two kinds:
+
+* request metrics the web layer updates as it goes (alerts received, webhooks
+  rejected, webhook duration); they start at zero with the process, as counters do;
+* state metrics computed from the store at scrape time by ``StoreCollector``, so
+  they are the same after a restart: incidents by class and state, action
+  outcomes, guard refusals and the pause switch.
+
+``llm_incident_actions_total{action,result}`` counts the run-state events in the
+timeline (every time a run of ``action`` reached ``result``: applied, reverted,
+failed...), not the runs currently in each state: the timeline only grows, so the
+counter never goes down when a run moves on from ``applied`` to ``reverted``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from bot.migrations import RUN_STATES
+from bot.store import PAUSE_FLAG, Store
+
+log = logging.getLogger(__name__)
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+# Webhooks answer in milliseconds; the upper buckets catch a store stuck on a lock.
+_DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class StoreCollector(Collector):
+    """Reads the store on every scrape. A store that cannot answer yields no state
+    metrics (and ``llm_incident_store_up 0``) rather than failing the whole scrape."""
+
+    def __init__(self, store: Callable[[], Store]) -> None:
+        self._store = store
+
+    def describe(self) -> list[Any]:
+        return []  # computed at scrape time; no fixed description to check at register
+
+    def collect(self) -> Iterator[Any]:
+        up = GaugeMetricFamily(
+            "llm_incident_store_up", "1 when the store answered the last scrape's queries."
+        )
+        try:
+            families = list(self._families(self._store()))
+        except Exception:  # noqa: BLE001 - a scrape must not fail because the store did
+            log.exception("metrics: reading the store failed")
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        yield from families
+
+    def _families(self, store: Store) -> Iterator[Any]:
+        db = store.db
+        incidents = GaugeMetricFamily(
+            "llm_incident_incidents", "Incidents by class and state.", labels=["class", "state"]
+        )
+        for klass, state, n in db.execute(
+            "SELECT class, status, COUNT(*) FROM incidents GROUP BY class, status"
+        ).fetchall():
+            incidents.add_metric([klass, state], n)
+        yield incidents
+
+        actions = CounterMetricFamily(
+            "llm_incident_actions",
+            "Times a run of an action reached a state (planned, applied, reverted, failed...).",
+            labels=["action", "result"],
+        )
+        states = ", ".join("?" for _ in RUN_STATES)
+        for action, result, n in db.execute(
+            "SELECT r.action, json_extract(e.data, '$.state') AS result, COUNT(*) "
+            "FROM events e JOIN runs r ON r.id = e.run_id "
+            f"WHERE result IN ({states}) GROUP BY r.action, result",
+            list(RUN_STATES),
+        ).fetchall():
+            actions.add_metric([action, result], n)
+        yield actions
+
+        refusals = CounterMetricFamily(
+            "llm_incident_guard_refusals", "Steps a guard refused, by guard.", labels=["guard"]
+        )
+        for guard, n in db.execute(
+            "SELECT COALESCE(json_extract(data, '$.guard'), 'unknown'), COUNT(*) FROM events "
+            "WHERE kind = 'guard_refused' GROUP BY 1"
+        ).fetchall():
+            refusals.add_metric([guard], n)
+        yield refusals
+
+        paused = GaugeMetricFamily(
+            "llm_incident_paused", "1 while the global pause (kill switch) holds actions."
+        )
+        paused.add_metric([], 0 if store.flag(PAUSE_FLAG) is None else 1)
+        yield paused
+
+
+class ServiceMetrics:
+    """The metrics of one ``serve`` process. ``render()`` is the /metrics body."""
+
+    def __init__(self, store: Callable[[], Store] | Store | None = None) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.alerts_received = Counter(
+            "llm_incident_alerts_received",
+            "Alerts accepted from webhooks, by source and alert status (firing, resolved).",
+            ["source", "status"],
+            registry=self.registry,
+        )
+        self.webhook_rejected = Counter(
+            "llm_incident_webhook_rejected",
+            "Webhook requests refused, by source and reason.",
+            ["source", "reason"],
+            registry=self.registry,
+        )
+        self.webhook_duration = Histogram(
+            "llm_incident_webhook_duration_seconds",
+            "Time to answer a webhook request, whatever the answer.",
+            ["source"],
+            buckets=_DURATION_BUCKETS,
+            registry=self.registry,
+        )
+        if store is not None:
+            self.attach_store(store)
+
+    def attach_store(self, store: Callable[[], Store] | Store) -> None:
+        getter = store if callable(store) else (lambda: store)
+        self.registry.register(StoreCollector(getter))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
