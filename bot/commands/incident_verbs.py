@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from bot.commands.context import Context
 from bot.commands.grammar import Command, Result
-from bot.commands.playbook_verbs import _read_alerts, describe_guard
+from bot.commands.playbook_verbs import _read_alerts
 from bot.errors import InputError
 from bot.postmortem import render_postmortem
+from bot.suggestions import describe_guard
 
 NEXT_STEP = {
     "planned": "apply {id}",
@@ -27,7 +28,7 @@ def describe_run(run) -> str:
         lines.append(f"  from playbook {run.playbook_id} step {run.step_id}"
                      + (f", incident {run.incident_id}" if run.incident_id else ""))
     lines += ["  " + line for line in run.diff.splitlines()]
-    lines.append("  guards " + describe_guard(run.guard))
+    lines.append("  guards: " + describe_guard(run.guard))
     if run.verify_query:
         lines.append(f"  verify query: {run.verify_query.strip()}")
     if run.error:

@@ -11,8 +11,9 @@ from bot.errors import InputError
 from bot.intake import parse_body
 from bot.matcher import Matcher
 from bot.playbook.loader import lint, load_dir
-from bot.playbook.schema import format_duration, json_schema
+from bot.playbook.schema import json_schema
 from bot.playbook.testing import run_tests
+from bot.suggestions import describe_guard
 
 SCHEMA_FILE = "playbook.schema.json"
 
@@ -114,25 +115,5 @@ async def playbook_verb(ctx: Context, cmd: Command) -> Result:
     if p.match.all:
         lines.append("match all: " + "; ".join(c.describe() for c in p.match.all))
     for i, s in enumerate(p.steps, 1):
-        lines.append(f"{i}. {s.id}: {s.title} ({s.action}) {describe_guard(s.guard)}")
+        lines.append(f"{i}. {s.id}: {s.title} ({s.action})\n   guards: {describe_guard(s.guard)}")
     return Result("\n".join(lines), p.model_dump(mode="json", by_alias=True))
-
-
-def describe_guard(g) -> str:
-    parts = [f"approval={g.approval}"]
-    if g.auto:
-        parts.append("auto")
-    if g.dry_run:
-        parts.append("dry-run")
-    if g.ttl:
-        parts.append(f"ttl={format_duration(g.ttl)}")
-    if g.cooldown:
-        parts.append(f"cooldown={format_duration(g.cooldown)}")
-    if g.max_runs:
-        parts.append(f"max {g.max_runs.count}/{format_duration(g.max_runs.window)}")
-    if g.verify:
-        parts.append(
-            f"verify {g.verify.expect} within {format_duration(g.verify.within)} "
-            f"else {g.verify.on_fail}"
-        )
-    return "[" + ", ".join(parts) + "]"
