@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from actions.base import MetricsSource, ServingDriver
 from actions.drivers.http import HttpDriver, HttpTargetConfig
+from actions.drivers.litellm import LiteLLMTargetConfig, build_litellm_driver
 from actions.drivers.policy_file import PolicyFileDriver
 from actions.drivers.prometheus import PrometheusSource
 from bot.engine import Engine
@@ -38,8 +39,14 @@ def build_driver(name: str, cfg: dict[str, Any], settings: Settings) -> ServingD
         except ValidationError as exc:
             raise InputError(f"target '{name}': {exc}") from None
         return HttpDriver(config, env=settings.env)
+    if kind == "litellm":
+        try:
+            litellm_cfg = LiteLLMTargetConfig.model_validate(cfg)
+        except ValidationError as exc:
+            raise InputError(f"target '{name}': {exc}") from None
+        return build_litellm_driver(litellm_cfg, env=settings.env)
     raise InputError(
-        f"target '{name}': unknown driver {kind!r}", hint="drivers: policy_file, http"
+        f"target '{name}': unknown driver {kind!r}", hint="drivers: policy_file, http, litellm"
     )
 
 

@@ -16,9 +16,9 @@ if ((${#need_apt[@]})); then
     "${need_apt[@]}" >/dev/null
 fi
 
-python3 -m pip install -q -e '.[test]'
+python3 -m pip install -q -e '.[test,litellm]'
 
-echo "== ruff"; python3 -m ruff check bot actions drills tests bench
+echo "== ruff"; python3 -m ruff check bot bot_litellm_hook actions drills tests bench
 echo "== import contracts"; lint-imports
 echo "== pytest"
 export LLM_INCIDENT_REQUIRE_INTEGRATION=1

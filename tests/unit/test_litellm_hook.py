@@ -1,0 +1,155 @@
+"""The LiteLLM pre-call hook's decisions, without a proxy (litellm is imported, not run)."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import logging
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+from actions.policy import ServingPolicy
+
+if importlib.util.find_spec("litellm") is None:
+    message = "litellm is not installed; `pip install -e '.[litellm]'` to test the hook"
+    if os.environ.get("LLM_INCIDENT_REQUIRE_INTEGRATION") == "1":
+        raise RuntimeError(message)
+    pytest.skip(message, allow_module_level=True)
+
+# Offline: importing litellm would otherwise try to download its model cost map.
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+import litellm  # noqa: E402
+
+from bot_litellm_hook.hook import PolicyHook, RouteDisabled, decide  # noqa: E402
+
+POLICY = """\
+version: 1
+routes:
+  chat:
+    max_output_tokens: 64
+    prompt_version: v41
+    traffic: {chat-large: 0.75, chat-small: 0.25}
+  chat-large: {}
+  chat-small: {max_output_tokens: 32}
+  solo: {enabled: false}
+  legacy: {enabled: false, fallback: chat-small}
+"""
+
+
+@pytest.fixture
+def policy_file(tmp_path: Path) -> Path:
+    path = tmp_path / "policy.yaml"
+    path.write_text(POLICY)
+    return path
+
+
+def call(hook: PolicyHook, **data) -> dict:
+    return asyncio.run(hook.async_pre_call_hook(None, None, dict(data), "acompletion"))
+
+
+def test_cap_clamps_requests_for_more_and_fills_in_a_missing_limit(policy_file: Path) -> None:
+    hook = PolicyHook(policy_file, seed=1)
+    for _ in range(20):
+        out = call(hook, model="chat", max_tokens=500, max_completion_tokens=10)
+        # chat-small has a tighter cap of its own; the tighter one wins.
+        cap = 64 if out["model"] == "chat-large" else 32
+        assert out["max_tokens"] == cap and out["max_completion_tokens"] == 10
+    assert "max_tokens" not in call(hook, model="chat-large")  # no cap, nothing added
+
+
+def test_disabled_route_without_fallback_is_a_clear_503(policy_file: Path) -> None:
+    with pytest.raises(litellm.ServiceUnavailableError) as err:
+        call(PolicyHook(policy_file), model="solo")
+    assert err.value.status_code == 503 and "'solo' is disabled" in str(err.value)
+
+
+def test_disabled_route_with_fallback_is_rerouted(policy_file: Path) -> None:
+    out = call(PolicyHook(policy_file), model="legacy", max_tokens=100)
+    assert out["model"] == "chat-small" and out["max_tokens"] == 32
+    assert out["metadata"]["llm_incident"]["reason"] == "route disabled: fallback"
+
+
+def test_traffic_weights_pick_the_model() -> None:
+    policy = ServingPolicy.model_validate(
+        {"routes": {"chat": {"traffic": {"a": 0.75, "b": 0.25}}, "b": {}}}
+    )
+    rng = random.Random(7)
+    picks = [decide(policy, "chat", rng).model for _ in range(2000)]
+    assert 0.70 < picks.count("a") / len(picks) < 0.80
+    disabled_b = policy.with_values({"b": {"enabled": False}})
+    assert {decide(disabled_b, "chat", rng).model for _ in range(50)} == {"a"}
+
+
+def test_prompt_version_goes_to_metadata_header_and_managed_prompts(policy_file: Path) -> None:
+    out = call(PolicyHook(policy_file, seed=3), model="chat", prompt_id="support", metadata={"k": 1})
+    assert out["metadata"]["prompt_version"] == "v41" and out["metadata"]["k"] == 1
+    assert out["extra_headers"]["x-prompt-version"] == "v41"
+    assert out["prompt_version"] == "v41"
+
+
+def test_routes_the_policy_does_not_list_pass_unchanged(policy_file: Path) -> None:
+    data = {"model": "other", "max_tokens": 9000}
+    assert call(PolicyHook(policy_file), **data) == data
+    assert decide(ServingPolicy(), "chat", random.Random()) is None
+
+
+def test_broken_policy_file_keeps_the_last_good_policy_and_logs(
+    policy_file: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    hook = PolicyHook(policy_file)
+    assert call(hook, model="chat-small", max_tokens=99)["max_tokens"] == 32
+    policy_file.write_text("version: 1\nroutes: [oops\n")
+    with caplog.at_level(logging.ERROR, logger="bot_litellm_hook"):
+        assert call(hook, model="chat-small", max_tokens=99)["max_tokens"] == 32
+        call(hook, model="chat-small")
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and str(policy_file) in errors[0].getMessage()
+    policy_file.write_text("version: 1\nroutes:\n  chat-small: {max_output_tokens: 8}\n")
+    assert call(hook, model="chat-small", max_tokens=99)["max_tokens"] == 8
+    policy_file.unlink()
+    assert call(hook, model="chat-small", max_tokens=99)["max_tokens"] == 8
+
+
+def test_invalid_policy_before_any_good_one_enforces_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "policy.yaml"
+    path.write_text("version: 1\nroutes:\n  chat: {max_output_tokens: -1}\n")
+    assert call(PolicyHook(path), model="chat", max_tokens=99)["max_tokens"] == 99
+
+
+def test_file_is_read_again_only_when_it_changes(policy_file: Path, monkeypatch) -> None:
+    hook = PolicyHook(policy_file)
+    reads = []
+    real = Path.read_text
+    monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: reads.append(1) or real(self, *a, **k))
+    for _ in range(5):
+        call(hook, model="chat-small")
+    assert len(reads) == 1
+
+
+def test_path_comes_from_litellm_settings(policy_file: Path, monkeypatch) -> None:
+    monkeypatch.setattr(litellm, "llm_incident_policy_file", str(policy_file), raising=False)
+    assert call(PolicyHook(), model="chat-small", max_tokens=99)["max_tokens"] == 32
+
+
+def test_route_disabled_message_names_the_change(policy_file: Path) -> None:
+    policy = ServingPolicy.model_validate(
+        {"routes": {"x": {"enabled": False, "fallback": "y"}, "y": {"enabled": False}},
+         "updated_by": "INC-7 step disable"}
+    )
+    with pytest.raises(RouteDisabled, match="fallback 'y' is disabled too.*INC-7"):
+        decide(policy, "x", random.Random())
+
+
+def test_fallback_on_an_enabled_route_moves_its_traffic_like_the_sandbox() -> None:
+    policy = ServingPolicy.model_validate(
+        {"routes": {"chat": {"fallback": "chat-small"}, "chat-small": {}}})
+    decision = decide(policy, "chat", random.Random(0))
+    assert decision is not None and decision.model == "chat-small"
+    # A fallback that is itself disabled is no cure: serve the route as asked.
+    policy = ServingPolicy.model_validate(
+        {"routes": {"chat": {"fallback": "chat-small"}, "chat-small": {"enabled": False}}})
+    decision = decide(policy, "chat", random.Random(0))
+    assert decision is not None and decision.model == "chat"
