@@ -138,7 +138,76 @@ def _v1_initial(db: Database) -> None:
         db.execute(sql)
 
 
+def _v2_chat_messages(db: Database) -> None:
+    # Where each incident's top chat message lives, so a restart keeps updating the
+    # same message and threading under it. Plain data: the core knows no chat API.
+    # No foreign key to incidents: a chat notifier may be pointed at any store, and
+    # this row is only a pointer to a message outside.
+    db.execute(
+        """CREATE TABLE chat_messages (
+            incident_id TEXT NOT NULL,
+            channel TEXT NOT NULL,
+            ts TEXT NOT NULL,
+            message TEXT NOT NULL,
+            status_message TEXT,
+            posted_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            PRIMARY KEY (incident_id, channel)
+        )"""
+    )
+
+
+def _v3_drills(db: Database) -> None:
+    # One row per drill run (drills/runner.py); `injection` holds what must be undone
+    # while `injection_active` is 1, so a drill killed half way is rolled back on the
+    # next start. Times are real UTC; `speed` says how much faster than real time the
+    # drill ran (timings in reports are drill time = real elapsed x speed).
+    db.execute(
+        """CREATE TABLE drills (
+            id TEXT PRIMARY KEY,
+            seq INTEGER NOT NULL UNIQUE,
+            scenario_id TEXT NOT NULL,
+            class TEXT NOT NULL,
+            target TEXT NOT NULL,
+            mode TEXT NOT NULL CHECK (mode IN ('auto', 'humans')),
+            detector TEXT NOT NULL,
+            speed REAL NOT NULL DEFAULT 1,
+            status TEXT NOT NULL CHECK (status IN ('running', 'completed', 'failed', 'aborted')),
+            phase TEXT NOT NULL,
+            incident_id TEXT,
+            started_at TEXT NOT NULL,
+            injected_at TEXT,
+            detected_at TEXT,
+            acknowledged_at TEXT,
+            mitigated_at TEXT,
+            recovered_at TEXT,
+            rolled_back_at TEXT,
+            finished_at TEXT,
+            suggested_playbook TEXT,
+            injection TEXT NOT NULL DEFAULT '{}',
+            injection_active INTEGER NOT NULL DEFAULT 0,
+            score INTEGER,
+            breakdown TEXT NOT NULL DEFAULT '[]',
+            reason TEXT
+        )"""
+    )
+    db.execute("CREATE INDEX idx_drills_class ON drills (class, seq)")
+    db.execute(
+        """CREATE TABLE drill_events (
+            id INTEGER PRIMARY KEY,
+            drill_id TEXT NOT NULL REFERENCES drills (id),
+            at TEXT NOT NULL,
+            phase TEXT NOT NULL,
+            text TEXT NOT NULL,
+            data TEXT NOT NULL DEFAULT '{}'
+        )"""
+    )
+    db.execute("CREATE INDEX idx_drill_events ON drill_events (drill_id, id)")
+
+
 # Append only; index + 1 is the schema version.
-MIGRATIONS: list[Callable[[Database], None]] = [_v1_initial]
+MIGRATIONS: list[Callable[[Database], None]] = [
+    _v1_initial, _v2_chat_messages, _v3_drills,
+]
 
 LATEST_VERSION = len(MIGRATIONS)
