@@ -52,8 +52,13 @@ def make_context(settings: Settings) -> Context:
 
         return build_engine(settings)
 
+    def open_drills(engine: Engine):
+        from drills.harness import drill_service  # the sandbox stack only when drilling
+
+        return drill_service(engine, settings)
+
     return Context(actor=settings.user, playbooks_dir=settings.playbooks_dir,
-                   open_engine=open_engine, local=True)
+                   open_engine=open_engine, local=True, open_drills=open_drills)
 
 
 async def run(argv: Sequence[str], settings: Settings | None = None) -> Result:
@@ -63,9 +68,9 @@ async def run(argv: Sequence[str], settings: Settings | None = None) -> Result:
     if not tokens:
         tokens = ["help"]
     if tokens[0] == "demo":
-        from bot.demo import run_demo
+        from bot.demo import demo_flags, run_demo
 
-        return await run_demo(settings)
+        return await run_demo(settings, use_prometheus=demo_flags(tokens[1:]))
     ctx = make_context(settings)
     verb: Verb | None = VERBS.get(tokens[0].lower())
     if verb is not None and verb.changes_state and verb.name != "tick":

@@ -26,6 +26,7 @@ from bot.notifier import ConsoleNotifier, Notifier
 from bot.scheduler import Scheduler
 from bot.service_metrics import ServiceMetrics
 from bot.settings import Settings
+from bot.slack import attach_slack, build_slack_notifier
 from bot.web import create_app
 from bot.wiring import build_engine
 
@@ -88,11 +89,15 @@ class Service:
                  notifier: Notifier | None = None) -> None:
         self.settings = settings
         self.engine = engine or build_engine(settings)
-        self.engine.notifier = notifier or build_notifier(settings)
+        # Slack's notifier when SLACK_BOT_TOKEN and LLM_INCIDENT_SLACK_CHANNEL are set.
+        self.engine.notifier = (notifier or build_slack_notifier(settings, self.engine)
+                                or build_notifier(settings))
         self.scheduler = scheduler or build_scheduler(self.engine, settings)
         self.metrics = ServiceMetrics(self.engine.store)
         self.app = create_app(self.engine, settings, metrics=self.metrics,
                               scheduler=self.scheduler)
+        # POST /slack/events and/or Socket Mode, as far as the Slack settings say.
+        self.slack = attach_slack(self.engine, settings, self.app)
         config = uvicorn.Config(
             self.app,
             host=host or settings.host,
@@ -122,10 +127,14 @@ class Service:
         try:
             # Before listening: start() settles what a crash left and runs overdue reverts.
             await self.scheduler.start()
+            await self.slack.start()
             await self.server.serve()
             if not self.server.started:
                 raise SystemExit(1)  # uvicorn logged why (port in use...)
         finally:
+            await self.slack.stop()
+            if aclose := getattr(self.engine.notifier, "aclose", None):
+                await aclose()  # the Slack notifier flushes what it still holds
             try:
                 await self.scheduler.shutdown()
             except Exception:  # noqa: BLE001 - the store must still be closed

@@ -40,6 +40,10 @@ ENV_VARS = {
     "LLM_INCIDENT_GRAFANA_HMAC_TIMESTAMP_HEADER": "Grafana's timestamp header, when its contact "
     "point sets one; then required and checked for freshness (default: none)",
     "LLM_INCIDENT_MAX_BODY": "largest webhook body accepted, in bytes (default 1048576)",
+    "LLM_INCIDENT_DRILL_TZ": "time zone of the monthly drill schedule (default UTC)",
+    "LLM_INCIDENT_DRILL_CRON": "crontab line replacing the drill schedule "
+    "(default: first Tuesday of the month, 10:00)",
+    "LLM_INCIDENT_DRILL_CHANNEL": "where drill messages go (default: with the incidents)",
     "SLACK_BOT_TOKEN": "Slack bot token (xoxb-...); with it `serve` posts to Slack (default: none)",
     "SLACK_SIGNING_SECRET": "Slack signing secret; with it `serve` takes POST /slack/events",
     "SLACK_APP_TOKEN": "Slack app-level token (xapp-...); with it `serve` uses Socket Mode",
@@ -72,6 +76,10 @@ class Settings:
     grafana_hmac_header: str = DEFAULT_GRAFANA_HMAC_HEADER
     grafana_hmac_timestamp_header: str | None = None
     max_body_bytes: int = 1024 * 1024
+    # Drills (drills/schedule.py)
+    drill_tz: str = "UTC"
+    drill_cron: str | None = None
+    drill_channel: str | None = None
     # Slack (bot/slack/): nothing Slack runs unless a token or secret is set.
     slack_bot_token: str | None = field(default=None, repr=False)
     slack_signing_secret: str | None = field(default=None, repr=False)
@@ -105,6 +113,7 @@ class Settings:
                 raise InputError(f"LLM_INCIDENT_MAX_ACTIVE must be a positive integer, got {v!r}")
             s = replace(s, max_active_mitigations=int(v))
         s = _serve_settings(s, env)
+        s = _drill_settings(s, env)
         s = _slack_settings(s, env)
         overrides = {k: v for k, v in overrides.items() if v is not None}
         return replace(s, **overrides)
@@ -177,6 +186,16 @@ def _slack_settings(s: Settings, env: Mapping[str, str]) -> Settings:
     if s.slack_app_token and not s.slack_app_token.startswith("xapp-"):
         raise InputError("SLACK_APP_TOKEN must be an app-level token (xapp-...)",
                          hint="Basic Information > App-Level Tokens, scope connections:write")
+    return s
+
+
+def _drill_settings(s: Settings, env: Mapping[str, str]) -> Settings:
+    if v := env.get("LLM_INCIDENT_DRILL_TZ"):
+        s = replace(s, drill_tz=v)
+    if v := env.get("LLM_INCIDENT_DRILL_CRON"):
+        s = replace(s, drill_cron=v)
+    if v := env.get("LLM_INCIDENT_DRILL_CHANNEL"):
+        s = replace(s, drill_channel=v)
     return s
 
 

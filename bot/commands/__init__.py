@@ -5,9 +5,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
+from bot.commands import drill_verbs as dv
 from bot.commands import incident_verbs as iv
 from bot.commands import lifecycle_verbs as lv
 from bot.commands import playbook_verbs as pv
+from bot.commands import slack_verbs as sv
 from bot.commands.context import Context
 from bot.commands.grammar import AS, JSON, Command, Result, Verb, parse, split
 from bot.errors import CommandError, GuardRefused, IncidentBotError, InputError, NotFound
@@ -50,8 +52,9 @@ VERBS: dict[str, Verb] = _verbs(
          changes_state=True, handler=iv.plan_verb),
     Verb("apply", "apply a planned run; refuses while a guard says no", args=("run",),
          options=(AS,), flags=(JSON,), changes_state=True, handler=iv.apply_verb),
-    Verb("approve", "approve a run (two_person: not the requester)", args=("run",),
-         options=(AS,), flags=(JSON,), changes_state=True, handler=iv.approve_verb),
+    Verb("approve", "approve a run (two_person: not the requester); --apply applies it too",
+         args=("run",), options=(AS,), flags=("--apply", JSON), changes_state=True,
+         handler=sv.approve_verb),
     Verb("deny", "deny a run", args=("run",), options=("--reason", AS), flags=(JSON,),
          changes_state=True, handler=iv.deny_verb),
     Verb("revert", "revert an applied run", args=("run",), options=("--reason", AS),
@@ -81,6 +84,27 @@ VERBS: dict[str, Verb] = _verbs(
          flags=(JSON,), changes_state=True, handler=lv.note_verb),
     Verb("assign", "name the incident commander", args=("id", "user"), options=(AS,),
          flags=(JSON,), changes_state=True, handler=lv.assign_verb),
+    # Asked for by the Slack app; they work on the CLI too (bot/commands/slack_verbs.py).
+    Verb("status", "open incidents, active mitigations, and whether the bot is paused",
+         flags=(JSON,), handler=sv.status_verb),
+    Verb("list", "list incidents (same as incidents)", options=("--status",), flags=(JSON,),
+         handler=iv.incidents_verb),
+    Verb("suggest", "the ranked playbooks for an incident's latest alert, with why",
+         args=("id",), flags=(JSON,), handler=sv.suggest_verb),
+    Verb("run", "plan a step of the suggested playbook (default: its first step); applied at "
+         "once if it needs no approval", args=("id",), optional=("step",),
+         options=("--playbook", AS), flags=("--dry-run", JSON), changes_state=True,
+         handler=sv.run_verb),
+    Verb("do", "one ad hoc guarded action (on-call approval, TTL 1h): do ACTION ROUTE key=value",
+         args=("action", "route"), optional=("params...",),
+         options=("--incident", "--target", "--ttl", AS), flags=("--dry-run", JSON),
+         changes_state=True, handler=sv.do_verb),
+    Verb("reject", "not this playbook: record it and suggest the next candidate",
+         args=("id", "playbook"), options=(AS,), flags=(JSON,), changes_state=True,
+         handler=sv.reject_verb),
+    Verb("drill", "drills: list | run CLASS_OR_ID | history [CLASS] | report DRILL_ID",
+         optional=("sub", "arg"), options=("--target",), flags=("--auto-respond", JSON),
+         changes_state=True, handler=dv.drill_verb),
 )
 
 # Exit codes: 0 ok, 1 the check failed (lint/test found problems), 2 bad input,

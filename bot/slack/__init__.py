@@ -1,0 +1,70 @@
+"""Everything Slack: the bolt app (``app``), on-call authorization (``auth``), HTTP mode
+(``http_mode``), Socket Mode (``socket_mode``), alerts posted in channels
+(``channel_alerts``), Block Kit rendering (``blocks``) and the notifier (``notifier``).
+
+``attach_slack`` is what ``llm-incident serve`` calls: it builds only what the
+settings ask for. Modules are imported lazily so this package stays cheap to
+import (``bot.slack.blocks`` alone is enough for rendering).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from bot.engine import Engine
+    from bot.settings import Settings
+    from bot.slack.socket_mode import SocketMode
+
+
+@dataclass
+class SlackParts:
+    """What ``attach_slack`` set up; ``None`` where the settings did not ask."""
+
+    app: Any = None  # slack_bolt.async_app.AsyncApp
+    socket_mode: SocketMode | None = None
+    http_path: str | None = None
+
+    async def start(self) -> None:
+        if self.socket_mode is not None:
+            await self.socket_mode.start()
+
+    async def stop(self) -> None:
+        if self.socket_mode is not None:
+            await self.socket_mode.stop()
+
+
+def attach_slack(engine: Engine, settings: Settings, web_app: FastAPI) -> SlackParts:
+    """With SLACK_BOT_TOKEN plus SLACK_SIGNING_SECRET, mount ``POST /slack/events`` on
+    ``web_app``; with SLACK_APP_TOKEN, prepare Socket Mode (started by ``start()``)."""
+    parts = SlackParts()
+    if not settings.slack_bot_token or not (settings.slack_signing_secret
+                                            or settings.slack_app_token):
+        return parts
+    from bot.slack.app import create_slack_app
+
+    parts.app = create_slack_app(engine, settings)
+    if settings.slack_signing_secret:
+        from bot.slack.http_mode import SLACK_PATH, mount_slack
+
+        mount_slack(web_app, parts.app, settings)
+        parts.http_path = SLACK_PATH
+    if settings.slack_app_token:
+        from bot.slack.socket_mode import SocketMode
+
+        parts.socket_mode = SocketMode(parts.app, settings.slack_app_token)
+    return parts
+
+
+def build_slack_notifier(settings: Settings, engine: Engine) -> Any | None:
+    """The Slack notifier when SLACK_BOT_TOKEN and LLM_INCIDENT_SLACK_CHANNEL are set."""
+    if not settings.slack_bot_token or not settings.slack_channel:
+        return None
+    from bot.slack.app import web_client
+    from bot.slack.notifier import SlackNotifier
+
+    return SlackNotifier(web_client(settings), channel=settings.slack_channel,
+                         store=engine.store)

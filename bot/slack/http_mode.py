@@ -1,0 +1,86 @@
+"""HTTP mode: Slack's commands, interactivity and events at ``POST /slack/events``.
+
+Bolt checks the signature (``v0=`` HMAC-SHA256 of ``v0:{timestamp}:{body}``) and
+refuses a timestamp more than five minutes away. A captured request replayed
+inside those five minutes would still pass, so ``ReplayGuard`` remembers every
+signature it let through for the window and refuses a second one with 401,
+before any listener runs: no side effect.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from slack_bolt.adapter.fastapi.async_handler import AsyncSlackRequestHandler
+from slack_bolt.async_app import AsyncApp
+from slack_bolt.middleware.async_middleware import AsyncMiddleware
+from slack_bolt.request.async_request import AsyncBoltRequest
+from slack_bolt.response import BoltResponse
+
+from bot.errors import IncidentBotError
+from bot.settings import Settings
+
+SLACK_PATH = "/slack/events"
+WINDOW_SECONDS = 300  # bolt's own timestamp window
+MAX_REMEMBERED = 50_000  # signatures; at Slack's request rates far more than 5 minutes' worth
+MAX_SLACK_BODY = 256 * 1024  # Slack's payloads are a few KB
+
+
+class ReplayGuard(AsyncMiddleware):
+    """Bolt middleware: a signature already seen within the window gets 401."""
+
+    def __init__(self, window: float = WINDOW_SECONDS, max_entries: int = MAX_REMEMBERED,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.window = window
+        self.max_entries = max_entries
+        self.clock = clock
+        self._seen: OrderedDict[str, float] = OrderedDict()  # signature -> first seen
+
+    def seen(self, signature: str) -> bool:
+        """Record ``signature``; True when it was already recorded within the window."""
+        now = self.clock()
+        while self._seen:  # oldest first: drop what left the window
+            oldest, at = next(iter(self._seen.items()))
+            if now - at <= self.window and len(self._seen) < self.max_entries:
+                break
+            del self._seen[oldest]
+        if signature in self._seen:
+            return True
+        self._seen[signature] = now
+        return False
+
+    async def async_process(self, *, req: AsyncBoltRequest, resp: BoltResponse,
+                            next: Callable[[], Awaitable[BoltResponse]]) -> BoltResponse:
+        if req.mode == "socket_mode":
+            return await next()  # no signatures there; the websocket is authenticated
+        signature = req.headers.get("x-slack-signature", [""])[0]
+        if not signature or self.seen(signature):
+            return BoltResponse(status=401, body='{"error": "replayed request"}',
+                                headers={"content-type": "application/json"})
+        return await next()
+
+
+def mount_slack(app: FastAPI, slack_app: AsyncApp, settings: Settings, *,
+                path: str = SLACK_PATH, replay: ReplayGuard | None = None) -> ReplayGuard:
+    """Route ``POST path`` to bolt; returns the replay guard it installed."""
+    if not settings.slack_signing_secret:
+        raise IncidentBotError("Slack's HTTP endpoint needs SLACK_SIGNING_SECRET",
+                               hint="Basic Information > App Credentials > Signing Secret")
+    guard = replay or ReplayGuard()
+    slack_app.middleware(guard)  # runs after bolt's signature check: only valid ones counted
+    handler = AsyncSlackRequestHandler(slack_app)
+
+    async def slack_events(request: Request) -> Response:
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > MAX_SLACK_BODY:
+            return JSONResponse({"error": "body too large"}, status_code=413)
+        return await handler.handle(request)
+
+    # Not in the OpenAPI document: its body is Slack's, form-encoded and signed.
+    app.add_api_route(path, slack_events, methods=["POST"], include_in_schema=False,
+                      name="slack_events")
+    return guard

@@ -1,0 +1,111 @@
+"""Local stand-ins for Slack's Socket Mode server and for response URLs (tests only).
+
+``SocketModeStub`` speaks Slack's Socket Mode protocol on 127.0.0.1:
+
+* ``connections_open`` is the ``apps.connections.open`` answer (plug it into
+  ``WebApiStub(handlers={"apps.connections.open": stub.connections_open})``):
+  ``{"ok": true, "url": "ws://127.0.0.1:PORT/link/?ticket=..."}``;
+* on connect it sends ``{"type": "hello", ...}``; ``send(type, payload)`` then
+  sends an envelope ``{"envelope_id", "type", "payload", "accepts_response_payload"}``
+  and every acknowledgement the app sends back (``{"envelope_id", "payload"?}``)
+  is recorded in ``acks``;
+* ``POST /respond/N`` records what bolt's ``respond`` posts to a response URL
+  (``response_url()`` hands out a fresh one).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import uuid
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+
+class SocketModeStub:
+    def __init__(self) -> None:
+        self.port = 0
+        self.acks: dict[str, dict[str, Any]] = {}  # envelope_id -> the ack message
+        self.responses: list[tuple[str, dict[str, Any]]] = []  # (path, JSON body)
+        self.connections = 0
+        self._ws: web.WebSocketResponse | None = None
+        self._connected = asyncio.Event()
+        self._runner: web.AppRunner | None = None
+        self._n = 0
+
+    async def start(self) -> SocketModeStub:
+        app = web.Application()
+        app.router.add_get("/link/", self._link)
+        app.router.add_post("/respond/{n}", self._respond)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.bind(("127.0.0.1", 0))
+        self.port = sock.getsockname()[1]
+        await web.SockSite(self._runner, sock).start()
+        return self
+
+    async def stop(self) -> None:
+        if self._ws is not None and not self._ws.closed:
+            await self._ws.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> SocketModeStub:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # --- Web API and response URLs ----------------------------------------------------
+
+    def connections_open(self, params: dict[str, Any]) -> dict[str, Any]:
+        return {"ok": True, "url": f"ws://127.0.0.1:{self.port}/link/?ticket={uuid.uuid4()}"}
+
+    def response_url(self) -> str:
+        self._n += 1
+        return f"http://127.0.0.1:{self.port}/respond/{self._n}"
+
+    async def _respond(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self.responses.append((request.path, body))
+        return web.Response(text="ok")
+
+    def responses_to(self, url: str) -> list[dict[str, Any]]:
+        path = url.split(str(self.port), 1)[1]
+        return [body for p, body in self.responses if p == path]
+
+    # --- the websocket ----------------------------------------------------------------
+
+    async def _link(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(autoping=True)  # answers the client's pings
+        await ws.prepare(request)
+        self._ws = ws
+        self.connections += 1
+        await ws.send_json({"type": "hello", "num_connections": 1,
+                            "debug_info": {"host": "stub", "approximate_connection_time": 18060},
+                            "connection_info": {"app_id": "A0STUB"}})
+        self._connected.set()
+        async for msg in ws:
+            if msg.type == WSMsgType.TEXT:
+                data = json.loads(msg.data)
+                if "envelope_id" in data:
+                    self.acks[data["envelope_id"]] = data
+        return ws
+
+    async def wait_connected(self, timeout: float = 10) -> None:
+        await asyncio.wait_for(self._connected.wait(), timeout)
+
+    async def send(self, type_: str, payload: dict[str, Any], *,
+                   accepts_response_payload: bool = False) -> str:
+        assert self._ws is not None, "no Socket Mode client connected"
+        envelope_id = str(uuid.uuid4())
+        envelope = {"envelope_id": envelope_id, "type": type_, "payload": payload,
+                    "accepts_response_payload": accepts_response_payload}
+        if type_ == "events_api":
+            envelope |= {"retry_attempt": 0, "retry_reason": ""}
+        await self._ws.send_json(envelope)
+        return envelope_id

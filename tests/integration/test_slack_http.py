@@ -1,0 +1,346 @@
+"""Slack over HTTP through bolt's real request path.
+
+The service's FastAPI app (``bot.web.create_app``) with ``POST /slack/events``
+mounted, driven through httpx's ASGI transport (bolt's own handler, signature
+check and ack machinery run as in production). Requests are signed like
+Slack's (``v0=`` HMAC-SHA256 of ``v0:{ts}:{body}``); the Web API is the local
+``WebApiStub`` (auth.test, usergroups.users.list); response URLs point at a
+local recorder. The engine runs on fakes with an injected clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import json
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import httpx
+import pytest
+
+from bot.service_metrics import ServiceMetrics
+from bot.settings import Settings
+from bot.slack.app import create_slack_app
+from bot.slack.http_mode import mount_slack
+from bot.slack.webapi_stub import WebApiStub
+from bot.web import create_app
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from incident_env import Env, alert  # noqa: E402
+from slack_socket_stub import SocketModeStub  # noqa: E402
+
+pytestmark = pytest.mark.integration
+SECRET = "test-signing-secret"
+ONCALL = ["U0ALICE", "U0BOB"]
+DEADLINE = 10.0
+
+
+def sign(body: bytes, ts: int | None = None, secret: str = SECRET) -> dict[str, str]:
+    ts = int(time.time()) if ts is None else ts
+    base = b"v0:" + str(ts).encode() + b":" + body
+    sig = "v0=" + hmac.new(secret.encode(), base, hashlib.sha256).hexdigest()
+    return {"X-Slack-Request-Timestamp": str(ts), "X-Slack-Signature": sig}
+
+
+class Slack:
+    """What Slack's servers would send, plus the recorders to look at what came back."""
+
+    def __init__(self, env: Env, api: WebApiStub, urls: SocketModeStub,
+                 http: httpx.AsyncClient) -> None:
+        self.env, self.api, self.urls, self.http = env, api, urls, http
+
+    async def post(self, body: bytes, content_type: str, headers: dict[str, str] | None = None
+                   ) -> httpx.Response:
+        hdrs = {"Content-Type": content_type, **(headers if headers is not None else sign(body))}
+        return await self.http.post("/slack/events", content=body, headers=hdrs)
+
+    def command_body(self, text: str, user: str, url: str) -> bytes:
+        return urlencode({"token": "legacy", "team_id": "T0STUB", "channel_id": "C0INC",
+                          "user_id": user, "user_name": user.lower(), "command": "/llm-incident",
+                          "text": text, "response_url": url, "trigger_id": "1.2.3",
+                          "api_app_id": "A0STUB"}).encode()
+
+    async def command(self, text: str, user: str = "U0ALICE") -> tuple[httpx.Response, str]:
+        url = self.urls.response_url()
+        body = self.command_body(text, user, url)
+        return await self.post(body, "application/x-www-form-urlencoded"), url
+
+    async def click(self, action: str, value: str, user: str = "U0ALICE"
+                    ) -> tuple[httpx.Response, str]:
+        url = self.urls.response_url()
+        payload = {"type": "block_actions", "user": {"id": user, "team_id": "T0STUB"},
+                   "api_app_id": "A0STUB", "token": "legacy", "trigger_id": "1.2.3",
+                   "team": {"id": "T0STUB"}, "channel": {"id": "C0INC"},
+                   "container": {"type": "message", "message_ts": "1.1"},
+                   "response_url": url,
+                   "actions": [{"action_id": f"{action}#0", "block_id": "b1", "value": value,
+                                "type": "button", "action_ts": "1.2"}]}
+        body = urlencode({"payload": json.dumps(payload)}).encode()
+        return await self.post(body, "application/x-www-form-urlencoded"), url
+
+    async def event(self, event: dict[str, Any]) -> httpx.Response:
+        body = json.dumps({"token": "legacy", "team_id": "T0STUB", "api_app_id": "A0STUB",
+                           "type": "event_callback", "event_id": f"Ev{time.time_ns()}",
+                           "event_time": int(time.time()), "event": event}).encode()
+        return await self.post(body, "application/json")
+
+    async def reply(self, url: str) -> dict[str, Any]:
+        """The first message bolt's ``respond`` posted to ``url``."""
+        await until(lambda: self.urls.responses_to(url), f"a reply at {url}")
+        return self.urls.responses_to(url)[0]
+
+    def thread(self, title_part: str) -> list[Any]:
+        return [m for m in self.env.published if title_part in m.title]
+
+
+async def until(check: Callable[[], Any], what: str) -> Any:
+    deadline = time.monotonic() + DEADLINE
+    while not (result := check()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.02)
+    return result
+
+
+@contextlib.asynccontextmanager
+async def slack_http(**settings: Any) -> AsyncIterator[Slack]:
+    env = Env()
+    await env.engine.handle_alerts([alert()])  # INC-1: runaway cost on route chat
+    async with WebApiStub(usergroups={"S0ONCALL": ONCALL}) as api, SocketModeStub() as urls:
+        cfg = Settings(slack_bot_token="xoxb-test", slack_signing_secret=SECRET,
+                       slack_api_url=api.base_url, oncall_group="S0ONCALL", **settings)
+        app = create_app(env.engine, cfg, metrics=ServiceMetrics(env.store))
+        mount_slack(app, create_slack_app(env.engine, cfg), cfg)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://slack.test") as http:
+            yield Slack(env, api, urls, http)
+        # Let bolt's listener tasks (after the ack) finish before the loop closes.
+        pending = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        await asyncio.wait(pending, timeout=DEADLINE) if pending else None
+
+
+def go(coro) -> None:
+    asyncio.run(coro)
+
+
+# --- the request path ----------------------------------------------------------------
+
+
+def test_a_signed_read_command_is_acked_then_answered():
+    async def main() -> None:
+        async with slack_http() as s:
+            resp, url = await s.command("status")
+            assert resp.status_code == 200
+            body = await s.reply(url)
+            assert body["response_type"] == "ephemeral"
+            assert "INC-1" in json.dumps(body["blocks"])
+            assert s.api.calls_of("auth.test")  # bolt's single-team authorization
+
+    go(main())
+
+
+def test_a_change_is_acked_with_working_on_it_and_the_result_goes_in_channel():
+    async def main() -> None:
+        async with slack_http() as s:
+            resp, url = await s.command("pause --reason 'bad deploy'")
+            assert resp.status_code == 200 and "working on it" in resp.json()["text"]
+            body = await s.reply(url)
+            assert body["response_type"] == "in_channel" and "paused by U0ALICE" in body["text"]
+            assert s.env.store.flag("paused").set_by == "U0ALICE"
+            assert s.api.calls_of("usergroups.users.list")
+
+    go(main())
+
+
+def test_url_verification_answers_the_challenge():
+    async def main() -> None:
+        async with slack_http() as s:
+            body = json.dumps({"type": "url_verification", "challenge": "c-123",
+                               "token": "legacy"}).encode()
+            resp = await s.post(body, "application/json")
+            assert resp.status_code == 200 and resp.json()["challenge"] == "c-123"
+
+    go(main())
+
+
+@pytest.mark.parametrize("headers", [
+    pytest.param(lambda b: sign(b, secret="not-the-secret"), id="bad-signature"),
+    pytest.param(lambda b: sign(b, ts=int(time.time()) - 6 * 60), id="older-than-5-minutes"),
+    pytest.param(lambda b: {}, id="unsigned"),
+])
+def test_forged_and_expired_requests_are_401_with_no_side_effect(headers):
+    async def main() -> None:
+        async with slack_http() as s:
+            url = s.urls.response_url()
+            body = s.command_body("pause --reason forged", "U0ALICE", url)
+            resp = await s.post(body, "application/x-www-form-urlencoded", headers(body))
+            assert resp.status_code == 401
+            assert s.env.store.flag("paused") is None and s.urls.responses == []
+
+    go(main())
+
+
+def test_a_replayed_request_is_refused():
+    async def main() -> None:
+        async with slack_http() as s:
+            url = s.urls.response_url()
+            body = s.command_body("note INC-1 first and only", "U0ALICE", url)
+            headers = sign(body)
+            first = await s.post(body, "application/x-www-form-urlencoded", headers)
+            assert first.status_code == 200
+            await s.reply(url)
+            again = await s.post(body, "application/x-www-form-urlencoded", headers)
+            assert again.status_code == 401 and "replayed" in again.text
+            notes = [e for e in s.env.store.timeline("INC-1") if e.kind == "note"]
+            assert len(notes) == 1
+
+    go(main())
+
+
+# --- authorization -------------------------------------------------------------------
+
+
+def test_commands_from_outside_the_oncall_group_are_refused():
+    async def main() -> None:
+        async with slack_http() as s:
+            resp, url = await s.command("pause", user="U0MALLORY")
+            assert resp.status_code == 200
+            body = await s.reply(url)
+            assert body["response_type"] == "ephemeral"
+            assert "not in the on-call group" in body["text"]
+            assert s.env.store.flag("paused") is None
+            read, url = await s.command("show INC-1", user="U0MALLORY")  # reads are open
+            assert "INC-1" in json.dumps(await s.reply(url))
+            _, url = await s.click("approve", "RUN-1", user="U0MALLORY")
+            assert "not in the on-call group" in (await s.reply(url))["text"]
+
+    go(main())
+
+
+# --- buttons -------------------------------------------------------------------------
+
+
+def test_two_person_step_by_buttons_self_approval_refused_double_click_harmless():
+    async def main() -> None:
+        async with slack_http() as s:
+            resp, _ = await s.click("run_step", "INC-1:runaway-cost:disable-route")
+            assert resp.status_code == 200
+            planned = await until(lambda: s.thread("run (U0ALICE)"), "the planned run")
+            assert [b.action for b in planned[0].buttons] == ["approve", "deny"]
+            run_id = planned[0].buttons[0].value
+            await s.click("approve", run_id, user="U0ALICE")
+            refused = await until(lambda: s.thread("approve refused (U0ALICE)"), "refusal")
+            assert "two_person" in json.dumps(refused[0].sections[0].text)
+            assert s.env.store.run(run_id).state == "awaiting_approval"
+            await s.click("approve", run_id, user="U0BOB")
+            await until(lambda: s.thread("approve (U0BOB)"), "the applied run")
+            assert s.env.store.run(run_id).state == "applied"
+            assert not s.env.driver.policy.routes["chat"].enabled
+            _, url = await s.click("approve", run_id, user="U0BOB")  # clicked twice
+            assert "only a run awaiting approval" in (await s.reply(url))["text"]
+            assert len(s.env.store.approvals(run_id)) == 1
+            await s.click("revert", run_id, user="U0BOB")
+            await until(lambda: s.env.store.run(run_id).state == "reverted", "the revert")
+            assert s.env.driver.policy.routes["chat"].enabled
+
+    go(main())
+
+
+def test_a_button_after_its_approval_expired_gets_a_fresh_approval():
+    async def main() -> None:
+        async with slack_http() as s:
+            await s.click("run_step", "INC-1:runaway-cost:cap-output")
+            planned = await until(lambda: s.thread("run (U0ALICE)"), "the planned run")
+            run_id = planned[0].buttons[0].value
+            _, url = await s.command(f"approve {run_id}", user="U0BOB")
+            await s.reply(url)
+            s.env.clock.advance(minutes=20)  # past the 15-minute approval TTL
+            _, url = await s.command(f"apply {run_id}", user="U0BOB")
+            late = await s.reply(url)
+            assert "expired" in late["text"] and late["response_type"] == "ephemeral"
+            await s.click("approve", run_id, user="U0BOB")
+            await until(lambda: s.env.store.run(run_id).state == "applied", "the apply")
+            assert len(s.env.store.approvals(run_id)) == 2
+
+    go(main())
+
+
+def test_buttons_on_a_resolved_incident_do_nothing_and_say_why():
+    async def main() -> None:
+        async with slack_http() as s:
+            _, url = await s.command("resolve INC-1")
+            await s.reply(url)
+            _, url = await s.click("run_step", "INC-1:runaway-cost:cap-output")
+            assert "INC-1 is resolved" in (await s.reply(url))["text"]
+            _, url = await s.click("ack", "INC-1")
+            assert "resolved" in (await s.reply(url))["text"]
+            assert s.env.store.runs() == []
+
+    go(main())
+
+
+def test_a_broken_button_value_is_reported_not_raised():
+    async def main() -> None:
+        async with slack_http() as s:
+            _, url = await s.click("run_step", "INC-1:only-two")
+            assert "this button is broken" in (await s.reply(url))["text"]
+
+    go(main())
+
+
+# --- bad input and escaping ----------------------------------------------------------
+
+
+def test_quotes_unicode_10kb_and_markup_never_ping():
+    async def main() -> None:
+        async with slack_http() as s:
+            text = """note INC-1 "it's <!channel> \\"quoted\\"" ünïcødé 🚀 <@U0BOB>"""
+            _, url = await s.command(text)
+            assert (await s.reply(url))["response_type"] == "in_channel"
+            assert s.env.store.timeline("INC-1")[-1].text == \
+                'it\'s <!channel> "quoted" ünïcødé 🚀 <@U0BOB>'
+            _, url = await s.command("show INC-1", user="U0MALLORY")
+            shown = json.dumps(await s.reply(url), ensure_ascii=False)
+            assert "ünïcødé 🚀" in shown and "&lt;!channel&gt;" in shown
+            assert "<!channel>" not in shown and "<@U0BOB>" not in shown
+            resp, url = await s.command("note INC-1 " + "x" * 10_000)
+            assert resp.status_code == 200
+            assert "limit is 4000" in (await s.reply(url))["text"]
+            resp, _ = await s.command("<!here>" + "z" * 10_000)
+            assert resp.status_code == 200  # usage help in the ack itself
+            ack = resp.json()["text"]
+            assert "unknown command" in ack and "<!here>" not in ack and len(ack) < 1000
+
+    go(main())
+
+
+def test_alert_posted_in_a_channel_opens_an_incident_and_its_markup_stays_inert():
+    async def main() -> None:
+        async with slack_http(alert_channels=("C0ALERTS",)) as s:
+            title = "[FIRING:1] LLMTimeToFirstTokenHigh (chat critical)"
+            text = "Labels:\n - route = chat-small\nAnnotations:\n - summary = &lt;!channel&gt; slow"
+            resp = await s.event({"type": "message", "subtype": "bot_message", "bot_id": "B0AM",
+                                  "channel": "C0ALERTS", "ts": "1764410400.000100", "text": "",
+                                  "attachments": [{"title": title, "text": text}]})
+            assert resp.status_code == 200
+            opened = await until(lambda: [i for i in s.env.store.incidents() if i.id != "INC-1"],
+                                 "the incident from the channel")
+            alerts = s.env.store.alerts_for(opened[0].id)
+            assert alerts[0].source == "slack"
+            assert alerts[0].annotations["summary"] == "<!channel> slow"
+            # our own post in the channel is not read back as an alert
+            await s.event({"type": "message", "subtype": "bot_message", "bot_id": "B0BOT",
+                           "channel": "C0ALERTS", "ts": "1764410500.000100",
+                           "attachments": [{"title": "[FIRING:1] Other (x)"}]})
+            _, url = await s.command("status")
+            await s.reply(url)
+            assert len(s.env.store.incidents()) == 2
+
+    go(main())
