@@ -1,0 +1,425 @@
+"""The drill lifecycle: steady state -> setup -> inject -> detect -> respond -> recover -> roll back.
+
+Like a chaos experiment, every phase is recorded (the ``drills`` row and its
+``drill_events``, and the incident's timeline marked DRILL once there is one):
+
+1. steady state before: the scenario's query must hold, or the drill aborts with
+   nothing touched (the target is already unhealthy).
+2. setup: the serving policy is snapshotted *and recorded* before anything is
+   written (so a killed drill can be undone), the setup patch applied, traffic
+   started, the warm-up run.
+3. inject: ``POST /faults`` on the target (the sandbox, or a staging gateway's
+   same API at ``target.base_url``) plus the injection's policy change.
+4. detect: the observer (Prometheus, or the drill's own stand-in detector) must
+   see the expected alert; it goes to ``engine.handle_alerts(..., is_drill=True)``
+   and the bot suggests a playbook through its notifier.
+5. respond: the scripted responder (``auto_respond``) or people, watched in the store.
+6. recover: the steady state must hold again within ``rollback.within``; with
+   Prometheus, the runner's own verification of the step is checked too.
+7. roll back, always (``finally``, also on abort or failure): traffic stops, the
+   fault is deleted, the bot's mitigation is reverted, the policy file is put
+   back byte for byte. Then the drill is scored (``drills.scoring``).
+
+Stop conditions are checked on every tick from the injection to the rollback;
+one tripping aborts the drill (and rolls back at once). ``recover_interrupted``
+undoes a drill whose process died half way (called by ``drill run``, the
+scheduler and ``serve`` at start).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bot.engine import Engine
+from bot.errors import DriverError, IncidentBotError, InputError
+from drills.detector import STAND_IN_NOTE, Observer, StandInDetector
+from drills.responders import Response, ScriptedResponder, observe
+from drills.sandbox.traffic import generate, require_loopback
+from drills.scenario import Scenario
+from drills.scoring import Deadlines, Measured, score
+from drills.store import Drill, DrillStore
+
+log = logging.getLogger(__name__)
+DRILL_ACTOR = "drill"
+
+
+class DrillAborted(IncidentBotError):
+    """A stop condition tripped, or the target was unhealthy before the drill."""
+
+
+@dataclass(frozen=True)
+class DrillOptions:
+    auto_respond: bool = False
+    speed: float = 1.0  # drill seconds per real second (traffic is sent this much faster)
+    tick_s: float = 1.0  # real seconds between observer ticks
+    max_warmup_s: float | None = None  # cap on the scenario's warm-up (drill seconds)
+    # Floor on the warm-up: Prometheus extrapolates rates of series younger than its
+    # window wildly, so with it the traffic must run one window before the injection.
+    min_warmup_s: float = 0.0
+    target: str = "default"  # the bot's target the drill's policy changes go through
+
+
+class DrillRunner:
+    def __init__(
+        self,
+        engine: Engine,
+        drills: DrillStore,
+        *,
+        target_url: str,
+        client: httpx.AsyncClient,
+        observer: Observer,
+        policy_path: Path | None = None,
+        options: DrillOptions = DrillOptions(),  # noqa: B008 - frozen
+        say: Callable[[str], None] = print,
+        on_phase: Callable[[str, Drill], Any] | None = None,
+    ) -> None:
+        self.engine = engine
+        self.drills = drills
+        self.target_url = target_url.rstrip("/")
+        self.client = client
+        self.observer = observer
+        self.policy_path = policy_path
+        self.opts = options
+        self.say = say
+        self.on_phase = on_phase  # a test hook: called after each phase is recorded
+        self._drill: Drill | None = None
+        self._policy_errors = 0.0
+
+    # --- recording -----------------------------------------------------------------
+
+    def _log(self, phase: str, text: str, **data: Any) -> None:
+        assert self._drill is not None
+        d = self._drill = self.drills.get(self._drill.id)
+        self.drills.event(d.id, phase, text, data, incident_id=d.incident_id)
+        self.say(f"[DRILL {d.id}] {phase}: {text}")
+        if self.on_phase is not None:
+            self.on_phase(phase, d)
+
+    def _set(self, **values: Any) -> None:
+        assert self._drill is not None
+        self._drill = self.drills.update(self._drill.id, **values)
+
+    # --- the lifecycle --------------------------------------------------------------
+
+    async def run(self, scenario: Scenario) -> Drill:
+        stand_in = isinstance(self.observer, StandInDetector)
+        self._drill = self.drills.create(
+            scenario_id=scenario.id, klass=scenario.class_, target=scenario.target.kind,
+            mode="auto" if self.opts.auto_respond else "humans",
+            detector="stand-in" if stand_in else self.observer.description,
+            speed=self.opts.speed,
+        )
+        if stand_in:
+            self._log("detector", STAND_IN_NOTE)
+        traffic: asyncio.Task | None = None
+        status, reason, response = "failed", None, Response()
+        try:
+            await self._steady_state_before(scenario)
+            traffic = await self._setup(scenario)
+            await self._inject(scenario)
+            incident_id = await self._detect(scenario)
+            response = await self._respond(scenario, incident_id)
+            await self._recover(scenario, response)
+            status = "completed"
+        except DrillAborted as exc:
+            status, reason = "aborted", str(exc)
+            self._log("aborted", reason)
+        except (IncidentBotError, httpx.HTTPError) as exc:
+            reason = str(exc)
+            self._log("failed", reason)
+        finally:
+            if traffic is not None:
+                traffic.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await traffic
+            await self._rollback(scenario)
+        return await self._finish(scenario, status, reason)
+
+    async def _tick(self, scenario: Scenario, *, stop_conditions: bool = True) -> None:
+        await asyncio.sleep(self.opts.tick_s)
+        await self.observer.tick()
+        self._notice_policy_errors()
+        if not stop_conditions:
+            return
+        for cond in scenario.stop_conditions:
+            value = await self.observer.value(cond.query)
+            if value is not None and cond.tripped(value):
+                raise DrillAborted(f"stop condition: {cond.query} = {value:.4g} "
+                                   f"({cond.abort_if.strip()}): {cond.reason}")
+
+    def _notice_policy_errors(self) -> None:
+        """The sandbox keeps its last good policy when the file is corrupt; say so once."""
+        if not isinstance(self.observer, StandInDetector) or not self.observer.scrapes.history:
+            return
+        samples = self.observer.scrapes.history[-1].samples
+        errors = sum(samples.get("llm_sandbox_policy_reload_errors_total", {}).values())
+        if errors > self._policy_errors:
+            self._policy_errors = errors
+            self._log("policy-error", "the target could not load the serving policy file "
+                      "and keeps serving the last good one (llm_sandbox_policy_reload_errors)")
+
+    async def _steady(self, scenario: Scenario) -> tuple[bool, float | None]:
+        value = await self.observer.value(scenario.steady_state.query)
+        return value is not None and scenario.steady_state.holds(value), value
+
+    async def _steady_state_before(self, scenario: Scenario) -> None:
+        for _ in range(2):  # two scrapes: rates need a pair
+            await self._tick(scenario, stop_conditions=False)
+        ok, value = await self._steady(scenario)
+        if not ok:
+            raise DrillAborted(f"the target is unhealthy before the drill: "
+                               f"{scenario.steady_state.query} = {value} "
+                               f"(expected {scenario.steady_state.expect}); nothing was injected")
+        self._log("steady-state", f"before: {scenario.steady_state.query} = {value:.4g} holds")
+
+    def _driver(self):
+        return self.engine.runner.drivers[self.opts.target]
+
+    async def _setup(self, scenario: Scenario) -> asyncio.Task | None:
+        snapshot: dict[str, Any] = {"base_url": self.target_url, "fault_ids": []}
+        if self.policy_path is not None:
+            p = self.policy_path
+            snapshot["policy_path"] = str(p)
+            snapshot["policy_text"] = p.read_text(encoding="utf-8") if p.exists() else None
+        else:
+            routes = (await self._driver().read()).model_dump(mode="json").get("routes", {})
+            snapshot["policy_routes"] = routes
+        # Recorded before the first write: from here on a crash is undone at the next start.
+        self._set(injection=snapshot, injection_active=True, phase="setup")
+        if scenario.setup.policy:
+            await self._driver().write(scenario.setup.policy, reason=f"drill {self._drill.id} "
+                                       "setup", action="drill_setup")
+        traffic = self._start_traffic(scenario)
+        warmup = scenario.setup.warmup.total_seconds()
+        if self.opts.max_warmup_s is not None:
+            warmup = min(warmup, self.opts.max_warmup_s)
+        warmup = max(warmup, self.opts.min_warmup_s)
+        self._log("setup", f"policy {scenario.setup.policy or 'unchanged'}; traffic "
+                  f"{scenario.traffic.rate_per_s}/s on {', '.join(scenario.traffic.routes)}; "
+                  f"warm-up {warmup:g}s")
+        deadline = asyncio.get_running_loop().time() + warmup / self.opts.speed
+        while asyncio.get_running_loop().time() < deadline:
+            await self._tick(scenario, stop_conditions=False)
+        return traffic
+
+    def _start_traffic(self, scenario: Scenario) -> asyncio.Task | None:
+        try:
+            require_loopback(self.target_url)
+        except ValueError:
+            self._log("setup", "the target is not on loopback: the drill sends no traffic of its "
+                      "own and relies on the target's real traffic")
+            return None
+
+        rate = scenario.traffic.rate_per_s * self.opts.speed
+        # Short chunks (cancelling never waits long) of a whole number of requests: the
+        # generator rounds a chunk's count up, so 0.5/s in 1s chunks would send 1/s.
+        chunk_s = max(1, round(rate)) / rate
+
+        async def loop() -> None:
+            clock = asyncio.get_running_loop().time
+            next_chunk = clock()
+            while True:
+                await generate(self.target_url, routes=scenario.traffic.routes,
+                               rate_per_s=rate, duration_s=chunk_s, client=self.client)
+                # generate returns once its last request is answered, not at the chunk's end.
+                next_chunk += chunk_s
+                await asyncio.sleep(max(0.0, next_chunk - clock()))
+
+        return asyncio.create_task(loop(), name="drill-traffic")
+
+    async def _inject(self, scenario: Scenario) -> None:
+        body = scenario.injection.fault.body()
+        resp = await self.client.post(f"{self.target_url}/faults", json=body, timeout=10)
+        if resp.status_code != 201:
+            try:
+                err = resp.json().get("error", {})
+            except ValueError:
+                err = {"message": resp.text[:200]}
+            raise InputError(
+                f"the target refused the fault of scenario {scenario.id}: "
+                f"{err.get('field', 'body')}: {err.get('message')}",
+                hint="fix the scenario's injection.fault", )
+        fault_id = resp.json()["id"]
+        injection = {**self._drill.injection, "fault_ids": [fault_id]}
+        self._set(injection=injection, injected_at=self.drills.now(), phase="injected")
+        if scenario.injection.policy:
+            await self._driver().write(scenario.injection.policy,
+                                       reason=f"drill {self._drill.id} injection",
+                                       action="drill_injection")
+        self._log("injected", f"fault {body['kind']} on {body['route']} ({fault_id})"
+                  + (f" with policy {scenario.injection.policy}" if scenario.injection.policy
+                     else ""), fault=body)
+
+    def _past(self, seconds: float) -> bool:
+        """Has ``seconds`` of drill time passed since the injection?"""
+        s = self._drill.drill_seconds(self.drills.now())
+        return s is not None and s > seconds
+
+    async def _detect(self, scenario: Scenario) -> str:
+        name = scenario.expect.alertname
+        limit = 2 * scenario.deadlines.detect.total_seconds()  # worth nothing after that
+        while True:
+            await self._tick(scenario)
+            alert = await self.observer.firing(name)
+            if alert is not None:
+                break
+            if self._past(limit):
+                raise IncidentBotError(f"{name} never fired within {limit:g}s of drill time",
+                                       hint="check the alert rule and the scenario's fault")
+        self._set(detected_at=self.drills.now(), phase="detected")
+        ingested = (await self.engine.handle_alerts([alert], is_drill=True))[0]
+        suggested = self.engine.suggested_playbook(ingested.incident_id)
+        self._set(incident_id=ingested.incident_id, suggested_playbook=suggested)
+        self._log("detected", f"{name} fired ({self.observer.description}) and reached the bot: "
+                  f"incident {ingested.incident_id}, suggested playbook {suggested or 'none'}",
+                  labels=alert.labels)
+        return ingested.incident_id
+
+    async def _respond(self, scenario: Scenario, incident_id: str) -> Response:
+        expect = scenario.expect
+        if self.opts.auto_respond:
+            responder = ScriptedResponder(self.engine, self._log)
+            response = await responder.respond(incident_id, expect.playbook, expect.step)
+        else:
+            self._log("waiting", f"waiting for the on-call to acknowledge {incident_id} and apply "
+                      f"a step (expected: {expect.playbook} {expect.step or ''})")
+            response, limit = Response(), 2 * scenario.deadlines.mitigate.total_seconds()
+            while response.mitigated_at is None and not self._past(limit):
+                await self._tick(scenario)
+                observe(self.engine, incident_id, response)
+        self._set(acknowledged_at=response.acknowledged_at, mitigated_at=response.mitigated_at,
+                  phase="responded")
+        if response.mitigated_at is None:
+            raise IncidentBotError(response.problem or "no mitigation was applied in time")
+        return response
+
+    async def _recover(self, scenario: Scenario, response: Response) -> None:
+        limit = (self._drill.drill_seconds(response.mitigated_at) or 0) \
+            + scenario.rollback.within.total_seconds()
+        while True:
+            await self._tick(scenario)
+            ok, value = await self._steady(scenario)
+            if ok:
+                break
+            if self._past(limit):
+                raise IncidentBotError(f"the steady state did not return within "
+                                       f"{scenario.rollback.within} of the mitigation "
+                                       f"({scenario.steady_state.query} = {value})")
+        self._set(recovered_at=self.drills.now(), phase="recovered")
+        self._log("recovered", f"{scenario.steady_state.query} = {value:.4g} holds again "
+                  f"({scenario.steady_state.expect}, tolerance {scenario.steady_state.tolerance:g})")
+        runner = self.engine.runner
+        if runner.metrics is not None and response.run_id:
+            run = await runner.check_verification(response.run_id)
+            mit = self.engine.store.mitigation(run.id)
+            self._log("verification", f"the bot's verification of {run.id}: "
+                      f"{mit.verify_state if mit else run.state}")
+
+    # --- rollback and scoring -------------------------------------------------------
+
+    async def _rollback(self, scenario: Scenario | None) -> None:
+        d = self._drill = self.drills.get(self._drill.id)
+        if not d.injection_active:
+            return
+        problems = await undo_injection(self.engine, self.client, d, actor=DRILL_ACTOR)
+        self._set(injection_active=False, rolled_back_at=self.drills.now())
+        if problems:
+            self._log("rollback", "rolled back with problems: " + "; ".join(problems))
+        else:
+            self._log("rollback", "fault removed, mitigations reverted, serving policy restored")
+
+    async def _finish(self, scenario: Scenario, status: str, reason: str | None) -> Drill:
+        d = self._drill = self.drills.get(self._drill.id)
+        breakdown, total = [], None
+        if status != "aborted":
+            dl = scenario.deadlines
+            s = score(
+                Measured(d.drill_seconds(d.detected_at), d.drill_seconds(d.acknowledged_at),
+                         d.drill_seconds(d.mitigated_at), d.suggested_playbook,
+                         scenario.expect.playbook, d.recovered_at is not None,
+                         d.rolled_back_at is not None and not d.injection_active),
+                Deadlines(dl.detect.total_seconds(), dl.acknowledge.total_seconds(),
+                          dl.mitigate.total_seconds()),
+            )
+            breakdown, total = s.as_data(), s.total
+        if d.incident_id and self.engine.store.incident(d.incident_id).is_open:
+            with contextlib.suppress(IncidentBotError):
+                await self.engine.resolve(d.incident_id, DRILL_ACTOR, f"drill {d.id} over")
+        self._set(status=status, reason=reason, score=total, breakdown=breakdown,
+                  finished_at=self.drills.now(), phase="finished")
+        self._log("finished", f"{status}" + (f", score {total}/100" if total is not None else ""))
+        return self._drill
+
+
+async def undo_injection(engine: Engine, client: httpx.AsyncClient, d: Drill, *,
+                         actor: str) -> list[str]:
+    """Remove the drill's fault, revert the bot's mitigations, restore the policy snapshot."""
+    problems: list[str] = []
+    inj = d.injection
+    base = str(inj.get("base_url", "")).rstrip("/")
+    for fault_id in inj.get("fault_ids", []):
+        try:
+            resp = await client.delete(f"{base}/faults/{fault_id}", timeout=10)
+            if resp.status_code not in (204, 404):
+                problems.append(f"DELETE fault {fault_id}: HTTP {resp.status_code}")
+        except httpx.HTTPError as exc:
+            problems.append(f"DELETE fault {fault_id}: {exc}")
+    if d.incident_id:
+        for run in engine.store.runs(incident_id=d.incident_id):
+            if run.state in ("applied", "verified"):
+                try:
+                    await engine.runner.revert(run.id, actor=actor, reason=f"drill {d.id} over")
+                except IncidentBotError as exc:
+                    problems.append(f"revert {run.id}: {exc}")
+    try:
+        if "policy_path" in inj:
+            restore_file(Path(inj["policy_path"]), inj.get("policy_text"))
+        elif "policy_routes" in inj:
+            await engine.runner.drivers["default"].write(
+                inj["policy_routes"], reason=f"drill {d.id} rollback", action="drill_rollback")
+    except (OSError, DriverError) as exc:
+        problems.append(f"restoring the serving policy: {exc}")
+    return problems
+
+
+def restore_file(path: Path, text: str | None) -> None:
+    """Put the file back as it was (atomically), or remove it if there was none."""
+    if text is None:
+        path.unlink(missing_ok=True)
+        return
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".drill")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+async def recover_interrupted(engine: Engine, drills: DrillStore, client: httpx.AsyncClient,
+                              say: Callable[[str], None] = print) -> list[Drill]:
+    """Roll back and mark aborted every drill a dead process left running or injected."""
+    out = []
+    for d in drills.with_active_injection():
+        problems = await undo_injection(engine, client, d, actor=DRILL_ACTOR) \
+            if d.injection_active else []
+        reason = "interrupted (the process running it stopped); rolled back at restart"
+        if problems:
+            reason += " with problems: " + "; ".join(problems)
+        drills.event(d.id, "recovered-interrupted", reason, incident_id=d.incident_id)
+        out.append(drills.update(d.id, status="aborted", reason=reason, injection_active=False,
+                                 rolled_back_at=drills.now() if d.injection_active else None,
+                                 finished_at=drills.now(), phase="finished"))
+        say(f"[DRILL {d.id}] {reason}")
+    return out

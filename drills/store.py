@@ -1,0 +1,158 @@
+"""Drill records in the bot's SQLite store (tables ``drills`` and ``drill_events``).
+
+Uses ``bot.store.Store``'s connection and transactions: a drill, its incident and
+its timeline live in the one database. Records come back as frozen dataclasses.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from bot.errors import NotFound
+from bot.records import from_text, to_text
+from bot.store import Store
+
+TIME_FIELDS = ("started_at", "injected_at", "detected_at", "acknowledged_at", "mitigated_at",
+               "recovered_at", "rolled_back_at", "finished_at")
+UPDATABLE = {*TIME_FIELDS, "status", "phase", "incident_id", "suggested_playbook", "injection",
+             "injection_active", "score", "breakdown", "reason", "detector"}
+
+
+@dataclass(frozen=True)
+class Drill:
+    id: str
+    scenario_id: str
+    klass: str
+    target: str
+    mode: str
+    detector: str
+    speed: float
+    status: str
+    phase: str
+    incident_id: str | None
+    started_at: datetime
+    injected_at: datetime | None
+    detected_at: datetime | None
+    acknowledged_at: datetime | None
+    mitigated_at: datetime | None
+    recovered_at: datetime | None
+    rolled_back_at: datetime | None
+    finished_at: datetime | None
+    suggested_playbook: str | None
+    injection: dict[str, Any]
+    injection_active: bool
+    score: int | None
+    breakdown: list[dict[str, Any]]
+    reason: str | None
+
+    def drill_seconds(self, at: datetime | None) -> float | None:
+        """Seconds of drill time from the injection to ``at`` (None if either is unknown)."""
+        if at is None or self.injected_at is None:
+            return None
+        return (at - self.injected_at).total_seconds() * self.speed
+
+
+@dataclass(frozen=True)
+class DrillEvent:
+    at: datetime
+    phase: str
+    text: str
+    data: dict[str, Any]
+
+
+def _drill(row: dict[str, Any]) -> Drill:
+    times = {k: from_text(row[k]) for k in TIME_FIELDS}
+    return Drill(
+        id=row["id"], scenario_id=row["scenario_id"], klass=row["class"], target=row["target"],
+        mode=row["mode"], detector=row["detector"], speed=float(row["speed"]),
+        status=row["status"], phase=row["phase"], incident_id=row["incident_id"],
+        suggested_playbook=row["suggested_playbook"], injection=json.loads(row["injection"]),
+        injection_active=bool(row["injection_active"]), score=row["score"],
+        breakdown=json.loads(row["breakdown"]), reason=row["reason"], **times,  # type: ignore[arg-type]
+    )
+
+
+class DrillStore:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def now(self) -> datetime:
+        return self.store.now()
+
+    def _rows(self, sql: str, params: list[Any] | None = None) -> list[dict[str, Any]]:
+        return self.store._rows(sql, params)  # the store's own locked read
+
+    def create(self, *, scenario_id: str, klass: str, target: str, mode: str, detector: str,
+               speed: float) -> Drill:
+        with self.store.transaction():
+            row = self.store.db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM drills").fetchone()
+            seq = int(row[0])
+            drill_id = f"DRILL-{seq}"
+            self.store.db.execute(
+                "INSERT INTO drills (id, seq, scenario_id, class, target, mode, detector, speed, "
+                "status, phase, started_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'running', 'created', ?)",
+                [drill_id, seq, scenario_id, klass, target, mode, detector, speed,
+                 to_text(self.now())],
+            )
+            self.event(drill_id, "created", f"drill of scenario {scenario_id} ({klass}) "
+                       f"on {target}, responders: {mode}")
+        return self.get(drill_id)
+
+    def get(self, drill_id: str) -> Drill:
+        rows = self._rows("SELECT * FROM drills WHERE id = ?", [drill_id])
+        if not rows:
+            raise NotFound(f"no drill {drill_id}", hint="`drill history` lists them")
+        return _drill(rows[0])
+
+    def update(self, drill_id: str, **values: Any) -> Drill:
+        unknown = set(values) - UPDATABLE
+        if unknown:
+            raise ValueError(f"not drill fields: {', '.join(sorted(unknown))}")
+        row: dict[str, Any] = {}
+        for k, v in values.items():
+            if k in TIME_FIELDS:
+                v = to_text(v)
+            elif k in ("injection", "breakdown"):
+                v = json.dumps(v, default=str)
+            elif k == "injection_active":
+                v = int(bool(v))
+            row[k] = v
+        with self.store.transaction():
+            # Column names come from UPDATABLE above, never from input.
+            sets = ", ".join(f"{k} = ?" for k in row)
+            self.store.db.execute(f"UPDATE drills SET {sets} WHERE id = ?",  # noqa: S608
+                                  [*row.values(), drill_id])
+        return self.get(drill_id)
+
+    def event(self, drill_id: str, phase: str, text: str, data: dict[str, Any] | None = None,
+              *, incident_id: str | None = None) -> None:
+        """One phase line on the drill's record, and on its incident's timeline (marked DRILL)."""
+        with self.store.transaction():
+            self.store.db.execute(
+                "INSERT INTO drill_events (drill_id, at, phase, text, data) VALUES (?, ?, ?, ?, ?)",
+                [drill_id, to_text(self.now()), phase, text, json.dumps(data or {}, default=str)],
+            )
+            if incident_id:
+                self.store.add_event(incident_id, "drill", f"[DRILL {drill_id}] {text}",
+                                     actor="drill", data={"drill": drill_id, "phase": phase})
+
+    def events(self, drill_id: str) -> list[DrillEvent]:
+        rows = self._rows("SELECT * FROM drill_events WHERE drill_id = ? ORDER BY id", [drill_id])
+        return [DrillEvent(from_text(r["at"]), r["phase"], r["text"],  # type: ignore[arg-type]
+                           json.loads(r["data"])) for r in rows]
+
+    def history(self, klass: str | None = None, limit: int = 20) -> list[Drill]:
+        """Newest first; only ``klass`` when given."""
+        sql, params = "SELECT * FROM drills", []
+        if klass:
+            sql, params = sql + " WHERE class = ?", [klass]
+        rows = self._rows(sql + " ORDER BY seq DESC LIMIT ?", [*params, limit])
+        return [_drill(r) for r in rows]
+
+    def with_active_injection(self) -> list[Drill]:
+        rows = self._rows(
+            "SELECT * FROM drills WHERE injection_active = 1 OR status = 'running' ORDER BY seq")
+        return [_drill(r) for r in rows]
