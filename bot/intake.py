@@ -53,9 +53,27 @@ from typing import Any
 
 from bot.alert import Alert, AlertSource
 from bot.errors import AlertParseError
+from bot.intake_fields import (
+    MAX_VALUE_CHARS,
+    TS_HINT,
+    cap_map,
+    cap_tree,
+    check_status,
+    is_int,
+    join_path,
+    kind_of,
+    optional_str,
+    parse_timestamp,
+    require_object,
+    string_map,
+)
 
-MAX_VALUE_CHARS = 4096
-"""Longest label/annotation value (and any string kept in ``Alert.raw``), marker included."""
+__all__ = [
+    "ALERTMANAGER_VERSIONS", "GRAFANA_VERSIONS", "MAX_ANNOTATIONS", "MAX_LABELS",
+    "MAX_VALUE_CHARS", "SOURCES", "detect_source", "label_fingerprint", "parse_alertmanager",
+    "parse_body", "parse_generic", "parse_grafana",
+]
+
 MAX_LABELS = 200
 """Most labels one alert may carry; beyond it the body is refused (a runaway label set)."""
 MAX_ANNOTATIONS = 200
@@ -65,13 +83,7 @@ SOURCES: tuple[str, ...] = ("alertmanager", "grafana", "generic")
 ALERTMANAGER_VERSIONS = ("4",)
 GRAFANA_VERSIONS = ("1",)
 
-_STATUSES = ("firing", "resolved")
-_GO_ZERO_TIME = datetime(1, 1, 1, tzinfo=UTC)
-_RFC3339 = re.compile(
-    r"^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$"
-)
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
-_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _GRAFANA_TOP_KEYS = frozenset({"orgId", "title", "state", "message"})
 _GRAFANA_ALERT_KEYS = frozenset({"silenceURL", "dashboardURL", "panelURL", "values", "valueString"})
 _GENERIC_KEYS = frozenset(
@@ -84,8 +96,6 @@ _CAMEL_TO_GENERIC = {
     "generatorUrl": "generator_url",
 }
 _BOM = b"\xef\xbb\xbf"
-_MARKER_RESERVE = len("…[truncated 999.9 MB]")
-_TS_HINT = "use an RFC 3339 timestamp with an offset, e.g. 2026-11-29T10:00:00Z"
 
 
 # --- entry point ---------------------------------------------------------------------
@@ -192,7 +202,7 @@ def parse_grafana(payload: dict[str, Any]) -> list[Alert]:
 
 def _parse_webhook(payload: Any, source: AlertSource, versions: tuple[str, ...]) -> list[Alert]:
     name = "Alertmanager" if source == "alertmanager" else "Grafana"
-    _require_object(payload, "", f"a {name} webhook body")
+    require_object(payload, "", f"a {name} webhook body")
     version = payload.get("version")
     if version is None and source == "alertmanager":
         raise AlertParseError(
@@ -207,20 +217,20 @@ def _parse_webhook(payload: Any, source: AlertSource, versions: tuple[str, ...])
             hint="upgrade llm-incident, or send the alerts in the generic shape",
         )
     if "status" in payload:
-        _status(payload["status"], "status")
-    if source == "grafana" and "orgId" in payload and not _is_int(payload["orgId"]):
-        raise AlertParseError(f"must be an integer, got {_kind(payload['orgId'])}", field="orgId")
+        check_status(payload["status"], "status")
+    if source == "grafana" and "orgId" in payload and not is_int(payload["orgId"]):
+        raise AlertParseError(f"must be an integer, got {kind_of(payload['orgId'])}", field="orgId")
     alerts = _alert_list(payload)
     return [_webhook_alert(item, f"alerts[{i}]", source) for i, item in enumerate(alerts)]
 
 
 def _webhook_alert(item: Any, path: str, source: AlertSource) -> Alert:
-    _require_object(item, path, "an alert")
+    require_object(item, path, "an alert")
     for key, hint in (("labels", "every alert has labels"), ("status", "firing or resolved")):
         if key not in item:
             raise AlertParseError("missing", field=f"{path}.{key}", hint=hint)
     if "startsAt" not in item:
-        raise AlertParseError("missing", field=f"{path}.startsAt", hint=_TS_HINT)
+        raise AlertParseError("missing", field=f"{path}.startsAt", hint=TS_HINT)
     return _build(source, item, path, ("startsAt", "endsAt", "generatorURL"), now=None)
 
 
@@ -235,31 +245,31 @@ def _build(
     """The checks every source shares; ``names`` are the source's spellings of the
     start, end and generator-URL keys. ``now`` (generic only) defaults the start."""
     starts_key, ends_key, url_key = names
-    labels = _string_map(item["labels"], _join(path, "labels"), MAX_LABELS)
+    labels = string_map(item["labels"], join_path(path, "labels"), MAX_LABELS)
     raw_annotations = item.get("annotations")
-    annotations = _string_map(
+    annotations = string_map(
         {} if raw_annotations is None else raw_annotations,
-        _join(path, "annotations"),
+        join_path(path, "annotations"),
         MAX_ANNOTATIONS,
     )
-    status = _status(item.get("status", "firing"), _join(path, "status"))
+    status = check_status(item.get("status", "firing"), join_path(path, "status"))
     starts_at = now
     if now is None or item.get(starts_key) is not None:
-        starts_at = _timestamp(item[starts_key], _join(path, starts_key))
+        starts_at = parse_timestamp(item[starts_key], join_path(path, starts_key))
         if starts_at is None:
-            raise AlertParseError("is the zero time", field=_join(path, starts_key), hint=_TS_HINT)
-    fingerprint = _optional_str(item.get("fingerprint"), _join(path, "fingerprint"))
+            raise AlertParseError("is the zero time", field=join_path(path, starts_key), hint=TS_HINT)
+    fingerprint = optional_str(item.get("fingerprint"), join_path(path, "fingerprint"))
     return Alert(
         source=source,
         # Of the labels as sent (before capping), so it equals Alertmanager's.
         fingerprint=fingerprint or label_fingerprint(labels),
         status=status,
-        labels=_cap_map(labels),
-        annotations=_cap_map(annotations),
+        labels=cap_map(labels),
+        annotations=cap_map(annotations),
         starts_at=starts_at,
-        ends_at=_timestamp(item.get(ends_key), _join(path, ends_key)),
-        generator_url=_optional_str(item.get(url_key), _join(path, url_key)),
-        raw=_cap_tree(item),
+        ends_at=parse_timestamp(item.get(ends_key), join_path(path, ends_key)),
+        generator_url=optional_str(item.get(url_key), join_path(path, url_key)),
+        raw=cap_tree(item),
     )
 
 
@@ -274,7 +284,7 @@ def parse_generic(payload: Any, *, now: datetime | None = None) -> list[Alert]:
             field="<body>",
             hint='wrap the alerts in an object: {"alerts": [...]}',
         )
-    _require_object(payload, "", 'an alert object or {"alerts": [...]}')
+    require_object(payload, "", 'an alert object or {"alerts": [...]}')
     received = now or datetime.now(UTC)
     if received.tzinfo is None:  # a naive "now" is taken as UTC, like every stored time
         received = received.replace(tzinfo=UTC)
@@ -292,7 +302,7 @@ def parse_generic(payload: Any, *, now: datetime | None = None) -> list[Alert]:
 
 
 def _generic_alert(item: Any, path: str, now: datetime) -> Alert:
-    _require_object(item, path, "an alert object")
+    require_object(item, path, "an alert object")
     for key in item:
         if key not in _GENERIC_KEYS:
             suggestion = _CAMEL_TO_GENERIC.get(key)
@@ -301,16 +311,16 @@ def _generic_alert(item: Any, path: str, now: datetime) -> Alert:
                 if suggestion
                 else f"known keys: {', '.join(sorted(_GENERIC_KEYS))}"
             )
-            raise AlertParseError("unknown key", field=_join(path, key), hint=hint)
+            raise AlertParseError("unknown key", field=join_path(path, key), hint=hint)
     if "labels" not in item:
         raise AlertParseError(
-            "missing", field=_join(path, "labels"), hint='e.g. {"alertname": "LLMCostBurnRateHigh"}'
+            "missing", field=join_path(path, "labels"), hint='e.g. {"alertname": "LLMCostBurnRateHigh"}'
         )
     labels = item["labels"]
     if isinstance(labels, dict) and not labels.get("alertname"):
         raise AlertParseError(
             "missing or empty",
-            field=_join(_join(path, "labels"), "alertname"),
+            field=join_path(join_path(path, "labels"), "alertname"),
             hint="every alert needs an alertname label; playbooks match on it",
         )
     return _build("generic", item, path, ("starts_at", "ends_at", "generator_url"), now=now)
@@ -336,128 +346,5 @@ def _alert_list(payload: dict[str, Any]) -> list[Any]:
         raise AlertParseError("missing", field="alerts", hint="the body needs an alerts list")
     alerts = payload["alerts"]
     if not isinstance(alerts, list):
-        raise AlertParseError(f"must be a list, got {_kind(alerts)}", field="alerts")
+        raise AlertParseError(f"must be a list, got {kind_of(alerts)}", field="alerts")
     return alerts
-
-
-def _require_object(value: Any, path: str, what: str) -> None:
-    if not isinstance(value, dict):
-        raise AlertParseError(
-            f"must be {what} (a JSON object), got {_kind(value)}", field=path or "<body>"
-        )
-
-
-def _string_map(value: Any, path: str, limit: int) -> dict[str, str]:
-    if not isinstance(value, dict):
-        raise AlertParseError(
-            f"must be an object of strings, got {_kind(value)}",
-            field=path,
-            hint='e.g. {"route": "chat"}',
-        )
-    if len(value) > limit:
-        raise AlertParseError(
-            f"has {len(value)} entries; at most {limit} are accepted",
-            field=path,
-            hint="drop high-cardinality labels in the alert rule or the relabelling config",
-        )
-    for key, v in value.items():
-        if not isinstance(v, str):
-            raise AlertParseError(
-                f"must be a string, got {_kind(v)}",
-                field=_join(path, key),
-                hint="quote the value in the alert rule",
-            )
-    return value
-
-
-def _status(value: Any, path: str) -> Any:
-    if value not in _STATUSES:
-        raise AlertParseError(
-            f"unknown status {value!r}", field=path, hint="status is 'firing' or 'resolved'"
-        )
-    return value
-
-
-def _timestamp(value: Any, path: str) -> datetime | None:
-    """RFC 3339 -> aware UTC datetime; None, "" and Go's zero time mean "no time"."""
-    if value is None or value == "":
-        return None
-    m = _RFC3339.match(value) if isinstance(value, str) else None
-    if m is None:
-        raise AlertParseError(f"not an RFC 3339 timestamp: {value!r}", field=path, hint=_TS_HINT)
-    frac = (m.group(7) or "")[:7]  # Go sends nanoseconds; datetime keeps microseconds
-    zone = "+00:00" if m.group(8) in ("Z", "z") else m.group(8)
-    text = f"{m.group(1)}-{m.group(2)}-{m.group(3)}T{m.group(4)}:{m.group(5)}:{m.group(6)}"
-    try:
-        parsed = datetime.fromisoformat(f"{text}{frac}{zone}")
-        if parsed == _GO_ZERO_TIME:
-            return None
-        return parsed.astimezone(UTC)
-    except (ValueError, OverflowError) as exc:
-        raise AlertParseError(
-            f"invalid timestamp {value!r}: {exc}", field=path, hint=_TS_HINT
-        ) from None
-
-
-def _optional_str(value: Any, path: str) -> str | None:
-    if value is None or value == "":
-        return None
-    if not isinstance(value, str):
-        raise AlertParseError(f"must be a string, got {_kind(value)}", field=path)
-    return _cap(value)
-
-
-def _cap(text: str) -> str:
-    if len(text) <= MAX_VALUE_CHARS:
-        return text
-    # Reserve room for the longest marker so value + marker stays within the limit.
-    keep = MAX_VALUE_CHARS - _MARKER_RESERVE
-    cut = len(text[keep:].encode("utf-8", "replace"))
-    return f"{text[:keep]}…[truncated {_size(cut)}]"
-
-
-def _cap_map(values: dict[str, str]) -> dict[str, str]:
-    return {k: _cap(v) for k, v in values.items()}
-
-
-def _cap_tree(value: Any) -> Any:
-    if isinstance(value, str):
-        return _cap(value)
-    if isinstance(value, list):
-        return [_cap_tree(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _cap_tree(v) for k, v in value.items()}
-    return value
-
-
-def _size(n: int) -> str:
-    if n < 1000:
-        return f"{n} B"
-    if n < 1_000_000:
-        return f"{n / 1000:.1f} KB"
-    return f"{n / 1_000_000:.1f} MB"
-
-
-def _join(path: str, key: str) -> str:
-    # Keys that are not identifiers (dots, spaces) are quoted so the path stays unambiguous.
-    if not _IDENT.match(key):
-        return f"{path}[{json.dumps(key, ensure_ascii=False)}]"
-    return f"{path}.{key}" if path else key
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _kind(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int | float):
-        return f"number {value!r}"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    return "object"
