@@ -22,11 +22,9 @@ from typing import Any
 
 from sqlite_utils import Database
 
-from actions.base import Plan
 from bot.alert import Alert
 from bot.errors import InputError, NotFound, StoreError
-from bot.migrations import INCIDENT_STATUSES, LATEST_VERSION, MIGRATIONS, RUN_STATES
-from bot.playbook.schema import Guard
+from bot.migrations import INCIDENT_STATUSES, LATEST_VERSION, MIGRATIONS
 from bot.records import (
     CLOSED_STATUSES,
     Approval,
@@ -37,14 +35,12 @@ from bot.records import (
     Run,
     StoredAlert,
     alert_from_row,
-    approval_from_row,
     event_from_row,
     incident_from_row,
-    mitigation_from_row,
-    run_from_row,
     to_text,
     utc_now,
 )
+from bot.store_runs import RunRecords
 
 __all__ = [
     "Approval", "Event", "Flag", "Incident", "Mitigation", "Run", "Store", "StoredAlert",
@@ -68,7 +64,7 @@ def group_key_for(alert: Alert, klass: str) -> str:
     return f"{klass}|{route}|{model}"
 
 
-class Store:
+class Store(RunRecords):
     """Open (and migrate) the database at ``path``; ``None`` or ``":memory:"`` = in memory."""
 
     def __init__(
@@ -343,163 +339,6 @@ class Store:
         return [event_from_row(r) for r in self._rows(
             "SELECT * FROM events WHERE run_id = ? ORDER BY id", [run_id])]
 
-    # --- runs ----------------------------------------------------------------------
-
-    def create_run(
-        self,
-        *,
-        incident_id: str | None,
-        playbook_id: str | None,
-        step_id: str | None,
-        plan: Plan,
-        args: dict[str, Any],
-        guard: Guard,
-        verify_query: str | None,
-        state: str,
-        dry_run: bool,
-        requested_by: str,
-        error: str | None = None,
-        event_text: str,
-        event_data: dict[str, Any] | None = None,
-    ) -> Run:
-        """Persist a planned run (plan and diff included) and its first timeline event."""
-        _check_state(state)
-        now = to_text(self.now())
-        with self.transaction():
-            run_id, seq = self._next_id("runs", "RUN")
-            self.db["runs"].insert(
-                {
-                    "id": run_id, "seq": seq, "incident_id": incident_id,
-                    "playbook_id": playbook_id, "step_id": step_id, "action": plan.action,
-                    "target": plan.target, "args": json.dumps(args, default=str),
-                    "guard": guard.model_dump_json(), "verify_query": verify_query,
-                    "plan": plan.model_dump_json(), "diff": plan.diff(), "state": state,
-                    "dry_run": int(dry_run), "requested_by": requested_by,
-                    "created_at": now, "updated_at": now, "error": error, "held_at": None,
-                }
-            )
-            self.add_event(incident_id, state, event_text, actor=requested_by, run_id=run_id,
-                           data={"state": state, **(event_data or {})})
-        return self.run(run_id)
-
-    def run(self, run_id: str) -> Run:
-        rows = self._rows("SELECT * FROM runs WHERE id = ?", [run_id])
-        if not rows:
-            raise NotFound(f"no run {run_id}", hint="list runs with `runs`")
-        return run_from_row(rows[0])
-
-    def runs(self, incident_id: str | None = None, state: str | None = None) -> list[Run]:
-        clauses, params = [], []
-        if incident_id is not None:
-            clauses.append("incident_id = ?")
-            params.append(incident_id)
-        if state is not None:
-            _check_state(state)
-            clauses.append("state = ?")
-            params.append(state)
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        rows = self._rows(f"SELECT * FROM runs {where} ORDER BY seq", params)
-        return [run_from_row(r) for r in rows]
-
-    def transition(
-        self,
-        run_id: str,
-        state: str,
-        text: str,
-        *,
-        actor: str,
-        kind: str | None = None,
-        error: str | None = None,
-        data: dict[str, Any] | None = None,
-    ) -> Run:
-        """Move a run to ``state`` and add the timeline event, atomically (clears held_at)."""
-        _check_state(state)
-        with self.transaction():
-            before = self.run(run_id)
-            self.db.execute(
-                "UPDATE runs SET state = ?, error = ?, updated_at = ?, held_at = NULL "
-                "WHERE id = ?",
-                [state, error, to_text(self.now()), run_id],
-            )
-            self.add_event(before.incident_id, kind or state, text, actor=actor, run_id=run_id,
-                           data={"from": before.state, "state": state, **(data or {})})
-        return self.run(run_id)
-
-    def mark_held(self, run_id: str, held: bool) -> None:
-        with self.transaction():
-            self.db.execute("UPDATE runs SET held_at = ? WHERE id = ?",
-                            [to_text(self.now()) if held else None, run_id])
-
-    # --- approvals -----------------------------------------------------------------
-
-    def add_approval(self, run_id: str, user: str, decision: str, *, expires_at: datetime) -> None:
-        with self.transaction():
-            self.db["approvals"].insert(
-                {"run_id": run_id, "user": user, "decision": decision,
-                 "at": to_text(self.now()), "expires_at": to_text(expires_at)}
-            )
-
-    def approvals(self, run_id: str) -> list[Approval]:
-        rows = self._rows("SELECT * FROM approvals WHERE run_id = ? ORDER BY id", [run_id])
-        return [approval_from_row(r) for r in rows]
-
-    # --- mitigations ---------------------------------------------------------------
-
-    def record_mitigation(
-        self,
-        run: Run,
-        *,
-        applied_at: datetime,
-        ttl_due_at: datetime | None,
-        verify_due_at: datetime | None,
-    ) -> Mitigation:
-        with self.transaction():
-            self.db["mitigations"].insert(
-                {
-                    "run_id": run.id, "target": run.target, "routes": json.dumps(run.routes),
-                    "fields": json.dumps([f"{c.route}.{c.field}" for c in run.plan.changes]),
-                    "applied_at": to_text(applied_at), "ttl_due_at": to_text(ttl_due_at),
-                    "verify_due_at": to_text(verify_due_at),
-                    "verify_state": "pending" if verify_due_at else None,
-                    "reverted_at": None, "revert_reason": None,
-                }, replace=True,
-            )
-        return self.mitigation(run.id)  # type: ignore[return-value]
-
-    def mitigation(self, run_id: str) -> Mitigation | None:
-        rows = self._rows("SELECT * FROM mitigations WHERE run_id = ?", [run_id])
-        return mitigation_from_row(rows[0]) if rows else None
-
-    def active_mitigations(self, target: str | None = None) -> list[Mitigation]:
-        sql = "SELECT * FROM mitigations WHERE reverted_at IS NULL"
-        params: list[Any] = []
-        if target is not None:
-            sql += " AND target = ?"
-            params.append(target)
-        return [mitigation_from_row(r) for r in self._rows(sql + " ORDER BY applied_at", params)]
-
-    def applied_runs(self, action: str, target: str, since: datetime) -> list[Mitigation]:
-        """Every change of ``action`` on ``target`` applied since ``since``, reverted or not:
-        what cooldown and max_runs count."""
-        rows = self._rows(
-            "SELECT m.* FROM mitigations m JOIN runs r ON r.id = m.run_id "
-            "WHERE r.action = ? AND m.target = ? AND m.applied_at >= ? ORDER BY m.applied_at",
-            [action, target, to_text(since)],
-        )
-        return [mitigation_from_row(r) for r in rows]
-
-    def set_verify_state(self, run_id: str, state: str) -> None:
-        with self.transaction():
-            self.db.execute("UPDATE mitigations SET verify_state = ? WHERE run_id = ?",
-                            [state, run_id])
-
-    def mark_reverted(self, run_id: str, reason: str) -> None:
-        with self.transaction():
-            self.db.execute(
-                "UPDATE mitigations SET reverted_at = ?, revert_reason = ? WHERE run_id = ?",
-                [to_text(self.now()), reason, run_id],
-            )
-
     # --- flags ---------------------------------------------------------------------
 
     def flag(self, name: str) -> Flag | None:
@@ -519,8 +358,3 @@ class Store:
                     {"name": name, "value": value, "set_by": actor,
                      "set_at": to_text(self.now())}, pk="name",
                 )
-
-
-def _check_state(state: str) -> None:
-    if state not in RUN_STATES:
-        raise InputError(f"unknown run state '{state}'", hint=f"one of: {', '.join(RUN_STATES)}")
