@@ -66,8 +66,8 @@ async def run_demo(settings: Settings, *, say: Callable[[str], None] = print,
                    use_prometheus: bool = False) -> Result:
     from bot.wiring import build_engine
     from drills.detector import PrometheusObserver
-    from drills.prometheus_proc import WARMUP_S
     from drills.harness import FAST, drill_engine, sandbox_app, serve_sandbox, stand_in
+    from drills.prometheus_proc import WARMUP_S
     from drills.report import render_report
     from drills.runner import DrillOptions, DrillRunner
     from drills.scenario import SCENARIOS_DIR, load_scenarios

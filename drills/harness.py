@@ -188,3 +188,14 @@ def drill_service(engine: Engine, settings) -> DrillService:
     workdir = (db.parent if str(db) != ":memory:" else Path(".")) / "drills"
     return DrillService(engine, workdir, prometheus_url=settings.prometheus_url,
                         next_run=lambda: next_drill(trigger, _dt.now(UTC)))
+
+
+def next_class(service: DrillService) -> str:
+    """The class the scheduled drill should rehearse: the one drilled longest ago."""
+    from drills.schedule import pick_class
+
+    classes = sorted({s.class_ for s in service.scenarios().values()})
+    last: dict[str, datetime] = {}
+    for d in service.drills.history(None, limit=500):
+        last.setdefault(d.klass, d.started_at)
+    return pick_class(classes, last)

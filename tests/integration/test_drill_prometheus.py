@@ -50,20 +50,23 @@ def test_runaway_cost_drill_fires_in_prometheus_and_reaches_the_bot(tmp_path: Pa
     lines: list[str] = []
 
     async def go():
-        async with httpx.AsyncClient(timeout=30) as client:
-            async with serve_sandbox(sandbox_app(policy, seed=5)) as url:
-                async with start_prometheus_for(tmp_path, url) as prom:
-                    observer = PrometheusObserver(prom, client)
-                    runner = DrillRunner(engine, DrillStore(engine.store), target_url=url,
-                                         client=client, observer=observer, policy_path=policy,
-                                         options=DrillOptions(auto_respond=True, tick_s=1.0,
-                                                              min_warmup_s=WARMUP_S),
-                                         say=lines.append)
-                    d = await runner.run(scenario)
-                    alerts = (await client.get(f"{prom}/api/v1/query", params={
-                        "query": 'ALERTS{alertname="LLMCostBurnRateHigh"}'})).json()
-                    faults = (await client.get(f"{url}/faults")).json()["faults"]
-                    return d, observer.active_at, alerts, faults
+        async with httpx.AsyncClient(timeout=30) as client, \
+                serve_sandbox(sandbox_app(policy, seed=5)) as url, \
+                start_prometheus_for(tmp_path, url) as prom:
+            observer = PrometheusObserver(prom, client)
+            runner = DrillRunner(engine, DrillStore(engine.store), target_url=url,
+                                 client=client, observer=observer, policy_path=policy,
+                                 options=DrillOptions(auto_respond=True, tick_s=1.0,
+                                                      min_warmup_s=WARMUP_S),
+                                 say=lines.append)
+            d = await runner.run(scenario)
+            fired = ('max_over_time(ALERTS{alertname="LLMCostBurnRateHigh", '
+                     'alertstate="firing"}[5m])')
+            alerts = (await client.get(f"{prom}/api/v1/query",
+                                       params={"query": fired})).json()
+            faults = (await client.get(f"{url}/faults")).json()["faults"]
+            return d, observer.active_at, alerts, faults
+
 
     d, active_at, alerts, faults = asyncio.run(go())
     assert d.status == "completed", f"{d.reason}\n" + "\n".join(lines)
