@@ -29,6 +29,8 @@ from bot.settings import Settings
 from bot.slack import attach_slack, build_slack_notifier
 from bot.web import create_app
 from bot.wiring import build_engine
+from drills.harness import drill_service, next_class
+from drills.schedule import attach_drill_schedule
 
 log = logging.getLogger("llm_incident.serve")
 
@@ -93,6 +95,7 @@ class Service:
         self.engine.notifier = (notifier or build_slack_notifier(settings, self.engine)
                                 or build_notifier(settings))
         self.scheduler = scheduler or build_scheduler(self.engine, settings)
+        self.drills = drill_service(self.engine, settings)
         self.metrics = ServiceMetrics(self.engine.store)
         self.app = create_app(self.engine, settings, metrics=self.metrics,
                               scheduler=self.scheduler)
@@ -127,6 +130,16 @@ class Service:
         try:
             # Before listening: start() settles what a crash left and runs overdue reverts.
             await self.scheduler.start()
+            # A drill killed half way still has its fault injected: roll it back first.
+            await self.drills.recover(log.info)
+            attach_drill_schedule(
+                self.scheduler,
+                run_drill=lambda klass: self.drills.run(klass, say=log.info),
+                choose_class=lambda: next_class(self.drills),
+                notifier=self.engine.notifier,
+                cron=self.settings.drill_cron,
+                tz=self.settings.drill_tz,
+            )
             await self.slack.start()
             await self.server.serve()
             if not self.server.started:

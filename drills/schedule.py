@@ -14,6 +14,7 @@ class gets its turn. Scheduled drills wait for people (no scripted responder).
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -42,11 +43,24 @@ def drill_trigger(cron: str | None = None, tz: str = "UTC") -> CronTrigger:
     if not cron:
         return CronTrigger(timezone=zone, **DEFAULT_CRON)
     try:
-        return CronTrigger.from_crontab(cron, timezone=zone)
+        return CronTrigger.from_crontab(_crontab_weekdays(cron), timezone=zone)
     except ValueError as exc:
         raise InputError(f"LLM_INCIDENT_DRILL_CRON: {cron!r} is not a crontab line: {exc}",
                          hint="five fields: minute hour day month weekday, e.g. '0 10 1-7 * tue'"
                          ) from None
+
+
+_CRON_DAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+def _crontab_weekdays(line: str) -> str:
+    """Spell numeric weekdays out: crontab counts 0 (and 7) as Sunday, while APScheduler 3's
+    ``from_crontab`` passes numbers through with 0 as Monday, so '2' would mean Wednesday."""
+    fields = line.split()
+    if len(fields) == 5:
+        fields[4] = re.sub(r"(?<![/\d])([0-7])(?!\d)",
+                           lambda m: _CRON_DAYS[int(m.group(1))], fields[4])
+    return " ".join(fields)
 
 
 def next_drill(trigger: CronTrigger, now: datetime) -> datetime | None:

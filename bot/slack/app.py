@@ -119,7 +119,13 @@ class SlackHandlers:
 
     def context(self, user_id: str) -> Context:
         return Context(actor=user_id, playbooks_dir=self.settings.playbooks_dir,
-                       open_engine=lambda: self.engine, local=False)
+                       open_engine=lambda: self.engine, local=False,
+                       open_drills=self._open_drills)
+
+    def _open_drills(self, engine: Engine) -> Any:
+        from drills.harness import drill_service  # the sandbox loads only when drills run
+
+        return drill_service(engine, self.settings)
 
     async def command(self, ack: Any, body: dict[str, Any], respond: Any) -> None:
         user = str(body.get("user_id") or "")

@@ -240,3 +240,13 @@ def test_llm_incident_serve_stops_cleanly_on_sigterm(
     text = log.read_text()
     assert f"ready on http://127.0.0.1:{port}" in text and "llm-incident stopped" in text
     assert "Traceback" not in text
+
+
+def test_serve_schedules_the_monthly_drill(running: Callable[..., Running]) -> None:
+    from drills.schedule import JOB_ID
+
+    run = running(drill_cron="0 10 * * 2", drill_tz="Europe/Berlin")
+    job = run.service.scheduler._aps.get_job(JOB_ID)
+    assert job is not None, "serve must attach the drill schedule"
+    assert job.next_run_time.weekday() == 1 and job.next_run_time.hour == 10
+    assert str(job.next_run_time.tzinfo) == "Europe/Berlin"

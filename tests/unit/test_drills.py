@@ -333,3 +333,16 @@ def test_the_class_drilled_longest_ago_goes_next():
     assert pick_class(["a", "b"], {"a": t, "b": t - timedelta(days=30)}) == "b"
     with pytest.raises(InputError):
         pick_class([], {})
+
+
+def test_crontab_weekday_numbers_mean_what_crontab_means():
+    from datetime import datetime as _dt
+
+    from drills.schedule import drill_trigger, next_drill
+
+    # 2 is Tuesday in crontab (0 and 7 are Sunday); APScheduler alone would read Wednesday.
+    trig = drill_trigger("0 10 * * 2", "UTC")
+    when = next_drill(trig, _dt(2026, 11, 29, 12, 0, tzinfo=trig.timezone))
+    assert (when.weekday(), when.hour) == (1, 10)
+    sunday = next_drill(drill_trigger("0 10 * * 7", "UTC"), when)
+    assert sunday.weekday() == 6
