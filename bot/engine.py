@@ -15,7 +15,9 @@ stays ingested.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -75,6 +77,8 @@ class Engine:
         self.lifecycle = Lifecycle(store, lifecycle)
         self.diagnose_timeout = diagnose_timeout
         self._listeners: list[Callable[[], None]] = []
+        # (alertname, route) pairs a running drill owns; see ``drilling``.
+        self._drilling: Counter[tuple[str, str]] = Counter()
         self._matcher: Matcher | None = None
         self._matcher_for: object = None
 
@@ -87,6 +91,27 @@ class Engine:
         return self._matcher
 
     # --- intake ---------------------------------------------------------------
+
+    @contextmanager
+    def drilling(self, alertname: str, route: str) -> Iterator[None]:
+        """While a drill runs, its expected alert is a drill alert however it arrives.
+
+        Alertmanager may deliver the drill's alert to the webhook before the drill's
+        own observer hands it over; either way the incident must be marked DRILL
+        and never page a real escalation.
+        """
+        key = (alertname, route)
+        self._drilling[key] += 1
+        try:
+            yield
+        finally:
+            self._drilling[key] -= 1
+            if self._drilling[key] <= 0:
+                del self._drilling[key]
+
+    def _is_drill(self, alert: Alert) -> bool:
+        route = alert.labels.get("route") or alert.labels.get("requested_model") or ""
+        return (alert.alertname, route) in self._drilling
 
     def ingest(self, alerts: Iterable[Alert], *, is_drill: bool = False) -> list[Ingested]:
         out = []
@@ -101,7 +126,7 @@ class Engine:
                 title=_title(alert, top),
                 klass=klass,
                 severity=top.severity if top else alert.labels.get("severity", "warning"),
-                is_drill=is_drill,
+                is_drill=is_drill or self._is_drill(alert),
             )
             if created and top is not None:
                 self.store.add_event(

@@ -123,13 +123,15 @@ class DrillRunner:
             self._log("detector", STAND_IN_NOTE)
         traffic: asyncio.Task | None = None
         status, reason, response = "failed", None, Response()
+        drilling = self.engine.drilling(scenario.expect.alertname, scenario.injection.fault.route)
         try:
-            await self._steady_state_before(scenario)
-            traffic = await self._setup(scenario)
-            await self._inject(scenario)
-            incident_id = await self._detect(scenario)
-            response = await self._respond(scenario, incident_id)
-            await self._recover(scenario, response)
+            with drilling:  # the drill's alert is a drill alert, by whatever path it arrives
+                await self._steady_state_before(scenario)
+                traffic = await self._setup(scenario)
+                await self._inject(scenario)
+                incident_id = await self._detect(scenario)
+                response = await self._respond(scenario, incident_id)
+                await self._recover(scenario, response)
             status = "completed"
         except DrillAborted as exc:
             status, reason = "aborted", str(exc)

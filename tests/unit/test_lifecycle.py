@@ -228,3 +228,17 @@ def test_alert_first_seen_resolved_opens_and_closes_without_a_suggestion():
     assert env.store.incident(item.incident_id).status == "resolved"
     assert [m.kind for m in env.published] == ["update"]
     assert env.store.runs(incident_id=item.incident_id) == []
+
+
+def test_a_running_drill_marks_its_alert_as_drill_whatever_path_it_takes():
+    env = Env()
+    with env.engine.drilling("LLMCostBurnRateHigh", "chat"):
+        # e.g. Alertmanager's webhook delivering the drill's alert before the drill does
+        [item] = run(env.engine.handle_alerts([alert()]))
+        [other] = run(env.engine.handle_alerts([alert(route="summarize", fingerprint="fp-2")]))
+    assert env.store.incident(item.incident_id).is_drill
+    assert not env.store.incident(other.incident_id).is_drill  # another route is real
+    assert all(m.is_drill for m in env.published if m.incident_id == item.incident_id)
+    [after] = run(env.engine.handle_alerts([alert(fingerprint="fp-3", starts_at=T0.replace(
+        hour=T0.hour + 1))]))
+    assert not env.store.incident(after.incident_id).is_drill  # the drill is over
