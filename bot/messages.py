@@ -111,6 +111,6 @@ def button_command(button: Button) -> str:
         return f"plan {q(playbook)} --incident {q(incident)} --step {q(step)}{dry}"
     if button.action == "not_this_playbook":
         incident, playbook = parts
-        return f"note {q(incident)} not this playbook: {q(playbook)}"
+        return f"reject {q(incident)} {q(playbook)}"
     verb = {"approve": "approve", "deny": "deny", "revert": "revert", "ack": "ack"}
     return f"{verb[button.action]} {q(parts[0])}"

@@ -27,7 +27,7 @@ class Notifier(Protocol):
 
 def render_text(msg: Message) -> str:
     """A readable plain-text block: head line, sections, fields, buttons as commands."""
-    marks = [f"[{msg.severity.upper()}]" if msg.severity else "", "[DRILL]" if msg.is_drill else ""]
+    marks = [f"[{msg.severity.upper()}]" if msg.severity else "", "[DRILL]" if msg.is_drill and "[DRILL]" not in msg.title else ""]
     head = " ".join(m for m in (*marks, msg.title) if m)
     lines = [f"== {head} ==", *msg.text.splitlines()]
     for sec in msg.sections:

@@ -109,7 +109,7 @@ def test_publish_safely_reports_failure_without_raising():
       "plan runaway-cost --incident INC-3 --step cap-output --dry-run"),
      ("approve", "RUN-3", "approve RUN-3"), ("deny", "RUN-3", "deny RUN-3"),
      ("revert", "RUN-3", "revert RUN-3"), ("ack", "INC-3", "ack INC-3"),
-     ("not_this_playbook", "INC-3:runaway-cost", "note INC-3 not this playbook: runaway-cost")],
+     ("not_this_playbook", "INC-3:runaway-cost", "reject INC-3 runaway-cost")],
 )
 def test_button_values_and_commands(action, value, command):
     assert button_command(Button(action, "x", value)) == command
@@ -125,3 +125,16 @@ def test_bad_button_values_are_refused_clearly(action, value, problem):
     with pytest.raises(InputError, match=problem) as err:
         parse_value(action, value)
     assert action in err.value.message
+
+
+def test_every_button_command_is_a_valid_command():
+    # The console shows these as "what to type"; each must parse with the shared grammar.
+    from bot.commands import VERBS, parse, split
+    from bot.messages import Button, button_command
+
+    for action, value in [("run_step", "INC-3:runaway-cost:cap-output"),
+                          ("dry_run", "INC-3:runaway-cost:cap-output"), ("approve", "RUN-7"),
+                          ("deny", "RUN-7"), ("revert", "RUN-7"), ("ack", "INC-3"),
+                          ("not_this_playbook", "INC-3:runaway-cost")]:
+        line = button_command(Button(action=action, label="x", value=value))
+        assert parse(split(line.removeprefix("llm-incident ")), VERBS).verb.name
