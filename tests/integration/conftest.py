@@ -189,13 +189,18 @@ def start_prometheus(
     rule_files: Sequence[Path] = (),
     alertmanager_url: str | None = None,
     interval: str = "1s",
+    scrape_options: dict[str, Any] | None = None,
 ) -> Iterator[PrometheusServer]:
-    """Run Prometheus scraping ``targets`` (host:port) every ``interval``."""
+    """Run Prometheus scraping ``targets`` (host:port) every ``interval``.
+
+    ``scrape_options`` are extra keys of the scrape job (``metrics_path``,
+    ``authorization``, ``metric_relabel_configs``...)."""
     binary = require_binary(PROMETHEUS_BIN)
     workdir.mkdir(parents=True, exist_ok=True)
     config: dict[str, Any] = {
         "global": {"scrape_interval": interval, "evaluation_interval": interval},
-        "scrape_configs": [{"job_name": "test", "static_configs": [{"targets": list(targets)}]}],
+        "scrape_configs": [{"job_name": "test", "static_configs": [{"targets": list(targets)}],
+                            **(scrape_options or {})}],
     }
     if rule_files:
         config["rule_files"] = [str(p) for p in rule_files]
