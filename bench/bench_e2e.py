@@ -25,7 +25,6 @@ same route within 15 minutes, as it should in production.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import shutil
 import statistics
 import sys
@@ -37,6 +36,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))  # e2e.rig and integration.services
 
 SCENARIO = "runaway-cost"
 STEP_TIMEOUT = 90.0
@@ -44,14 +44,10 @@ POLL_S = 0.05  # the scripted engineer's reaction time, at most
 
 
 def load_rig() -> Any:
-    """The e2e rig (tests/e2e/conftest.py), loaded by path: one implementation of the loop."""
-    name = "llm_incident_e2e_rig"  # the name the e2e tests import it under
-    spec = importlib.util.spec_from_file_location(name, ROOT / "tests" / "e2e" / "conftest.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+    """The e2e rig (tests/e2e/rig.py): one implementation of the loop for tests and bench."""
+    from e2e import rig
+
+    return rig
 
 
 def wait(check: Any, what: str) -> Any:

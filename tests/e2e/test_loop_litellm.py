@@ -30,8 +30,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from litellm_upstream import StubUpstream
-from llm_incident_e2e_rig import (
+from e2e.rig import (
     FOR,
     ONCALL,
     STAGE_TIMEOUT,
@@ -42,7 +41,8 @@ from llm_incident_e2e_rig import (
     prom_alerts,
     prom_value,
 )
-from test_litellm import READY_TIMEOUT, Proxy, require_litellm
+from integration.litellm_support import READY_TIMEOUT, Proxy, require_litellm
+from integration.litellm_upstream import StubUpstream
 
 from drills.sandbox.traffic import generate
 

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from llm_incident_e2e_rig import (
+from e2e.rig import (
     ONCALL,
     STAGE_TIMEOUT,
     WINDOW_S,

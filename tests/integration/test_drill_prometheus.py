@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import PROMETHEUS_BIN, require_binary
+from integration.services import PROMETHEUS_BIN, require_binary
 
 from actions.drivers.policy_file import PolicyFileDriver
 from bot.engine import Engine

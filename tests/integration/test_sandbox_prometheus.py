@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from conftest import free_port, poll, start_prometheus
+from integration.services import free_port, poll, start_prometheus
 
 from drills.sandbox.traffic import generate
 
