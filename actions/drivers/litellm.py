@@ -31,7 +31,8 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from actions.drivers import litellm_config as lc
-from actions.drivers.policy_file import PolicyFileDriver, _fsync_dir
+from actions.drivers.atomic_file import atomic_replace
+from actions.drivers.policy_file import PolicyFileDriver
 from actions.policy import ServingPolicy
 from bot.errors import DriverError
 
@@ -281,45 +282,16 @@ class LiteLLMDriver:
 
     def _commit(self, config: lc.Config, stash: lc.Stash) -> None:
         # Stash first: if the config replace fails, a stash with extra entries is harmless.
-        _atomic_write(self.stash_path, lc.dump_yaml(stash), keep=None)
-        _atomic_write(self.config_path, lc.dump_yaml(config), keep=self.prev_path)
+        atomic_replace(self.stash_path, lc.dump_yaml(stash), keep=None)
+        atomic_replace(self.config_path, lc.dump_yaml(config), keep=self.prev_path)
 
     def _restore(self, raw_config: bytes, raw_stash: bytes | None) -> None:
-        _atomic_write(self.config_path, raw_config, keep=None)
+        atomic_replace(self.config_path, raw_config, keep=None)
         if raw_stash is None:
             with contextlib.suppress(FileNotFoundError):
                 self.stash_path.unlink()
         else:
-            _atomic_write(self.stash_path, raw_stash, keep=None)
-
-
-def _atomic_write(path: Path, data: bytes, *, keep: Path | None) -> None:
-    """Temp file + fsync + rename; ``keep`` receives the previous content first."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        try:
-            mode = path.stat().st_mode & 0o777
-        except FileNotFoundError:
-            mode = 0o644
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        if keep is not None and path.exists():
-            keep.write_bytes(path.read_bytes())
-        os.replace(tmp, path)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise DriverError(
-            f"could not write {path}: {exc.strerror or exc}",
-            hint="the previous file is still in force; check disk space and permissions",
-        ) from None
-    _fsync_dir(path.parent)
+            atomic_replace(self.stash_path, raw_stash, keep=None)
 
 
 class LiteLLMTargetConfig(BaseModel):

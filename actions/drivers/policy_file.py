@@ -13,11 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import fcntl
 import os
-import stat
-import tempfile
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,6 +23,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from actions.drivers.atomic_file import atomic_replace
 from actions.policy import ServingPolicy
 from bot.errors import DriverError
 
@@ -149,79 +147,7 @@ class PolicyFileDriver:
             os.close(fd)
 
     def _replace(self, data: bytes) -> None:
-        directory = self.path.parent
-        try:
-            mode = stat.S_IMODE(self.path.stat().st_mode)
-        except FileNotFoundError:
-            mode = 0o644
-        tmp = self._write_temp(directory, data, mode)
-        try:
-            self._keep_previous()
-            os.replace(tmp, self.path)
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise DriverError(
-                f"could not replace {self.path}: {exc.strerror or exc}",
-                hint="the previous policy is still in force; check disk space and permissions",
-            ) from None
-        _fsync_dir(directory)
-
-    def _write_temp(self, directory: Path, data: bytes, mode: int) -> str:
-        try:
-            fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{self.path.name}.", suffix=".tmp")
-        except OSError as exc:
-            raise DriverError(
-                f"could not create a temp file next to {self.path}: {exc.strerror or exc}",
-                hint="the previous policy is still in force; check disk space and permissions",
-            ) from None
-        try:
-            # mkstemp makes 0600; the gateway may read as another user, so keep the mode.
-            os.fchmod(fd, mode)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        except OSError as exc:
-            os.close(fd)
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise DriverError(
-                f"could not write the new policy for {self.path}: {exc.strerror or exc}",
-                hint="the previous policy is still in force; check disk space and permissions",
-            ) from None
-        os.close(fd)
-        return tmp
-
-    def _keep_previous(self) -> None:
-        if not self.path.exists():
-            return
-        staging = self.prev_path.with_name(self.prev_path.name + ".tmp")
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(staging)
-        try:
-            # A hard link is free and atomic; the replace below gives the live
-            # name a new inode, so the link keeps the old content.
-            os.link(self.path, staging)
-        except OSError as exc:
-            if exc.errno not in (errno.EPERM, errno.EXDEV, errno.EMLINK, errno.ENOTSUP):
-                raise
-            staging.write_bytes(self.path.read_bytes())
-        os.replace(staging, self.prev_path)
-
-
-def _fsync_dir(directory: Path) -> None:
-    # Makes the rename durable; some filesystems refuse to open directories.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        atomic_replace(self.path, data, keep=self.prev_path)
 
 
 def dump_policy(policy: ServingPolicy) -> bytes:
