@@ -113,6 +113,26 @@ class FanoutNotifier:
                           msg.kind, msg.title, res or type(res).__name__)
 
 
+class DrillRouter:
+    """Drill messages to their own notifier (a drills channel), everything else to the real one.
+
+    A rehearsal must never land where real pages land; with no drill notifier
+    configured both go to the real one, still marked DRILL.
+    """
+
+    def __init__(self, real: Notifier, drill: Notifier) -> None:
+        self.real = real
+        self.drill = drill
+
+    async def publish(self, msg: Message) -> None:
+        await (self.drill if msg.is_drill else self.real).publish(msg)
+
+    async def aclose(self) -> None:
+        for n in (self.real, self.drill):
+            if aclose := getattr(n, "aclose", None):
+                await aclose()
+
+
 async def publish_safely(notifier: Notifier | None, msg: Message) -> bool:
     """Publish, logging any failure; False when it failed. For callers that must go on."""
     if notifier is None:

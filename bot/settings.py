@@ -43,7 +43,8 @@ ENV_VARS = {
     "LLM_INCIDENT_DRILL_TZ": "time zone of the monthly drill schedule (default UTC)",
     "LLM_INCIDENT_DRILL_CRON": "crontab line replacing the drill schedule "
     "(default: first Tuesday of the month, 10:00)",
-    "LLM_INCIDENT_DRILL_CHANNEL": "where drill messages go (default: with the incidents)",
+    "LLM_INCIDENT_DRILL_CHANNEL": "Slack channel for drill incidents and announcements "
+    "(default: the incident channel, marked DRILL)",
     "SLACK_BOT_TOKEN": "Slack bot token (xoxb-...); with it `serve` posts to Slack (default: none)",
     "SLACK_SIGNING_SECRET": "Slack signing secret; with it `serve` takes POST /slack/events",
     "SLACK_APP_TOKEN": "Slack app-level token (xapp-...); with it `serve` uses Socket Mode",

@@ -63,8 +63,14 @@ def build_slack_notifier(settings: Settings, engine: Engine) -> Any | None:
     """The Slack notifier when SLACK_BOT_TOKEN and LLM_INCIDENT_SLACK_CHANNEL are set."""
     if not settings.slack_bot_token or not settings.slack_channel:
         return None
+    from bot.notifier import DrillRouter
     from bot.slack.app import web_client
     from bot.slack.notifier import SlackNotifier
 
-    return SlackNotifier(web_client(settings), channel=settings.slack_channel,
-                         store=engine.store)
+    client = web_client(settings)
+    real = SlackNotifier(client, channel=settings.slack_channel, store=engine.store)
+    if not settings.drill_channel or settings.drill_channel == settings.slack_channel:
+        return real
+    # Drill incidents and announcements go to the drills channel, never where pages land.
+    drill = SlackNotifier(client, channel=settings.drill_channel, store=engine.store)
+    return DrillRouter(real, drill)

@@ -138,3 +138,34 @@ def test_every_button_command_is_a_valid_command():
                           ("not_this_playbook", "INC-3:runaway-cost")]:
         line = button_command(Button(action=action, label="x", value=value))
         assert parse(split(line.removeprefix("llm-incident ")), VERBS).verb.name
+
+
+def test_drill_messages_go_to_the_drill_notifier_and_nothing_else_does():
+    from bot.notifier import DrillRouter, RecordingNotifier
+
+    real, drill = RecordingNotifier(), RecordingNotifier()
+    router = DrillRouter(real, drill)
+    page = Message(kind="suggestion", incident_id="INC-1", title="real", text="t")
+    rehearsal = Message(kind="suggestion", incident_id="INC-2", title="drill", text="t",
+                        is_drill=True)
+    asyncio.run(router.publish(page))
+    asyncio.run(router.publish(rehearsal))
+    assert [m.title for m in real.messages] == ["real"]
+    assert [m.title for m in drill.messages] == ["drill"]
+
+
+def test_slack_notifier_routes_drills_to_the_drill_channel(tmp_path):
+    from bot.notifier import DrillRouter
+    from bot.settings import Settings
+    from bot.slack import build_slack_notifier
+    from bot.store import Store
+
+    class E:
+        store = Store(tmp_path / "s.db")
+
+    base = Settings(slack_bot_token="xoxb-test", slack_channel="CPAGES")
+    assert not isinstance(build_slack_notifier(base, E()), DrillRouter)
+    routed = build_slack_notifier(Settings(slack_bot_token="xoxb-test", slack_channel="CPAGES",
+                                           drill_channel="CDRILLS"), E())
+    assert isinstance(routed, DrillRouter)
+    assert (routed.real.channel, routed.drill.channel) == ("CPAGES", "CDRILLS")
