@@ -20,10 +20,8 @@ from __future__ import annotations
 import concurrent.futures
 import secrets
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +41,7 @@ from e2e.rig import (
 )
 from integration.litellm_support import READY_TIMEOUT, Proxy, require_litellm
 from integration.litellm_upstream import StubUpstream
+from integration.services import LoopbackHTTPServer, QuietHandler
 
 from drills.sandbox.traffic import generate
 
@@ -70,14 +69,14 @@ RELOAD_SCRIPT = ("import sys, urllib.request; "
                  "timeout=float(sys.argv[2]))")
 
 
-class RestartControl:
+class RestartControl(LoopbackHTTPServer):
     """``POST /restart`` restarts the proxy; the driver's ``reload_command`` calls it."""
 
     def __init__(self, proxy: Proxy) -> None:
         self.restarts = 0
         control = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_POST(self) -> None:
                 try:
                     proxy.restart()
@@ -87,21 +86,7 @@ class RestartControl:
                     self.send_response(500)
                 self.end_headers()
 
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        host, port = self.server.server_address[:2]
-        return f"http://{host}:{port}/restart"
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(Handler, "/restart")
 
 
 class LiteLLMRig(Rig):

@@ -79,6 +79,7 @@ class Service:
     process: subprocess.Popen
     log: Path
     workdir: Path
+    ready_path: str = "/-/ready"
 
     def log_tail(self, lines: int = 30) -> str:
         try:
@@ -95,7 +96,7 @@ class Service:
                     pytrace=False,
                 )
             try:
-                return httpx.get(f"{self.url}/-/ready", timeout=2.0).status_code == 200
+                return httpx.get(f"{self.url}{self.ready_path}", timeout=2.0).status_code == 200
             except httpx.HTTPError:
                 return False
 
@@ -120,13 +121,17 @@ class Service:
                 self.process.wait(timeout=15)
 
 
-def _spawn(name: str, argv: list[str], workdir: Path, url: str) -> Service:
+def spawn(name: str, argv: list[str], workdir: Path, url: str, *,
+          ready_path: str = "/-/ready", cwd: Path | None = None) -> Service:
+    """Start ``argv`` logging to ``workdir/<name>.log``; return once ``ready_path`` answers 200."""
     log = workdir / f"{name}.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
-            argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=workdir
+            argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            cwd=cwd or workdir,
         )
-    service = Service(name=name, url=url, process=process, log=log, workdir=workdir)
+    service = Service(name=name, url=url, process=process, log=log, workdir=workdir,
+                      ready_path=ready_path)
     service.wait_ready()
     return service
 
@@ -214,7 +219,7 @@ def start_prometheus(
         f"--web.external-url={url}/",
         "--log.level=warn",
     ]
-    service = _spawn("prometheus", argv, workdir, url)
+    service = spawn("prometheus", argv, workdir, url)
     server = PrometheusServer(**vars(service))
     try:
         yield server
@@ -265,10 +270,34 @@ def start_alertmanager(
         "--cluster.listen-address=",  # no gossip: a single local instance
         "--log.level=warn",
     ]
-    return _spawn("alertmanager", argv, workdir, url)
+    return spawn("alertmanager", argv, workdir, url)
 
 
-class WebhookRecorder:
+class LoopbackHTTPServer:
+    """A ``BaseHTTPRequestHandler`` class served on 127.0.0.1 from a daemon thread."""
+
+    def __init__(self, handler: type[BaseHTTPRequestHandler], path: str) -> None:
+        self.path = path
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        host, port = self.server.server_address[:2]
+        return f"http://{host}:{port}{self.path}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class QuietHandler(BaseHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # keep test output clean
+        pass
+
+
+class WebhookRecorder(LoopbackHTTPServer):
     """A loopback HTTP endpoint that records JSON POSTs (an Alertmanager receiver)."""
 
     def __init__(self, status: int = 200) -> None:
@@ -276,7 +305,7 @@ class WebhookRecorder:
         self.received: list[dict[str, Any]] = []
         recorder = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 with contextlib.suppress(ValueError):
@@ -284,18 +313,4 @@ class WebhookRecorder:
                 self.send_response(recorder.status)
                 self.end_headers()
 
-            def log_message(self, format: str, *args: Any) -> None:  # keep test output clean
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        host, port = self.server.server_address[:2]
-        return f"http://{host}:{port}/alerts"
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(Handler, "/alerts")

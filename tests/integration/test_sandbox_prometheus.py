@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from integration.services import free_port, poll, start_prometheus
+from integration.services import free_port, poll, spawn, start_prometheus
 
 from drills.sandbox.traffic import generate
 
@@ -26,35 +25,14 @@ def sandbox_url(tmp_path: Path) -> Iterator[str]:
     policy = tmp_path / "serving-policy.yaml"
     policy.write_text(yaml.safe_dump({"version": 1, "routes": {"chat": {"max_concurrency": 64}}}))
     port = free_port()
-    log = (tmp_path / "sandbox.log").open("wb")
     argv = [sys.executable, "-m", "drills.sandbox", "--port", str(port),
             "--policy", str(policy), "--time-scale", "0", "--seed", "3"]  # fmt: skip
-    proc = subprocess.Popen(argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-
-    def healthy() -> bool:
-        if proc.poll() is not None:
-            pytest.fail(
-                f"sandbox exited with {proc.returncode}:\n"
-                f"{(tmp_path / 'sandbox.log').read_text(errors='replace')}",
-                pytrace=False,
-            )
-        try:
-            return httpx.get(f"{url}/health", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
+    sandbox = spawn("sandbox", argv, tmp_path, f"http://127.0.0.1:{port}",
+                    ready_path="/health", cwd=REPO)
     try:
-        poll(healthy, what="the sandbox to answer /health", timeout=30)
-        yield url
+        yield sandbox.url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-        log.close()
+        sandbox.stop()
 
 
 def instant(prom_url: str, promql: str) -> list[dict[str, Any]]:
