@@ -7,6 +7,7 @@ the Slack layer print ``str(err)``; nothing user-facing shows a traceback.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 
 class IncidentBotError(Exception):
@@ -51,19 +52,21 @@ class Problem:
 
 @dataclass
 class PlaybookError(InputError):
-    """One or more playbook files are invalid; the last good set stays in force."""
+    """One or more playbook files are invalid; the last good set stays in force.
+
+    Subclasses for other YAML documents (drill scenarios) set ``what`` and ``next_step``.
+    """
 
     problems: list[Problem] = field(default_factory=list)
+    what: ClassVar[str] = "playbook"
+    next_step: ClassVar[str] = "run `llm-incident lint PATH` to see every problem"
 
     def __post_init__(self) -> None:
         n = len(self.problems)
         first = str(self.problems[0]) if self.problems else "no details"
         more = f" (and {n - 1} more)" if n > 1 else ""
-        IncidentBotError.__init__(
-            self,
-            f"invalid playbook: {first}{more}",
-            hint="run `llm-incident lint PATH` to see every problem",
-        )
+        IncidentBotError.__init__(self, f"invalid {self.what}: {first}{more}",
+                                  hint=self.next_step)
 
     def __str__(self) -> str:  # dataclass would otherwise replace Exception.__str__
         return IncidentBotError.__str__(self)

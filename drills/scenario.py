@@ -33,12 +33,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from actions.policy import RoutePolicy
-from bot.errors import IncidentBotError, PlaybookError, Problem
+from bot.errors import PlaybookError, Problem
 from bot.playbook.schema import Duration, IncidentClass, format_duration
 from bot.playbook.yamlsource import parse_yaml, suggest, validation_problems
 
@@ -316,15 +316,8 @@ class Scenario(_Strict):
 class ScenarioError(PlaybookError):
     """One or more drill scenario files are invalid."""
 
-    def __post_init__(self) -> None:
-        n = len(self.problems)
-        first = str(self.problems[0]) if self.problems else "no details"
-        more = f" (and {n - 1} more)" if n > 1 else ""
-        IncidentBotError.__init__(
-            self,
-            f"invalid drill scenario: {first}{more}",
-            hint="fix the file; `.problems` lists every problem with its line",
-        )
+    what: ClassVar[str] = "drill scenario"
+    next_step: ClassVar[str] = "fix the file; `.problems` lists every problem with its line"
 
 
 def load_scenario(path: str | Path) -> Scenario:
