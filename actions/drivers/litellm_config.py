@@ -25,6 +25,7 @@ from typing import Any
 
 import yaml
 
+from actions.drivers.policy_file import yaml_problem
 from bot.errors import DriverError
 
 CONFIG_FIELDS: frozenset[str] = frozenset({"enabled", "max_concurrency", "fallback"})
@@ -44,9 +45,7 @@ def parse_yaml_mapping(raw: bytes, *, source: str, what: str) -> dict[str, Any]:
     except UnicodeDecodeError as exc:
         raise DriverError(f"{source}: {what} is not UTF-8 text (byte {exc.start})") from None
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{source}:{mark.line + 1}" if mark is not None else source
-        problem = getattr(exc, "problem", None) or str(exc)
+        where, problem = yaml_problem(exc, source)
         raise DriverError(
             f"{where}: {what} is not valid YAML: {problem}",
             hint="fix the file (or restore its .prev copy); nothing was changed",

@@ -150,6 +150,13 @@ class PolicyFileDriver:
         atomic_replace(self.path, data, keep=self.prev_path)
 
 
+def yaml_problem(exc: yaml.YAMLError, source: str) -> tuple[str, str]:
+    """``(file:line, what is wrong)`` for a YAML error, for messages that name the place."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f"{source}:{mark.line + 1}" if mark is not None else source
+    return where, getattr(exc, "problem", None) or str(exc)
+
+
 def dump_policy(policy: ServingPolicy) -> bytes:
     """The policy as YAML, routes in their order, fields in the documented order."""
     data = policy.model_dump(mode="json")
@@ -169,9 +176,7 @@ def parse_policy(raw: bytes, *, source: str) -> ServingPolicy:
     try:
         data = yaml.load(text, Loader=_Loader)  # a safe loader (C or Python)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{source}:{mark.line + 1}" if mark is not None else source
-        problem = getattr(exc, "problem", None) or str(exc)
+        where, problem = yaml_problem(exc, source)
         raise DriverError(
             f"{where}: corrupt YAML: {problem}",
             hint="fix the file or restore it from its .prev copy",
