@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import uuid
 from typing import Any
 
 from aiohttp import WSMsgType, web
+
+from bot.slack.webapi_stub import serve_on_loopback
 
 
 class SocketModeStub:
@@ -39,12 +40,7 @@ class SocketModeStub:
         app = web.Application()
         app.router.add_get("/link/", self._link)
         app.router.add_post("/respond/{n}", self._respond)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.bind(("127.0.0.1", 0))
-        self.port = sock.getsockname()[1]
-        await web.SockSite(self._runner, sock).start()
+        self._runner, self.port = await serve_on_loopback(app)
         return self
 
     async def stop(self) -> None:
