@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import operator
 import re
-from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -370,13 +369,6 @@ def load_scenarios(directory: str | Path) -> dict[str, Scenario]:
     if problems:
         raise ScenarioError(problems=problems)
     return found
-
-
-def scenarios_by_class(scenarios: Iterable[Scenario]) -> dict[str, list[Scenario]]:
-    out: dict[str, list[Scenario]] = {}
-    for s in scenarios:
-        out.setdefault(s.class_, []).append(s)
-    return out
 
 
 SCENARIOS_DIR = Path(__file__).resolve().parent / "scenarios"

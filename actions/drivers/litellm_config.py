@@ -28,8 +28,6 @@ import yaml
 from actions.drivers.policy_file import yaml_problem
 from bot.errors import DriverError
 
-CONFIG_FIELDS: frozenset[str] = frozenset({"enabled", "max_concurrency", "fallback"})
-
 Config = dict[str, Any]
 Stash = dict[str, Any]
 

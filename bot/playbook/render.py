@@ -49,7 +49,6 @@ ALLOWED_METHODS = frozenset(
         "count", "find", "title", "capitalize",
     }
 )  # fmt: skip
-CONTEXT_NAMES = frozenset({"alert", "labels", "annotations", "params"})
 
 _FORBIDDEN_NODES: dict[type[nodes.Node], str] = {
     nodes.For: "loops ({% for %})",
