@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from actions.policy import ROUTE_FIELDS, ServingPolicy
+from actions.policy import ROUTE_FIELDS, ServingPolicy, UnknownRoute
 from bot.errors import InputError
 
 
@@ -122,12 +122,29 @@ class Action(ABC):
     def changes(self, params: Any, current: ServingPolicy) -> tuple[dict[str, dict[str, Any]], str]:
         """Return ``({route: {field: new_value}}, summary)``; raise InputError if unsafe."""
 
+    def named_routes(self, params: Any) -> list[str]:
+        """Every route the params name (changed or pointed at); each must exist."""
+        return list(params.routes)
+
     def plan(self, raw_params: dict[str, Any], current: ServingPolicy, *, target: str) -> Plan:
         params = self.parse_params(raw_params)
+        # Params may come from alert text: a route the target does not serve is an
+        # error naming it, never a default-enabled route (nor a new policy entry).
+        for route in self.named_routes(params):
+            if not current.serves(route):
+                known = sorted(current.routes)
+                shown = ", ".join(known[:20]) + (" ..." if len(known) > 20 else "")
+                raise InputError(
+                    f"{self.name}: route '{route}' is not served by target '{target}'",
+                    hint=f"routes on {target}: {shown or 'none'}; check the alert's labels "
+                    "and the playbook's params",
+                )
         wanted, summary = self.changes(params, current)
         # Validate the resulting policy as a whole (e.g. traffic weights sum to 1).
         try:
             current.with_values(wanted)
+        except UnknownRoute as exc:
+            raise InputError(f"action '{self.name}': {exc}") from None
         except ValidationError as exc:
             raise InputError(f"action '{self.name}' would write an invalid policy: {exc}") from None
         changes = [

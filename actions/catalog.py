@@ -138,6 +138,9 @@ class Fallback(Action):
     title = "Fall back to another model"
     Params = FallbackParams
 
+    def named_routes(self, params: FallbackParams) -> list[str]:
+        return [*params.routes, params.to]
+
     def changes(self, p: FallbackParams, current: ServingPolicy):
         if p.to in p.routes:
             raise InputError(f"fallback: route '{p.to}' cannot fall back to itself")

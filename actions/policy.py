@@ -60,15 +60,43 @@ class ServingPolicy(BaseModel):
     updated_by: str | None = None
 
     def route(self, name: str) -> RoutePolicy:
-        """The route's policy; a route the file does not list has the defaults."""
+        """The route's policy; a route the file does not list has the defaults.
+
+        Only for reading what a gateway enforces. Deciding whether a route *exists*
+        (before planning a change on it) is ``serves``: an unknown route is never
+        taken as an enabled one.
+        """
         return self.routes.get(name, RoutePolicy())
+
+    def serves(self, name: str) -> bool:
+        return name in self.routes
 
     def get(self, route: str, field: str) -> Any:
         return getattr(self.route(route), field)
 
-    def with_values(self, updates: dict[str, dict[str, Any]]) -> ServingPolicy:
-        """A copy with ``{route: {field: value}}`` set, validated as a whole."""
+    def with_values(
+        self, updates: dict[str, dict[str, Any]], *, create: bool = False
+    ) -> ServingPolicy:
+        """A copy with ``{route: {field: value}}`` set, validated as a whole.
+
+        Only routes the policy already lists can be changed: a mitigation never adds
+        an entry (a revert could not take it away again), so an unknown route raises
+        ``UnknownRoute`` naming it. ``create`` is for a companion file whose routes
+        live elsewhere (the LiteLLM driver's policy file: the route is in the proxy's
+        config, the file only carries what the hook enforces).
+        """
         data = self.model_dump(mode="json")
         for route, fields in updates.items():
+            if route not in data["routes"] and not create:
+                raise UnknownRoute(route, sorted(self.routes))
             data["routes"].setdefault(route, {}).update(fields)
         return ServingPolicy.model_validate(data)
+
+
+class UnknownRoute(ValueError):
+    """A change names a route the policy does not list."""
+
+    def __init__(self, route: str, known: list[str]) -> None:
+        self.route, self.known = route, known
+        shown = ", ".join(known[:20]) + (" ..." if len(known) > 20 else "") or "none"
+        super().__init__(f"route {route!r} is not served by this target (routes: {shown})")

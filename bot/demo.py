@@ -70,12 +70,13 @@ async def run_demo(settings: Settings, *, say: Callable[[str], None] = print,
     from drills.prometheus_proc import WARMUP_S
     from drills.report import render_report
     from drills.runner import DrillOptions, DrillRunner
+    from drills.sandbox.policy import seed_policy_text
     from drills.scenario import SCENARIOS_DIR, load_scenarios
     from drills.store import DrillStore
 
     workdir = Path(tempfile.mkdtemp(prefix="llm-incident-demo-"))
     policy = workdir / "serving-policy.yaml"
-    policy.write_text("version: 1\nroutes:\n  chat:\n    max_concurrency: 64\n")
+    policy.write_text(seed_policy_text({"chat": {"max_concurrency": 64}}))
     original = policy.read_text()
     settings = replace(settings, db_path=workdir / "llm-incident.db", policy_path=policy,
                        targets_file=None, prometheus_url=None)

@@ -19,7 +19,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from bot.alert import Alert
 from bot.errors import GuardRefused, IncidentBotError, InputError, NotFound
@@ -49,6 +49,7 @@ class Ingested:
     created: bool
     matches: list[MatchResult] = field(default_factory=list)
     # "opened" (a new incident), "joined" (a new alert of an open incident),
+    # "reopened" (it fired again soon after its incident resolved: flap damping),
     # "resolved" (a known alert resolved now), "duplicate" (nothing changed).
     outcome: str = ""
 
@@ -68,6 +69,7 @@ class Engine:
         notifier: Notifier | None = None,
         lifecycle: LifecyclePolicy = LifecyclePolicy(),  # noqa: B008 - frozen, safe to share
         diagnose_timeout: float = 2.0,
+        flap_window: timedelta | None = timedelta(minutes=10),
     ) -> None:
         self.store = store
         self.registry = registry
@@ -76,6 +78,8 @@ class Engine:
         self.notifier = notifier
         self.lifecycle = Lifecycle(store, lifecycle)
         self.diagnose_timeout = diagnose_timeout
+        # A group firing again this soon after its incident resolved reopens it.
+        self.flap_window = flap_window
         self._listeners: list[Callable[[], None]] = []
         # (alertname, route) pairs a running drill owns; see ``drilling``.
         self._drilling: Counter[tuple[str, str]] = Counter()
@@ -120,13 +124,14 @@ class Engine:
             matches = self.matcher.match(alert)
             top = matches[0].playbook if matches else None
             klass = top.class_ if top else alert.labels.get("incident_class", UNCLASSIFIED)
-            incident_id, created = self.store.record_alert(
+            incident_id, created, reopened = self.store.record_alert(
                 alert,
                 group_key=group_key_for(alert, klass),
                 title=_title(alert, top),
                 klass=klass,
                 severity=top.severity if top else alert.labels.get("severity", "warning"),
                 is_drill=is_drill or self._is_drill(alert),
+                reopen_within=self.flap_window,
             )
             if created and top is not None:
                 self.store.add_event(
@@ -140,7 +145,9 @@ class Engine:
                         "others": [m.playbook.id for m in matches[1:]],
                     },
                 )
-            if known is None:
+            if reopened:
+                outcome = "reopened"
+            elif known is None:
                 outcome = "opened" if created else "joined"
             elif alert.status == "resolved" and known.status != "resolved":
                 outcome = "resolved"
@@ -165,6 +172,13 @@ class Engine:
                     await self._open(item)
                 except Exception:  # the alert is stored; never fail the webhook over a message
                     log.exception("suggesting for %s failed", item.incident_id)
+            if item.outcome == "reopened":
+                # One update of the live message, no new suggestion and no automatic
+                # steps: a flapping alert must not open (or act) a hundred times.
+                inc = self.store.incident(item.incident_id)
+                why = f"{item.alert.alertname or 'its alert'} fired again soon after resolving"
+                await self.publish(self.lifecycle.update_message(
+                    Change(inc, "resolved", item.alert.source, f"{why} (flapping)")))
             if item.alert.status == "resolved" and item.outcome != "duplicate":
                 recovering[item.incident_id] = None
         for incident_id in recovering:

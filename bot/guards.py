@@ -33,6 +33,15 @@ class RunnerSettings:
 
     approval_ttl: timedelta = timedelta(minutes=15)
     max_active_mitigations: int = 3
+    # False: an oncall step's requester never approves it alone, whatever the playbook says.
+    self_approval: bool = True
+
+
+def others_only(guard: Guard, *, allow_self: bool = True) -> bool:
+    """Whether only approvals by someone other than the requester count."""
+    if guard.approval == "two_person":
+        return True
+    return guard.approval == "oncall" and not (guard.self_approval and allow_self)
 
 
 # --- wording -----------------------------------------------------------------------
@@ -83,13 +92,16 @@ ApprovalState = Literal["not_needed", "approved", "missing", "expired", "denied"
 
 
 def approval_state(
-    guard: Guard, *, requested_by: str, approvals: Sequence[Approval], now: datetime
+    guard: Guard, *, requested_by: str, approvals: Sequence[Approval], now: datetime,
+    allow_self: bool = True,
 ) -> tuple[ApprovalState, list[Approval]]:
     """Where a run stands, and the approvals that decide it (valid, expired or the deny).
 
     two_person only counts approvals by someone other than the requester; oncall
-    counts any on-call approval, the requester's included.
+    counts any on-call approval, the requester's included, unless the step says
+    ``self_approval: false`` or the deployment forbids it (``allow_self``).
     """
+    strict = others_only(guard, allow_self=allow_self)
     if guard.approval == "none":
         return "not_needed", []
     denies = [a for a in approvals if a.decision == "deny"]
@@ -98,8 +110,7 @@ def approval_state(
     counted = [
         a
         for a in approvals
-        if a.decision == "approve"
-        and (guard.approval != "two_person" or a.user != requested_by)
+        if a.decision == "approve" and (not strict or a.user != requested_by)
     ]
     valid = [a for a in counted if a.expires_at > now]
     if valid:
@@ -116,8 +127,10 @@ def check_approval(
     requested_by: str,
     approvals: Sequence[Approval],
     now: datetime,
+    allow_self: bool = True,
 ) -> GuardRefused | None:
-    state, which = approval_state(guard, requested_by=requested_by, approvals=approvals, now=now)
+    state, which = approval_state(guard, requested_by=requested_by, approvals=approvals, now=now,
+                                  allow_self=allow_self)
     if state in ("not_needed", "approved"):
         return None
     if state == "denied":
@@ -133,7 +146,7 @@ def check_approval(
             f"the approval of {run_id} by {last.user} expired at {fmt_time(last.expires_at, now)}",
             hint=f"approve {run_id} again: an approval is only good for a short while",
         )
-    if guard.approval == "two_person":
+    if others_only(guard, allow_self=allow_self):
         return GuardRefused(
             "approval",
             f"{run_id} needs approval by someone other than its requester {requested_by}",
@@ -294,6 +307,31 @@ def check_lock(
                     f"routes.{c.route}.{c.field} on target {plan.target} is held by "
                     f"{m.run_id} until reverted",
                     hint=f"revert {m.run_id} first if this change should replace it",
+                )
+    return None
+
+
+def check_allowed(guard: Guard, plan: Plan, current: ServingPolicy) -> GuardRefused | None:
+    """Arguments a step limits (``guard.allow``) hold only listed values.
+
+    Alert text may fill a step's route or fallback; the playbook's list (or the
+    serving policy's group) is what decides where a change may land.
+    """
+    for arg, allowed in guard.allow.items():
+        value = plan.params.get(arg)
+        values = value if isinstance(value, list) else [value]
+        for v in values:
+            if isinstance(allowed, list):
+                ok, says = v in allowed, f"one of {', '.join(allowed)}"
+            else:
+                ok = isinstance(v, str) and current.serves(v) and \
+                    current.route(v).group == allowed.group
+                says = f"a route of group {allowed.group!r} on {plan.target}"
+            if not ok:
+                return GuardRefused(
+                    "allow", f"{plan.action}: {arg} {v!r} is not allowed here; it must be {says}",
+                    hint="the value came from the alert or a command; check its labels, or "
+                    "extend the step's guard.allow if the value is right",
                 )
     return None
 

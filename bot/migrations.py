@@ -205,9 +205,37 @@ def _v3_drills(db: Database) -> None:
     db.execute("CREATE INDEX idx_drill_events ON drill_events (drill_id, id)")
 
 
+def _v4_trust(db: Database) -> None:
+    # /metrics counts refusals by kind at every scrape: without an index that scans
+    # every event (alerts included) on each scrape.
+    db.execute("CREATE INDEX idx_events_kind ON events (kind)")
+    # Signed Slack requests already let through, kept for Slack's 5-minute window so a
+    # replay is refused after a restart too (and, later, by any replica).
+    db.execute(
+        """CREATE TABLE request_replays (
+            signature TEXT PRIMARY KEY,
+            seen_at TEXT NOT NULL
+        )"""
+    )
+    db.execute("CREATE INDEX idx_request_replays_seen ON request_replays (seen_at)")
+    # The last playbook set that loaded cleanly, file by file, so `serve` can start
+    # on it when the directory is broken. One row per good load; only the latest counts.
+    db.execute(
+        """CREATE TABLE playbook_sets (
+            id INTEGER PRIMARY KEY,
+            loaded_at TEXT NOT NULL,
+            source TEXT NOT NULL,
+            digest TEXT NOT NULL,
+            files TEXT NOT NULL
+        )"""
+    )
+    # /readyz proves the store takes writes by updating this one row.
+    db.execute("CREATE TABLE write_probe (id INTEGER PRIMARY KEY CHECK (id = 1), at TEXT)")
+
+
 # Append only; index + 1 is the schema version.
 MIGRATIONS: list[Callable[[Database], None]] = [
-    _v1_initial, _v2_chat_messages, _v3_drills,
+    _v1_initial, _v2_chat_messages, _v3_drills, _v4_trust,
 ]
 
 LATEST_VERSION = len(MIGRATIONS)

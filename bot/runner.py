@@ -36,6 +36,7 @@ from bot.guards import (
     TargetLocks,
     approval_state,
     check_active_cap,
+    check_allowed,
     check_approval,
     check_blast_radius,
     check_cooldown,
@@ -46,6 +47,7 @@ from bot.guards import (
     check_stale_plan,
     evaluate_verification,
     fmt_time,
+    others_only,
 )
 from bot.playbook.schema import Guard, Verify, format_duration
 from bot.store import PAUSE_FLAG, Run, Store
@@ -140,6 +142,7 @@ class Runner:
         active = self.store.active_mitigations()
         kw = {"action": plan.action, "routes": plan.routes, "history": history, "now": now}
         checks = [
+            check_allowed(guard, plan, current),
             check_stale_plan(plan, current) if run_id else None,
             check_blast_radius(guard, plan, current),
             check_active_cap(active, self.settings, run_id=run_id),
@@ -158,10 +161,13 @@ class Runner:
                 f"{run_id} is {run.state}; only a run awaiting approval can be approved",
                 hint="plan the step again to get a new run",
             )
-        if run.guard.approval == "two_person" and user == run.requested_by:
+        if user == run.requested_by and others_only(
+                run.guard, allow_self=self.settings.self_approval):
+            rule = ("two_person" if run.guard.approval == "two_person" else
+                    "this step (self_approval off)")
             self._refuse(run, GuardRefused(
                 "approval", f"{user} requested {run_id} and cannot approve it: "
-                "two_person needs an approval by someone else",
+                f"{rule} needs an approval by someone else",
                 hint="ask another on-call engineer to approve"), actor=user)
         expires = self.clock() + self.settings.approval_ttl
         with self.store.transaction():
@@ -226,12 +232,13 @@ class Runner:
             raise pause
         now = self.clock()
         approvals = self.store.approvals(run.id)
+        allow_self = self.settings.self_approval
         refusal = check_approval(run.guard, run_id=run.id, requested_by=run.requested_by,
-                                 approvals=approvals, now=now)
+                                 approvals=approvals, now=now, allow_self=allow_self)
         if refusal is None:
             return
         state, _ = approval_state(run.guard, requested_by=run.requested_by,
-                                  approvals=approvals, now=now)
+                                  approvals=approvals, now=now, allow_self=allow_self)
         if state == "expired" and run.state != "expired":
             self.store.transition(run.id, "expired", f"not applied: {refusal.reason}", actor=actor)
             raise refusal

@@ -166,8 +166,9 @@ class Scheduler:
         for state in ("awaiting_approval", "approved"):
             for run in self.store.runs(state=state):
                 approvals = self.store.approvals(run.id)
-                verdict, which = approval_state(run.guard, requested_by=run.requested_by,
-                                                approvals=approvals, now=now)
+                verdict, which = approval_state(
+                    run.guard, requested_by=run.requested_by, approvals=approvals, now=now,
+                    allow_self=self.runner.settings.self_approval)
                 if verdict == "expired":
                     last = max(which, key=lambda a: a.expires_at)
                     why = (f"the approval by {last.user} expired at "

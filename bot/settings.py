@@ -54,6 +54,12 @@ ENV_VARS = {
     "LLM_INCIDENT_ONCALL_GROUP": "Slack user group id whose members may change things",
     "LLM_INCIDENT_ALERT_CHANNELS": "comma-separated channel ids whose Alertmanager posts "
     "are read as alerts",
+    "LLM_INCIDENT_ALERT_POSTERS": "comma-separated Slack bot, app or user ids whose posts in "
+    "those channels are alerts; anything else is ignored and counted (default: none)",
+    "LLM_INCIDENT_SELF_APPROVAL": "false: the requester of an oncall step never approves it "
+    "alone (default true; a step can say self_approval: false)",
+    "LLM_INCIDENT_FLAP_WINDOW": "a group that fires again this soon after it resolved reopens "
+    "its incident instead of opening a new one (default 10m; 0 turns it off)",
 }
 
 DEFAULT_GRAFANA_HMAC_HEADER = "X-Grafana-Alerting-Signature"
@@ -68,6 +74,8 @@ class Settings:
     prometheus_url: str | None = None
     approval_ttl: timedelta = timedelta(minutes=15)
     max_active_mitigations: int = 3
+    self_approval: bool = True
+    flap_window: timedelta = timedelta(minutes=10)
     user: str = "cli"
     # `llm-incident serve`
     host: str = "127.0.0.1"
@@ -90,6 +98,7 @@ class Settings:
     oncall_users: tuple[str, ...] = ()
     oncall_group: str | None = None
     alert_channels: tuple[str, ...] = ()
+    alert_posters: tuple[str, ...] = ()
     # Whatever the HTTP driver may template as {{ env.X }} (credentials).
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
 
@@ -113,6 +122,10 @@ class Settings:
             if not v.isdigit() or int(v) < 1:
                 raise InputError(f"LLM_INCIDENT_MAX_ACTIVE must be a positive integer, got {v!r}")
             s = replace(s, max_active_mitigations=int(v))
+        if v := env.get("LLM_INCIDENT_SELF_APPROVAL"):
+            s = replace(s, self_approval=_flag("LLM_INCIDENT_SELF_APPROVAL", v))
+        if v := env.get("LLM_INCIDENT_FLAP_WINDOW"):
+            s = replace(s, flap_window=_duration("LLM_INCIDENT_FLAP_WINDOW", v))
         s = _serve_settings(s, env)
         s = _drill_settings(s, env)
         s = _slack_settings(s, env)
@@ -178,6 +191,7 @@ def _slack_settings(s: Settings, env: Mapping[str, str]) -> Settings:
         oncall_users=ids("LLM_INCIDENT_ONCALL_USERS"),
         oncall_group=env.get("LLM_INCIDENT_ONCALL_GROUP") or None,
         alert_channels=ids("LLM_INCIDENT_ALERT_CHANNELS"),
+        alert_posters=ids("LLM_INCIDENT_ALERT_POSTERS"),
     )
     if v := env.get("LLM_INCIDENT_SLACK_API_URL"):
         if not v.startswith(("http://", "https://")):
@@ -205,6 +219,15 @@ def _duration(name: str, value: str) -> timedelta:
         return parse_duration(value)
     except ValueError as exc:
         raise InputError(f"{name}: {exc}") from None
+
+
+def _flag(name: str, value: str) -> bool:
+    word = value.strip().lower()
+    if word in ("1", "true", "yes", "on"):
+        return True
+    if word in ("0", "false", "no", "off"):
+        return False
+    raise InputError(f"{name} must be true or false, got {value!r}")
 
 
 def _login_name() -> str:

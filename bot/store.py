@@ -16,9 +16,9 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlite_utils import Database
 
@@ -48,6 +48,14 @@ __all__ = [
 ]
 
 PAUSE_FLAG = "paused"
+
+
+class Recorded(NamedTuple):
+    """What ``record_alert`` did: the incident, and whether it opened or reopened it."""
+
+    incident_id: str
+    created: bool
+    reopened: bool = False
 
 
 def group_key_for(alert: Alert, klass: str) -> str:
@@ -133,6 +141,13 @@ class Store(RunRecords):
                 hint="report this with the database's schema_migrations table",
             ) from exc
 
+    def probe_write(self) -> None:
+        """Write one row and commit: raises ``StoreError`` when the store takes no writes
+        (disk full, read-only file, a lock held too long). ``/readyz`` calls it."""
+        with self.transaction():
+            self.db.execute("INSERT OR REPLACE INTO write_probe (id, at) VALUES (1, ?)",
+                            [to_text(self.now())])
+
     @property
     def schema_version(self) -> int:
         row = self.db.execute("SELECT MAX(version) FROM schema_migrations").fetchone()
@@ -179,8 +194,9 @@ class Store(RunRecords):
         klass: str,
         severity: str,
         is_drill: bool = False,
-    ) -> tuple[str, bool]:
-        """Store one alert; returns ``(incident_id, created)``.
+        reopen_within: timedelta | None = None,
+    ) -> Recorded:
+        """Store one alert; returns ``(incident_id, created, reopened)``.
 
         Dedup on ``(fingerprint, starts_at)``: repeats of a known firing change
         nothing, a resolved copy updates status and ends_at. A new firing joins
@@ -188,6 +204,11 @@ class Store(RunRecords):
         flag: a drill never absorbs a real alert), else opens an incident. An alert
         first seen already resolved (the bot was down while it fired) is still
         recorded, so the history is complete.
+
+        Flap damping: a new firing whose group's latest incident was *resolved*
+        less than ``reopen_within`` ago reopens that incident (status back to open,
+        one ``reopened`` event) instead of opening another, so a flapping alert is
+        one incident with one live message, not a hundred.
         """
         now = to_text(self.now())
         starts = to_text(alert.starts_at)
@@ -208,12 +229,17 @@ class Store(RunRecords):
                         f"alert {alert.alertname or alert.fingerprint} resolved",
                         actor=alert.source, data={"fingerprint": alert.fingerprint},
                     )
-                return row["incident_id"], False
+                return Recorded(row["incident_id"], False)
             open_rows = self._rows(
                 f"SELECT id FROM incidents WHERE group_key = ? AND is_drill = ? "
                 f"AND status NOT IN {CLOSED_STATUSES!r} ORDER BY seq DESC LIMIT 1",
                 [group_key, int(is_drill)],
             )
+            if not open_rows and alert.status == "firing" and reopen_within:
+                reopened = self._reopen_flapping(group_key, is_drill, reopen_within, alert)
+                if reopened is not None:
+                    self._insert_alert(reopened, alert, now, starts)
+                    return Recorded(reopened, False, True)
             created = not open_rows
             if created:
                 incident_id, seq = self._next_id("incidents", "INC")
@@ -230,22 +256,49 @@ class Store(RunRecords):
                                actor=alert.source, data={"group_key": group_key})
             else:
                 incident_id = open_rows[0]["id"]
-            self.db["alerts"].insert(
-                {
-                    "incident_id": incident_id, "source": alert.source,
-                    "fingerprint": alert.fingerprint, "starts_at": starts,
-                    "ends_at": to_text(alert.ends_at), "status": alert.status,
-                    "alertname": alert.alertname, "labels": json.dumps(alert.labels),
-                    "annotations": json.dumps(alert.annotations),
-                    "generator_url": alert.generator_url,
-                    "raw": json.dumps(alert.raw, default=str), "received_at": now,
-                }
-            )
-            self.add_event(incident_id, "alert",
-                           f"alert {alert.alertname or alert.fingerprint} {alert.status}",
-                           actor=alert.source, data={"fingerprint": alert.fingerprint,
-                                                     "labels": alert.labels})
-        return incident_id, created
+            self._insert_alert(incident_id, alert, now, starts)
+        return Recorded(incident_id, created)
+
+    def _reopen_flapping(
+        self, group_key: str, is_drill: bool, within: timedelta, alert: Alert
+    ) -> str | None:
+        since = to_text(self.now() - within)
+        rows = self._rows(
+            "SELECT id, resolved_at FROM incidents WHERE group_key = ? AND is_drill = ? "
+            "AND status = 'resolved' AND resolved_at >= ? ORDER BY seq DESC LIMIT 1",
+            [group_key, int(is_drill), since],
+        )
+        if not rows:
+            return None
+        incident_id = rows[0]["id"]
+        self.db.execute(
+            "UPDATE incidents SET status = 'open', resolved_at = NULL, updated_at = ? "
+            "WHERE id = ?", [to_text(self.now()), incident_id],
+        )
+        why = (f"{alert.alertname or 'its alert'} fired again within "
+               f"{int(within.total_seconds())}s of resolving (flapping)")
+        self.add_event(incident_id, "status", f"status resolved -> open: {why}",
+                       actor=alert.source, data={"from": "resolved", "to": "open",
+                                                 "reason": why, "reopened": True})
+        return incident_id
+
+    def _insert_alert(self, incident_id: str, alert: Alert, now: str, starts: str) -> None:
+        """One alert row and its timeline line, inside the caller's transaction."""
+        self.db["alerts"].insert(
+            {
+                "incident_id": incident_id, "source": alert.source,
+                "fingerprint": alert.fingerprint, "starts_at": starts,
+                "ends_at": to_text(alert.ends_at), "status": alert.status,
+                "alertname": alert.alertname, "labels": json.dumps(alert.labels),
+                "annotations": json.dumps(alert.annotations),
+                "generator_url": alert.generator_url,
+                "raw": json.dumps(alert.raw, default=str), "received_at": now,
+            }
+        )
+        self.add_event(incident_id, "alert",
+                       f"alert {alert.alertname or alert.fingerprint} {alert.status}",
+                       actor=alert.source, data={"fingerprint": alert.fingerprint,
+                                                 "labels": alert.labels})
 
     def incident(self, incident_id: str) -> Incident:
         rows = self._rows("SELECT * FROM incidents WHERE id = ?", [incident_id])

@@ -75,6 +75,8 @@ def build_engine(settings: Settings) -> Engine:
         settings=RunnerSettings(
             approval_ttl=settings.approval_ttl,
             max_active_mitigations=settings.max_active_mitigations,
+            self_approval=settings.self_approval,
         ),
     )
-    return Engine(store, registry, runner)
+    window = settings.flap_window if settings.flap_window.total_seconds() > 0 else None
+    return Engine(store, registry, runner, flap_window=window)

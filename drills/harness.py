@@ -33,6 +33,7 @@ from bot.runner import Runner
 from drills.detector import Observer, PrometheusObserver, StandInDetector
 from drills.report import render_report
 from drills.runner import DrillOptions, DrillRunner, recover_interrupted
+from drills.sandbox.policy import seed_policy_text
 from drills.scenario import SCENARIOS_DIR, Scenario, load_scenarios
 from drills.scoring import Trend, trend
 from drills.store import Drill, DrillStore
@@ -165,6 +166,8 @@ class DrillService:
                 return await runner.run(scenario)
             self.workdir.mkdir(parents=True, exist_ok=True)
             policy = self.workdir / "sandbox-policy.yaml"
+            if not policy.exists():
+                policy.write_text(seed_policy_text())
             opts = FAST if auto_respond else DrillOptions()
             opts = DrillOptions(**{**opts.__dict__, "auto_respond": auto_respond})
             app = sandbox_app(policy, speed=opts.speed)

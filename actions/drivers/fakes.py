@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from actions.base import Sample
-from actions.policy import ServingPolicy
+from actions.policy import ServingPolicy, UnknownRoute
 from bot.errors import DriverError, PartialApplyError
 
 
@@ -65,6 +65,8 @@ class InMemoryDriver:
                 )
             try:
                 new = self.policy.with_values({route: fields})
+            except UnknownRoute as exc:
+                raise PartialApplyError(f"{self.name}: {exc}", applied=applied) from None
             except ValidationError as exc:
                 raise PartialApplyError(
                     f"{self.name}: route '{route}' would be invalid: {exc.errors()[0]['msg']}",

@@ -198,6 +198,7 @@ class HttpDriver:
     ) -> _Request:
         ctx: dict[str, Any] = {"values": values, "action": action, "reason": reason}
         if route is not None:
+            _check_route_name(self.name, route)
             ctx["route"] = route
         masked_env = dict.fromkeys(self._env, _MASK)
         try:
@@ -207,6 +208,7 @@ class HttpDriver:
             shown = _ENV.from_string(spec.url).render(**url_ctx, env=masked_env)
             if "://" not in shown:  # relative to base_url: name the full URL in messages
                 shown = f"{self.config.base_url}/{shown.lstrip('/')}"
+            _check_path(self.name, url, shown)
             headers = {
                 k: _ENV.from_string(v).render(env=self._env) for k, v in self.config.headers.items()
             }
@@ -282,6 +284,30 @@ class HttpDriver:
         for secret in self._secrets:
             text = text.replace(secret, _MASK)
         return text
+
+
+def _check_route_name(target: str, route: str) -> None:
+    # Percent-encoding keeps '/' out of the path, but '.' and '..' are left as they
+    # are and an HTTP stack resolves them: /routes/.. would reach /admin/v1/policy.
+    if route.strip() in ("", ".", ".."):
+        raise DriverError(
+            f"{target}: route name {route!r} would change the request path",
+            hint="route names are never empty, '.' or '..'; nothing was sent",
+        )
+
+
+def _check_path(target: str, url: str, shown: str) -> None:
+    """The rendered path has no dot segment and no empty segment (a refused escape)."""
+    path = urlsplit(url).path
+    segments = path.split("/")[1:] if path.startswith("/") else path.split("/")
+    if segments and segments[-1] == "":
+        segments = segments[:-1]  # one trailing slash is fine
+    for seg in segments:
+        if seg in ("", ".", "..") or seg.lower() in ("%2e", "%2e%2e", ".%2e", "%2e."):
+            raise DriverError(
+                f"{target}: request path of {shown} has a {seg or 'empty'!r} segment",
+                hint="a rendered URL may not climb or skip path segments; nothing was sent",
+            )
 
 
 def _render_tree(node: Any, ctx: dict[str, Any]) -> Any:

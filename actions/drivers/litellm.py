@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from actions.drivers import litellm_config as lc
 from actions.drivers.atomic_file import atomic_replace
 from actions.drivers.policy_file import PolicyFileDriver
-from actions.policy import ServingPolicy
+from actions.policy import ServingPolicy, UnknownRoute
 from bot.errors import DriverError
 
 Reload = Callable[[], Awaitable[None]]
@@ -169,6 +169,11 @@ class LiteLLMDriver:
         current = self._merge(await self.policy.read(), config, stash)
         try:
             current.with_values(updates)
+        except UnknownRoute as exc:
+            raise DriverError(
+                f"action '{action}': {exc}",
+                hint="nothing was written; a mitigation only changes routes that exist",
+            ) from None
         except ValidationError as exc:
             err = exc.errors()[0]
             raise DriverError(
@@ -321,7 +326,7 @@ def build_litellm_driver(cfg: LiteLLMTargetConfig, *, env: Mapping[str, str]) ->
             )
     return LiteLLMDriver(
         cfg.config_path,
-        PolicyFileDriver(cfg.policy_file, create_missing=True),
+        PolicyFileDriver(cfg.policy_file, create_missing=True, add_routes=True),
         HttpProbe(cfg.base_url, api_key=key),
         reload=command_reload(cfg.reload_command) if cfg.reload_command else None,
         ready_timeout=cfg.ready_timeout,

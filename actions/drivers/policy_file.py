@@ -24,7 +24,7 @@ import yaml
 from pydantic import ValidationError
 
 from actions.drivers.atomic_file import atomic_replace
-from actions.policy import ServingPolicy
+from actions.policy import ServingPolicy, UnknownRoute
 from bot.errors import DriverError
 
 # libyaml's C loader/dumper are several times faster than the pure-Python ones,
@@ -47,11 +47,15 @@ class PolicyFileDriver:
         path: Path,
         *,
         create_missing: bool = False,
+        add_routes: bool = False,
         actor: str = "llm-incident",
         clock: Callable[[], datetime] = _utcnow,
     ) -> None:
         self.path = Path(path)
         self.create_missing = create_missing
+        # Only for a companion file whose routes are served elsewhere (LiteLLM's
+        # config): there a route missing from the file is still a real route.
+        self.add_routes = add_routes
         # Recorded as ``updated_by`` when a write gives no reason.
         self.actor = actor
         self._clock = clock
@@ -113,7 +117,12 @@ class PolicyFileDriver:
         with self._locked():
             current = self._read()
             try:
-                new = current.with_values(updates)
+                new = current.with_values(updates, create=self.add_routes)
+            except UnknownRoute as exc:
+                raise DriverError(
+                    f"action '{action}' names a route {self.path} does not list: {exc}",
+                    hint="nothing was written; a mitigation only changes routes that exist",
+                ) from None
             except ValidationError as exc:
                 err = exc.errors()[0]
                 where = ".".join(str(p) for p in err["loc"])

@@ -22,8 +22,13 @@ from pydantic import ValidationError
 
 from actions.catalog import CATALOG
 from bot.errors import NotFound, PlaybookError, Problem, TemplateError
-from bot.playbook.render import TemplateLineError, inspect_template
-from bot.playbook.schema import Playbook
+from bot.playbook.render import (
+    TemplateLineError,
+    inspect_template,
+    raw_alert_values,
+    reads_alert,
+)
+from bot.playbook.schema import TARGET_ARGS, Playbook
 from bot.playbook.yamlsource import (
     KeyPath,
     YamlDocument,
@@ -109,7 +114,63 @@ def _args_problems(doc: YamlDocument, base: KeyPath, action: str, args: dict) ->
     return out
 
 
-def _step_problems(doc: YamlDocument, i: int, step: dict, defined: set[str]) -> list[Problem]:
+def _tainted_params(params: dict) -> set[str]:
+    """Params whose value is rendered from the alert (its text is untrusted)."""
+    out = set()
+    for key, value in params.items():
+        for _, text in _strings(value, ()):
+            try:
+                if reads_alert(text):
+                    out.add(str(key))
+            except TemplateError:
+                pass  # reported by the template checks
+    return out
+
+
+def _query_problems(doc: YamlDocument, path: KeyPath, text: str, tainted: set[str]) -> list[Problem]:
+    """Alert-derived values reach PromQL only quoted (``promql``) or as numbers."""
+    try:
+        raw = raw_alert_values(text, tainted)
+    except (TemplateError, Exception):  # noqa: BLE001 - syntax is reported by the template checks
+        return []
+    return [
+        _at(doc, path, f"query puts alert-derived {what} into PromQL unescaped",
+            "quote label values with | promql and numbers with | number, e.g. "
+            "{{ params.budget | number }}", line=doc.value_line(path, lineno))
+        for lineno, what in raw
+    ]
+
+
+def _allow_problems(doc: YamlDocument, base: KeyPath, step: dict, guard: dict,
+                    tainted: set[str]) -> list[Problem]:
+    """An automatic step may take a route from the alert only within a declared allowlist."""
+    args = step.get("with") if isinstance(step.get("with"), dict) else {}
+    allow = guard.get("allow") if isinstance(guard.get("allow"), dict) else {}
+    out = [
+        _at(doc, (*base, "guard", "allow", str(key)), f"allow names '{key}', which is not an "
+            "argument of this step", suggest(str(key), sorted(map(str, args)), "arguments"))
+        for key in allow if key not in args
+    ]  # fmt: skip
+    if guard.get("auto") is not True:
+        return out
+    for arg in TARGET_ARGS:
+        texts = [t for _, t in _strings(args.get(arg), ())]
+        try:
+            derived = any(reads_alert(t, tainted) for t in texts)
+        except TemplateError:
+            continue  # reported by the template checks
+        if derived and arg not in allow:
+            out.append(_at(
+                doc, (*base, "with", arg),
+                f"automatic step takes `{arg}` from alert content with no allowlist",
+                f"declare the values it may take: guard.allow.{arg}: [name, ...] "
+                "or {group: NAME}; alert text must never choose where a change lands"))
+    return out
+
+
+def _step_problems(
+    doc: YamlDocument, i: int, step: dict, defined: set[str], tainted: set[str]
+) -> list[Problem]:
     out: list[Problem] = []
     base: KeyPath = ("steps", i)
     args = step.get("with") if isinstance(step.get("with"), dict) else {}
@@ -126,6 +187,9 @@ def _step_problems(doc: YamlDocument, i: int, step: dict, defined: set[str]) -> 
     if isinstance(verify, dict) and isinstance(verify.get("query"), str):
         path = (*base, "guard", "verify", "query")
         out += _template_problems(doc, path, verify["query"], defined)
+        out += _query_problems(doc, path, verify["query"], tainted)
+    if isinstance(guard, dict):
+        out += _allow_problems(doc, base, step, guard, tainted)
     return out
 
 
@@ -134,16 +198,18 @@ def _semantic_problems(doc: YamlDocument) -> list[Problem]:
     out: list[Problem] = []
     params = data.get("params") if isinstance(data.get("params"), dict) else {}
     defined = {str(k) for k in params}
+    tainted = _tainted_params(params)
     for path, text in _strings(params, ("params",)):
         out += _template_problems(doc, path, text, None)
     diagnose = data.get("diagnose")
     for i, item in enumerate(diagnose if isinstance(diagnose, list) else []):
         if isinstance(item, dict) and isinstance(item.get("query"), str):
             out += _template_problems(doc, ("diagnose", i, "query"), item["query"], defined)
+            out += _query_problems(doc, ("diagnose", i, "query"), item["query"], tainted)
     steps = data.get("steps")
     for i, step in enumerate(steps if isinstance(steps, list) else []):
         if isinstance(step, dict):
-            out += _step_problems(doc, i, step, defined)
+            out += _step_problems(doc, i, step, defined, tainted)
     return out
 
 

@@ -160,6 +160,37 @@ def promql_escape(value: Any) -> str:
     return text
 
 
+def number(value: Any) -> int | float:
+    """A value that must be a finite number (``{{ annotations.budget | number }}``).
+
+    Unlike ``float``, which turns anything unparseable into 0.0, a non-number is an
+    error: alert text put into a query can never become PromQL, and a typo in an
+    annotation never silently becomes a zero budget.
+    """
+    if isinstance(value, bool):
+        raise TemplateError(f"not a number: {value!r}")
+    if isinstance(value, int | float):
+        out: float = float(value)
+    else:
+        text = str(value).strip()
+        if len(text) > 64:
+            raise TemplateError(f"not a number: {text[:64]!r}...")
+        try:
+            out = float(text)
+        except ValueError:
+            raise TemplateError(
+                f"not a number: {text!r}", hint="the value comes from the alert; fix its source"
+            ) from None
+    if out != out or out in (float("inf"), float("-inf")):
+        raise TemplateError(f"not a finite number: {value!r}")
+    return int(out) if out.is_integer() and abs(out) < 2**53 else out
+
+
+# Filters whose output cannot carry PromQL syntax: a query may use alert-derived
+# values only through one of them (lint checks; ``promql`` quotes, the rest are numbers).
+SAFE_QUERY_FILTERS = frozenset({"promql", "number", "int", "float", "round", "abs", "length"})
+
+
 class _Sandbox(ImmutableSandboxedEnvironment):
     intercepted_binops = frozenset({"*", "**", "+", "%"})
 
@@ -201,7 +232,8 @@ def _make_env() -> _Sandbox:
     env = _Sandbox(undefined=_Undefined, autoescape=False, keep_trailing_newline=True)
     env.globals.clear()  # no range, lipsum, dict, cycler, joiner, namespace
     env.filters = {name: FILTERS[name] for name in ALLOWED_FILTERS}
-    env.filters.update(replace=_safe_replace, join=_safe_join, promql=promql_escape)
+    env.filters.update(replace=_safe_replace, join=_safe_join, promql=promql_escape,
+                       number=number)
     return env
 
 
@@ -247,6 +279,42 @@ def _post_order(node: nodes.Node) -> Iterator[nodes.Node]:
     for child in node.iter_child_nodes():
         yield from _post_order(child)
     yield node
+
+
+def reads_alert(text: str, tainted_params: frozenset[str] | set[str] = frozenset()) -> bool:
+    """Whether a (checked) template reads alert content, directly or through a param."""
+    info = inspect_template(text)
+    return bool(info.names & ALERT_SCOPE) or bool(info.params & set(tainted_params))
+
+
+def raw_alert_values(text: str, tainted_params: frozenset[str] | set[str]) -> list[tuple[int, str]]:
+    """``(line, what)`` for each ``{{ ... }}`` of a query that puts alert-derived text
+    into PromQL without a safe filter (``promql`` to quote, ``number`` for numbers)."""
+    tree = _ENV.parse(text)
+    out: list[tuple[int, str]] = []
+    for output in tree.find_all(nodes.Output):
+        for expr in output.nodes:
+            if isinstance(expr, nodes.TemplateData):
+                continue
+            if isinstance(expr, nodes.Filter) and expr.name in SAFE_QUERY_FILTERS:
+                continue
+            read = sorted(_alert_reads(expr, tainted_params))
+            if read:
+                out.append((expr.lineno or 1, ", ".join(read)))
+    return out
+
+
+ALERT_SCOPE = frozenset({"alert", "labels", "annotations"})
+
+
+def _alert_reads(expr: nodes.Node, tainted: frozenset[str] | set[str]) -> set[str]:
+    every = [expr, *expr.find_all(nodes.Node)]  # find_all skips the node itself
+    found = {n.name for n in every if isinstance(n, nodes.Name) and n.name in ALERT_SCOPE}
+    for node in every:
+        ref = _param_reference(node)
+        if ref in tainted:
+            found.add(f"params.{ref}")
+    return found
 
 
 def check_template(text: str) -> None:

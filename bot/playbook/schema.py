@@ -180,8 +180,32 @@ class Verify(_Strict):
         return m.group(1), float(m.group(2))
 
 
+class AllowGroup(_Strict):
+    """Any route whose serving-policy ``group`` is this one (read at plan time)."""
+
+    group: str = Field(min_length=1)
+
+
+# What an argument may be when it comes from alert content: listed names, or a group.
+Allowed = list[Annotated[str, Field(min_length=1)]] | AllowGroup
+
+# Arguments that name where a change lands or where traffic goes. Alert text may
+# fill them, but an automatic step must say which values it accepts (``allow``).
+TARGET_ARGS = ("route", "to")
+
+
 class Guard(_Strict):
     approval: Literal["none", "oncall", "two_person"] = "oncall"
+    self_approval: bool = Field(
+        default=True,
+        description="oncall approval: may the requester approve alone? false needs a second "
+        "person (LLM_INCIDENT_SELF_APPROVAL=false forbids it everywhere)",
+    )
+    allow: dict[str, Allowed] = Field(
+        default_factory=dict,
+        description="allowed values per argument (e.g. to: [chat-small]); required for an "
+        "automatic step's arguments that name a route and come from the alert",
+    )
     auto: bool = Field(default=False, description="may run without a human once guards pass")
     dry_run: bool = Field(default=False, description="plan and record only, never apply")
     cooldown: Duration | None = None

@@ -86,3 +86,23 @@ class PolicyReader:
         self.last_error = message
         self._on_error()
         log.error("%s; keeping the last good serving policy", message)
+
+
+def seed_policy_text(routes: dict[str, dict] | None = None) -> str:
+    """A serving-policy file listing every route the sandbox serves.
+
+    The bot only changes routes a target lists (an unknown route is never taken as
+    an enabled one), so a sandbox policy file names them all; ``routes`` adds
+    settings per route, e.g. ``{"chat": {"max_concurrency": 64}}``.
+    """
+    from drills.sandbox.shape import load_config
+
+    lines = ["version: 1", "routes:"]
+    for name in load_config().routes:
+        settings = (routes or {}).get(name) or {}
+        if not settings:
+            lines.append(f"  {name}: {{}}")
+            continue
+        lines.append(f"  {name}:")
+        lines += [f"    {key}: {value}" for key, value in settings.items()]
+    return "\n".join(lines) + "\n"

@@ -31,6 +31,7 @@ from drills.detector import STAND_IN_NOTE, render_annotation
 from drills.harness import DrillService, sandbox_app, stand_in
 from drills.report import render_report
 from drills.runner import DrillOptions, DrillRunner, recover_interrupted
+from drills.sandbox.policy import seed_policy_text
 from drills.scenario import SCENARIOS_DIR, ScenarioError, load_scenario, load_scenarios
 from drills.schedule import announcement, attach_drill_schedule, drill_trigger, pick_class
 from drills.signals import Scrape, Scrapes, evaluate, histogram_quantile, parse_query
@@ -39,7 +40,7 @@ from drills.store import DrillStore
 URL = "http://127.0.0.1:9"  # never dialled: the ASGI transport answers
 OPTS = DrillOptions(auto_respond=True, speed=60.0, tick_s=0.1, max_warmup_s=60.0)
 SCENARIOS = load_scenarios(SCENARIOS_DIR)
-POLICY = "version: 1\nroutes:\n  chat:\n    max_concurrency: 64\n"
+POLICY = seed_policy_text({"chat": {"max_concurrency": 64}})
 
 
 # --- scoring ---------------------------------------------------------------------------

@@ -66,7 +66,7 @@ def setup(tmp_path: Path) -> tuple[LiteLLMDriver, FakeProxy, Path, Path]:
     proxy = FakeProxy(config)
     driver = LiteLLMDriver(
         config,
-        PolicyFileDriver(policy),
+        PolicyFileDriver(policy, add_routes=True),
         proxy,
         reload=proxy.reload,
         ready_timeout=0.5,
@@ -143,12 +143,24 @@ def test_disable_removes_entries_and_enable_restores_them_in_place(setup) -> Non
 
 def test_fallback_sets_router_fallbacks_and_revert_restores_the_chain(setup) -> None:
     driver, _, config, _ = setup
+    base = {**BASE_CONFIG, "model_list": [*BASE_CONFIG["model_list"],
+                                          {"model_name": "chat-tiny",
+                                           "litellm_params": {"model": "openai/tiny"}}]}
+    config.write_text(yaml.safe_dump(base, sort_keys=False))
     action = get_action("fallback")
     plan = action.plan({"route": "chat", "to": "chat-tiny"}, run(driver.read()), target="gw")
     run(action.apply(plan, driver, reason="INC-5"))
     assert load(config)["router_settings"]["fallbacks"] == [{"chat": ["chat-tiny"]}]
     assert run(driver.read()).route("chat").fallback == "chat-tiny"
     run(action.revert(plan, driver, reason="INC-5 revert"))
+    assert load(config) == base
+
+
+def test_fallback_to_a_model_the_proxy_does_not_serve_is_refused(setup) -> None:
+    driver, _, config, _ = setup
+    action = get_action("fallback")
+    with pytest.raises(InputError, match="route 'attacker-route' is not served by target 'gw'"):
+        action.plan({"route": "chat", "to": "attacker-route"}, run(driver.read()), target="gw")
     assert load(config) == BASE_CONFIG
 
 

@@ -70,11 +70,20 @@ def test_missing_file_names_the_path_with_a_hint(tmp_path: Path) -> None:
 
 def test_create_missing_reads_empty_and_write_creates_the_file(tmp_path: Path) -> None:
     path = tmp_path / "new.yaml"
-    driver = PolicyFileDriver(path, create_missing=True)
+    driver = PolicyFileDriver(path, create_missing=True, add_routes=True)
     assert run(driver.read()) == ServingPolicy()
     run(driver.write({"chat": {"max_output_tokens": 256}}, reason="INC-1", action="cap"))
     assert run(PolicyFileDriver(path).read()).get("chat", "max_output_tokens") == 256
     assert not driver.prev_path.exists()  # nothing to keep on the first write
+
+
+def test_a_write_never_adds_a_route_the_file_does_not_list(policy_path: Path) -> None:
+    before = policy_path.read_bytes()
+    driver = PolicyFileDriver(policy_path)
+    with pytest.raises(DriverError, match="route 'ghost' is not served") as exc:
+        run(driver.write({"ghost": {"max_output_tokens": 8}}, reason="INC-1", action="cap"))
+    assert "nothing was written" in (exc.value.hint or "")
+    assert policy_path.read_bytes() == before
 
 
 def test_unreadable_file_is_a_driver_error(policy_path: Path, monkeypatch) -> None:
@@ -228,7 +237,7 @@ def test_missing_directory_is_a_driver_error(tmp_path: Path) -> None:
 def test_concurrent_writers_lose_no_update(policy_path: Path) -> None:
     # Each write is a read-modify-write in its own thread; the flock serialises them.
     async def main() -> None:
-        drivers = [PolicyFileDriver(policy_path) for _ in range(16)]
+        drivers = [PolicyFileDriver(policy_path, add_routes=True) for _ in range(16)]
         await asyncio.gather(
             *(
                 d.write({f"r{i}": {"max_output_tokens": i + 1}}, reason=f"w{i}", action="a")

@@ -42,7 +42,7 @@ class Env:
                              settings=settings or RunnerSettings())
         a = Alert(source="alertmanager", fingerprint="f1", status="firing",
                   labels={"alertname": "TokenBurn"}, starts_at=datetime(2026, 11, 29, tzinfo=UTC))
-        self.incident, _ = self.store.record_alert(a, group_key="k", title="Token burn",
+        self.incident, *_ = self.store.record_alert(a, group_key="k", title="Token burn",
                                                    klass="runaway_cost", severity="high")
 
     def cap(self, tokens: int = 256, *, route="chat", incident=True, user="alice", dry=False,

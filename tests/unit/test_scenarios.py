@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 from pydantic import BaseModel
 
 from actions.policy import ServingPolicy
@@ -16,6 +17,7 @@ from bot.playbook.schema import INCIDENT_CLASSES
 from drills.alert_rules import ALERTS_DIR, alert_rules, load_rules
 from drills.sandbox import load_config
 from drills.sandbox.faults import FAULT_ADAPTER, FAULT_KINDS
+from drills.sandbox.policy import seed_policy_text
 from drills.sandbox.faults import Fault as SandboxFault
 from drills.scenario import (
     FAULT_PARAMS,
@@ -103,7 +105,7 @@ def test_faults_are_valid_sandbox_faults_on_sandbox_routes(shipped: dict[str, Sc
         for name in ("model", "to_model"):
             model = getattr(fault, name, None)
             assert model is None or model in config.models, f"{s.id}: {name} {model}"
-        policy = ServingPolicy()
+        policy = ServingPolicy.model_validate(yaml.safe_load(seed_policy_text()))
         for patch in (s.setup.policy, s.injection.policy):
             assert set(patch) <= set(config.routes), s.id
             policy = policy.with_values(patch)  # validates as a whole

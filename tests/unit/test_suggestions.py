@@ -174,8 +174,9 @@ def test_auto_step_refused_by_a_guard_is_reported_with_the_guard():
     run(env.runner.revert("RUN-1", actor="alice", reason="provider back"))
     run(env.engine.resolve("INC-1", "alice"))
     env.notifier.clear()
-    # Same route, within the 30m cooldown: the second incident's auto step is refused.
-    env.clock.advance(minutes=5)
+    # Same route, past the 10m flap window (a new incident) but within the 30m
+    # cooldown: the second incident's auto step is refused.
+    env.clock.advance(minutes=11)
     run(env.engine.handle_alerts([provider_alert(starts_at=env.clock.now)]))
     result = env.published[1]
     assert result.kind == "result"

@@ -41,10 +41,14 @@ def raw(payload: Any) -> bytes:
     return json.dumps(payload).encode()
 
 
+POLICY = "version: 1\nroutes:\n  chat: {}\n  chat-small: {}\n  chat-long: {}\n"
+
+
 class Bot:
     """An app on an engine with an in-memory store, and a way to talk to it."""
 
     def __init__(self, tmp_path: Path, **settings: Any) -> None:
+        (tmp_path / "policy.yaml").write_text(POLICY)
         self.settings = Settings(db_path=Path(":memory:"), policy_path=tmp_path / "policy.yaml",
                                  **settings)
         self.engine = build_engine(self.settings)
