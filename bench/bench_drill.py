@@ -33,7 +33,7 @@ import httpx  # noqa: E402
 
 from actions.drivers.policy_file import PolicyFileDriver  # noqa: E402
 from bot.engine import Engine  # noqa: E402
-from bot.playbook.loader import PlaybookRegistry  # noqa: E402
+from bot.playbook.registry import PlaybookRegistry  # noqa: E402
 from bot.runner import Runner  # noqa: E402
 from bot.settings import SHIPPED_PLAYBOOKS  # noqa: E402
 from bot.store import Store  # noqa: E402

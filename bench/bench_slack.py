@@ -38,7 +38,7 @@ from actions.drivers.fakes import FakeMetrics, InMemoryDriver  # noqa: E402
 from actions.policy import ServingPolicy  # noqa: E402
 from bot.alert import Alert  # noqa: E402
 from bot.engine import Engine  # noqa: E402
-from bot.playbook.loader import PlaybookRegistry  # noqa: E402
+from bot.playbook.registry import PlaybookRegistry  # noqa: E402
 from bot.runner import Runner, RunnerSettings  # noqa: E402
 from bot.slack.notifier import SlackNotifier  # noqa: E402
 from bot.slack.webapi_stub import StubCall, WebApiStub  # noqa: E402

@@ -117,8 +117,12 @@ def serve_main(argv: Sequence[str]) -> int:
     overrides, tokens = split_globals(argv)
     conv = {k: (v if k == "prometheus_url" else Path(v)) for k, v in overrides.items()}
     settings = Settings.from_env(**conv, **parse_serve_args(tokens[1:]))
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from bot.text_safety import OneLineFormatter
+
+    handler = logging.StreamHandler(sys.stderr)
+    # Log lines quote alert text: one line each, no control characters from outside.
+    handler.setFormatter(OneLineFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
     asyncio.run(serve(settings))
     return 0
 

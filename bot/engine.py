@@ -27,7 +27,9 @@ from bot.lifecycle import ENGINE_ACTOR, Change, Lifecycle, LifecyclePolicy
 from bot.matcher import Matcher, MatchResult
 from bot.messages import Message
 from bot.notifier import Notifier, publish_safely
-from bot.playbook.loader import PlaybookRegistry
+from bot.playbook.registry import PlaybookRegistry
+from bot.playbook_loading import LoadResult
+from bot.playbook_loading import reload as reload_playbooks
 from bot.playbook.render import render_params, render_query, render_step_args
 from bot.playbook.schema import Playbook, Step
 from bot.runner import Runner
@@ -85,6 +87,19 @@ class Engine:
         self._drilling: Counter[tuple[str, str]] = Counter()
         self._matcher: Matcher | None = None
         self._matcher_for: object = None
+        # How the playbooks in force were loaded (set by the composition root).
+        self.playbook_load: LoadResult | None = None
+
+    async def reload_playbooks(self, actor: str) -> LoadResult:
+        """All-or-nothing reload of the playbook directory; the result is posted."""
+        result = reload_playbooks(self.registry, self.store)
+        self.playbook_load = result
+        self.store.add_event(None, "playbooks_reloaded" if result.ok else "playbooks_refused",
+                             result.text(self.registry.source), actor=actor,
+                             data={"count": result.count, "problems": len(result.problems)})
+        if result.changed or not result.ok:
+            await self.publish(result.message(self.registry.source))
+        return result
 
     @property
     def matcher(self) -> Matcher:

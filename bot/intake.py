@@ -153,7 +153,7 @@ def _decode(body: bytes) -> Any:
             hint="send the webhook body as UTF-8 JSON",
         ) from None
     try:
-        payload = json.loads(text)
+        payload = json.loads(text, parse_int=_parse_int)
     except json.JSONDecodeError as exc:
         raise AlertParseError(
             f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}",
@@ -161,10 +161,49 @@ def _decode(body: bytes) -> Any:
             hint="check the body with a JSON validator; the position points at the problem",
         ) from None
     except RecursionError:
-        raise AlertParseError(
-            "JSON is nested too deeply", field="body", hint="alerts are at most a few levels deep"
-        ) from None
+        raise _too_deep() from None
+    except ValueError as exc:  # anything else the decoder refuses: still the sender's to fix
+        raise AlertParseError(f"invalid JSON: {exc}", field="body") from None
+    # Checked without recursion before any recursive pass: json.loads accepts ~1,000
+    # levels, more than the passes below could walk.
+    if _depth_over(payload, MAX_DEPTH):
+        raise _too_deep()
     return _replace_surrogates(payload)
+
+
+MAX_DEPTH = 32
+"""Deepest nesting of a body (alerts are about four levels deep; raw Grafana values more)."""
+MAX_INT_DIGITS = 40
+
+
+def _parse_int(text: str) -> int:
+    # Python refuses integers over 4,300 digits with a ValueError from deep inside the
+    # decoder; no alert field needs more than a few digits, so refuse early and clearly.
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise AlertParseError(
+            f"a JSON number has {len(text)} digits; at most {MAX_INT_DIGITS} are accepted",
+            field="body", hint="send numbers as the alert source writes them",
+        )
+    return int(text)
+
+
+def _too_deep() -> AlertParseError:
+    return AlertParseError(
+        f"JSON is nested more than {MAX_DEPTH} levels deep", field="body",
+        hint="alerts are at most a few levels deep",
+    )
+
+
+def _depth_over(value: Any, limit: int) -> bool:
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict | list):
+            if depth > limit:
+                return True
+            children = node.values() if isinstance(node, dict) else node
+            stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
+    return False
 
 
 def _replace_surrogates(value: Any) -> Any:

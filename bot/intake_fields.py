@@ -11,9 +11,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from bot.errors import AlertParseError
+from bot.text_safety import CONTROL, neutralise
 
 MAX_VALUE_CHARS = 4096
 """Longest label/annotation value (and any string kept in ``Alert.raw``), marker included."""
+MAX_KEY_CHARS = 128
+"""Longest label or annotation name; longer is refused (Prometheus names are identifiers)."""
 
 STATUSES = ("firing", "resolved")
 _GO_ZERO_TIME = datetime(1, 1, 1, tzinfo=UTC)  # Alertmanager's "no end time"
@@ -46,6 +49,19 @@ def string_map(value: Any, path: str, limit: int) -> dict[str, str]:
             hint="drop high-cardinality labels in the alert rule or the relabelling config",
         )
     for key, v in value.items():
+        if len(key) > MAX_KEY_CHARS:
+            raise AlertParseError(
+                f"has a name of {len(key)} characters ({key[:40]!r}...); at most "
+                f"{MAX_KEY_CHARS} are accepted",
+                field=path,
+                hint="label and annotation names are short identifiers",
+            )
+        if not key or CONTROL.search(key) or "\n" in key or "\t" in key:
+            raise AlertParseError(
+                f"has a name that is empty or holds control characters: {key[:40]!r}",
+                field=path,
+                hint="label and annotation names are short identifiers",
+            )
         if not isinstance(v, str):
             raise AlertParseError(
                 f"must be a string, got {kind_of(v)}",
@@ -102,12 +118,14 @@ def cap(text: str) -> str:
 
 
 def cap_map(values: dict[str, str]) -> dict[str, str]:
-    return {k: cap(v) for k, v in values.items()}
+    """Values as stored: control characters removed, length capped. (The fingerprint
+    is taken before, of the labels as sent, so it still equals Alertmanager's.)"""
+    return {k: cap(neutralise(v)) for k, v in values.items()}
 
 
 def cap_tree(value: Any) -> Any:
     if isinstance(value, str):
-        return cap(value)
+        return cap(neutralise(value))
     if isinstance(value, list):
         return [cap_tree(v) for v in value]
     if isinstance(value, dict):

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Protocol, TextIO, runtime_checkable
 
 from bot.messages import Button, Message, button_command
+from bot.text_safety import neutralise, one_line
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ class ConsoleNotifier:
         self.stream = stream if stream is not None else sys.stdout
 
     async def publish(self, msg: Message) -> None:
-        self.stream.write(render_text(msg) + "\n\n")
+        self.stream.write(neutralise(render_text(msg)) + "\n\n")
         self.stream.flush()
 
 
@@ -67,7 +68,8 @@ class LogNotifier:
     async def publish(self, msg: Message) -> None:
         level = logging.WARNING if msg.severity == "critical" else logging.INFO
         drill = " [DRILL]" if msg.is_drill else ""
-        self.log.log(level, "%s%s %s: %s", msg.kind, drill, msg.title, msg.text,
+        self.log.log(level, "%s%s %s: %s", msg.kind, drill, one_line(msg.title),
+                     one_line(msg.text),
                      extra={"incident_id": msg.incident_id, "message_kind": msg.kind})
 
 

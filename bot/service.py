@@ -100,7 +100,9 @@ class Service:
         self.app = create_app(self.engine, settings, metrics=self.metrics,
                               scheduler=self.scheduler)
         # POST /slack/events and/or Socket Mode, as far as the Slack settings say.
-        self.slack = attach_slack(self.engine, settings, self.app)
+        self.slack = attach_slack(
+            self.engine, settings, self.app,
+            on_ignored=lambda reason: self.metrics.channel_messages_ignored.labels(reason).inc())
         config = uvicorn.Config(
             self.app,
             host=host or settings.host,

@@ -127,6 +127,19 @@ class ServiceMetrics:
             buckets=_DURATION_BUCKETS,
             registry=self.registry,
         )
+        self.channel_messages_ignored = Counter(
+            "llm_incident_channel_messages_ignored",
+            "Messages in the alert channels not read as alerts, by reason "
+            "(not_a_poster: not from LLM_INCIDENT_ALERT_POSTERS; not_an_alert).",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.playbook_reloads = Counter(
+            "llm_incident_playbook_reloads",
+            "Playbook reloads at runtime, by result (ok, refused: the last good set stays).",
+            ["result"],
+            registry=self.registry,
+        )
         if store is not None:
             self.attach_store(store)
 

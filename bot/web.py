@@ -17,6 +17,7 @@ OpenAPI document through ``openapi_extra``.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import logging
@@ -172,13 +173,17 @@ def create_app(
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", summary="Store, playbooks and scheduler are ready",
+    @app.get("/readyz", summary="Store (read and write), playbooks and scheduler are ready",
              responses={503: {"description": "Not ready; the body says why"}})
     async def readyz() -> JSONResponse:
-        reason = _not_ready(engine, scheduler)
-        if reason:
-            return JSONResponse({"ready": False, "reason": reason}, status_code=503)
-        return JSONResponse({"ready": True, "playbooks": len(engine.registry)})
+        checks = await _readiness(engine, scheduler)
+        failed = [f"{name}: {c['detail']}" for name, c in checks.items() if not c["ok"]]
+        body: dict[str, Any] = {"ready": not failed, "checks": checks,
+                                "playbooks": len(engine.registry)}
+        if failed:
+            body["reason"] = "; ".join(failed)
+            return JSONResponse(body, status_code=503)
+        return JSONResponse(body)
 
     @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
     async def prometheus_metrics() -> Response:
@@ -289,13 +294,31 @@ def _check_grafana_signature(request: Request, body: bytes, settings: Settings, 
 # --- readiness ----------------------------------------------------------------------
 
 
-def _not_ready(engine: Engine, scheduler: Any | None) -> str | None:
+async def _readiness(engine: Engine, scheduler: Any | None) -> dict[str, dict[str, Any]]:
+    """Each subsystem: ``{"ok": bool, "detail": str}``. Playbooks running on an older
+    good set are ready but say so (``degraded``): the bot works, the directory does not."""
+    checks: dict[str, dict[str, Any]] = {}
     try:
-        engine.store.db.execute("SELECT MAX(version) FROM schema_migrations").fetchone()
+        # A cheap write: a store that still reads but takes no writes (disk full, a
+        # read-only file, a lock held elsewhere) cannot take an alert, so not ready.
+        await asyncio.to_thread(engine.store.probe_write)
+        checks["store"] = {"ok": True, "detail": "reads and writes"}
     except Exception as exc:  # noqa: BLE001 - any failure means "not ready", with the reason
-        return f"store does not answer: {exc}"
-    if len(engine.registry) == 0:
-        return "no playbooks loaded"
-    if scheduler is not None and not getattr(scheduler, "running", False):
-        return "scheduler is not running"
-    return None
+        checks["store"] = {"ok": False, "detail": f"store does not take writes: {exc}"}
+    registry = engine.registry
+    if len(registry) == 0:
+        why = f" ({len(registry.problems)} problem(s): {registry.problems[0]})" \
+            if registry.problems else ""
+        checks["playbooks"] = {"ok": False, "detail": f"no playbooks loaded{why}"}
+    elif registry.degraded:
+        checks["playbooks"] = {
+            "ok": True, "degraded": True,
+            "detail": f"{len(registry)} in force from {registry.origin}; the directory does not "
+                      f"load ({len(registry.problems)} problem(s), first: {registry.problems[0]})"}
+    else:
+        checks["playbooks"] = {"ok": True, "detail": f"{len(registry)} loaded"}
+    if scheduler is not None:
+        running = bool(getattr(scheduler, "running", False))
+        checks["scheduler"] = {"ok": running, "detail": "running" if running else
+                               "scheduler is not running"}
+    return checks

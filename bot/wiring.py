@@ -18,7 +18,8 @@ from actions.drivers.policy_file import PolicyFileDriver
 from actions.drivers.prometheus import PrometheusSource
 from bot.engine import Engine
 from bot.errors import InputError
-from bot.playbook.loader import PlaybookRegistry
+from bot.playbook.registry import PlaybookRegistry
+from bot.playbook_loading import load_at_start
 from bot.runner import Runner, RunnerSettings
 from bot.settings import Settings
 from bot.store import Store
@@ -52,12 +53,6 @@ def build_driver(name: str, cfg: dict[str, Any], settings: Settings) -> ServingD
 
 def build_engine(settings: Settings) -> Engine:
     registry = PlaybookRegistry()
-    problems = registry.reload(settings.playbooks_dir)
-    if problems:
-        # No good set to fall back to at start: refuse to run with half the playbooks.
-        from bot.errors import PlaybookError
-
-        raise PlaybookError(problems=problems)
     drivers = {
         name: build_driver(name, cfg, settings)
         for name, cfg in settings.target_configs().items()
@@ -79,4 +74,8 @@ def build_engine(settings: Settings) -> Engine:
         ),
     )
     window = settings.flap_window if settings.flap_window.total_seconds() > 0 else None
-    return Engine(store, registry, runner, flap_window=window)
+    engine = Engine(store, registry, runner, flap_window=window)
+    # Never raises for a bad playbook: a broken directory runs on the last good set
+    # stored (or none), so pause, revert and status always work.
+    engine.playbook_load = load_at_start(registry, store, settings.playbooks_dir)
+    return engine

@@ -6,22 +6,20 @@ what pydantic cannot: actions exist in the catalog, a step's ``with`` uses
 exactly its action's parameters, and every template parses, is allowed, and
 reads only params the playbook defines.
 
-``PlaybookRegistry`` holds the current good set: a reload that finds any
-problem keeps the last good set in force, so a typo pushed during an incident
-never leaves the bot without playbooks.
+The current good set lives in ``bot.playbook.registry``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from datetime import UTC, datetime
+import os
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
 from actions.catalog import CATALOG
-from bot.errors import NotFound, PlaybookError, Problem, TemplateError
+from bot.errors import PlaybookError, Problem, TemplateError
 from bot.playbook.render import (
     TemplateLineError,
     inspect_template,
@@ -40,8 +38,10 @@ from bot.playbook.yamlsource import (
 )
 
 ALERT_NAMES = frozenset({"alert", "labels", "annotations"})
-_MAX_NODES = 100_000  # aliases can make a small file expand into a huge tree
-_MERGE_TAG = "tag:yaml.org,2002:merge"
+# Checked before a byte is parsed: every verb and `serve` load the directory, and a
+# huge file must be refused at once, not after minutes of parsing.
+MAX_FILE_BYTES = 512 * 1024  # the shipped playbooks are 2-4 KB each
+MAX_FILES = 1000
 
 
 # --- checks beyond the schema --------------------------------------------------------
@@ -249,11 +249,22 @@ def load_file(path: str | Path) -> Playbook:
 
 
 def _read(path: Path) -> str:
+    def refuse(msg: str, hint: str) -> PlaybookError:
+        return PlaybookError(problems=[Problem(str(path), None, "", msg, hint)])
+
     try:
-        return path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        problem = Problem(str(path), None, "", f"cannot read file: {exc}", "check the path")
-        raise PlaybookError(problems=[problem]) from None
+        with path.open("rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            data = fh.read(MAX_FILE_BYTES + 1)  # never more, whatever stat said
+    except OSError as exc:
+        raise refuse(f"cannot read file: {exc.strerror or exc}", "check the path") from None
+    if max(size, len(data)) > MAX_FILE_BYTES:
+        raise refuse(f"file is {max(size, len(data))} bytes; a playbook may be at most "
+                     f"{MAX_FILE_BYTES}", "a playbook is a few KB; split or fix the file")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise refuse(f"not UTF-8 text (byte {exc.start})", "save the file as UTF-8") from None
 
 
 def playbook_files(
@@ -272,6 +283,10 @@ def playbook_files(
             )
             if not found:
                 problems.append(Problem(str(path), None, "", f"no *.yaml {kind} files here"))
+            if len(found) > MAX_FILES:
+                problems.append(Problem(str(path), None, "", f"{len(found)} files; at most "
+                                        f"{MAX_FILES} are read", "split the directory"))
+                found = found[:MAX_FILES]
             files += found
         elif path.exists():
             files.append(path)
@@ -280,15 +295,30 @@ def playbook_files(
     return files, problems
 
 
-def _load_many(paths: Iterable[str | Path]) -> tuple[dict[str, Playbook], list[Problem]]:
+def read_sources(paths: Iterable[str | Path]) -> tuple[dict[str, str], list[Problem]]:
+    """The text of every playbook file under ``paths`` (file name -> text), and what
+    could not be read."""
     files, problems = playbook_files(paths)
-    found: dict[str, tuple[Playbook, str, int | None]] = {}
+    texts: dict[str, str] = {}
     for path in files:
         try:
-            text = _read(path)
+            texts[str(path)] = _read(path)
         except PlaybookError as exc:
             problems += exc.problems
-            continue
+    return texts, problems
+
+
+def _load_many(paths: Iterable[str | Path]) -> tuple[dict[str, Playbook], list[Problem]]:
+    texts, problems = read_sources(paths)
+    playbooks, more = load_sources(texts)
+    return playbooks, problems + more
+
+
+def load_sources(texts: Mapping[str, str]) -> tuple[dict[str, Playbook], list[Problem]]:
+    """Playbooks from file texts (a directory just read, or a stored good set)."""
+    problems: list[Problem] = []
+    found: dict[str, tuple[Playbook, str, int | None]] = {}
+    for path, text in texts.items():
         playbook, doc, file_problems = _parse_playbook(text, str(path))
         problems += file_problems
         if playbook is None or doc is None:
@@ -322,58 +352,3 @@ def load_dir(path: str | Path) -> dict[str, Playbook]:
         raise PlaybookError(problems=problems)
     return playbooks
 
-
-class PlaybookRegistry:
-    """The current good set of playbooks; a bad reload keeps the last good set."""
-
-    def __init__(
-        self,
-        playbooks: Mapping[str, Playbook] | None = None,
-        *,
-        source: str | Path | None = None,
-        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-    ) -> None:
-        self._clock = clock
-        self._playbooks: dict[str, Playbook] = dict(playbooks or {})
-        self.source: Path | None = Path(source) if source is not None else None
-        self.loaded_at: datetime | None = clock() if playbooks is not None else None
-        self.problems: list[Problem] = []
-
-    @classmethod
-    def from_path(cls, path: str | Path, **kwargs: Any) -> PlaybookRegistry:
-        """A registry loaded from ``path``; raises ``PlaybookError`` so a bad start is loud."""
-        return cls(load_dir(path), source=path, **kwargs)
-
-    @property
-    def playbooks(self) -> dict[str, Playbook]:
-        # The same object until a reload swaps in a new set, so callers may cache by identity.
-        return self._playbooks
-
-    def reload(self, path: str | Path | None = None) -> list[Problem]:
-        """Load ``path`` (default: the last source); on any problem keep the current set."""
-        target = Path(path) if path is not None else self.source
-        if target is None:
-            problem = Problem("<registry>", None, "", "no playbook path to reload from")
-            self.problems = [problem]
-            return [problem]
-        playbooks, problems = _load_many([target])
-        self.problems = problems
-        if problems:
-            return problems
-        self._playbooks, self.source, self.loaded_at = playbooks, target, self._clock()
-        return []
-
-    def get(self, playbook_id: str) -> Playbook:
-        try:
-            return self._playbooks[playbook_id]
-        except KeyError:
-            known = ", ".join(sorted(self._playbooks)) or "none loaded"
-            raise NotFound(
-                f"no playbook '{playbook_id}'", hint=f"known playbooks: {known}"
-            ) from None
-
-    def __len__(self) -> int:
-        return len(self._playbooks)
-
-    def __contains__(self, playbook_id: object) -> bool:
-        return playbook_id in self._playbooks

@@ -59,9 +59,30 @@ def format_path(path: Iterable[str | int]) -> str:
     return out
 
 
+class _CountingLoader(yaml.SafeLoader):
+    """A safe loader that stops composing past ``_MAX_NODES`` nodes.
+
+    The limit holds *while* the tree is built, not after: a file of millions of
+    tiny nodes is refused as soon as it crosses the limit, in bounded memory.
+    """
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.composed = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self.composed += 1
+        if self.composed > _MAX_NODES:
+            mark = self.peek_event().start_mark
+            raise yaml.MarkedYAMLError(
+                problem=f"document too large (more than {_MAX_NODES} nodes)", problem_mark=mark
+            )
+        return super().compose_node(parent, index)
+
+
 def parse_yaml(text: str, file: str) -> YamlDocument:
     """Safe-load one YAML document; raise ``PlaybookError`` with line numbers on any problem."""
-    loader = yaml.SafeLoader(text)
+    loader = _CountingLoader(text)
     try:
         root = loader.get_single_node()
         doc = YamlDocument(file=file, data=None)

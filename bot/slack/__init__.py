@@ -9,6 +9,7 @@ import (``bot.slack.blocks`` alone is enough for rendering).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -37,7 +38,8 @@ class SlackParts:
             await self.socket_mode.stop()
 
 
-def attach_slack(engine: Engine, settings: Settings, web_app: FastAPI) -> SlackParts:
+def attach_slack(engine: Engine, settings: Settings, web_app: FastAPI, *,
+                 on_ignored: Callable[[str], None] | None = None) -> SlackParts:
     """With SLACK_BOT_TOKEN plus SLACK_SIGNING_SECRET, mount ``POST /slack/events`` on
     ``web_app``; with SLACK_APP_TOKEN, prepare Socket Mode (started by ``start()``)."""
     parts = SlackParts()
@@ -46,11 +48,14 @@ def attach_slack(engine: Engine, settings: Settings, web_app: FastAPI) -> SlackP
         return parts
     from bot.slack.app import create_slack_app
 
-    parts.app = create_slack_app(engine, settings)
+    parts.app = create_slack_app(engine, settings, on_ignored=on_ignored)
     if settings.slack_signing_secret:
-        from bot.slack.http_mode import SLACK_PATH, mount_slack
+        from bot.replay_store import RequestReplays
+        from bot.slack.http_mode import SLACK_PATH, ReplayGuard, mount_slack
 
-        mount_slack(web_app, parts.app, settings)
+        # Replays are remembered in the store: refused after a restart too.
+        mount_slack(web_app, parts.app, settings,
+                    replay=ReplayGuard(memory=RequestReplays(engine.store)))
         parts.http_path = SLACK_PATH
     if settings.slack_app_token:
         from bot.slack.socket_mode import SocketMode

@@ -210,6 +210,7 @@ def create_slack_app(
     *,
     client: AsyncWebClient | None = None,
     authorizer: OncallAuthorizer | None = None,
+    on_ignored: Callable[[str], None] | None = None,
 ) -> AsyncApp:
     """The bolt app. ``client`` defaults to one on ``settings.slack_api_url``."""
     if not settings.slack_bot_token:
@@ -225,7 +226,8 @@ def create_slack_app(
         logger=logging.getLogger("llm_incident.slack.bolt"),
     )
     handlers = SlackHandlers(engine, settings, authorizer,
-                             ChannelAlerts(engine, settings.alert_channels))
+                             ChannelAlerts(engine, settings.alert_channels,
+                                           settings.alert_posters, on_ignored=on_ignored))
     app.command(SLASH_COMMAND)(handlers.command)
     app.action(BUTTON_RE)(handlers.button)
     app.event("message")(handlers.message)

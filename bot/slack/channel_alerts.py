@@ -16,6 +16,11 @@ Slack escapes ``& < >`` in what it delivers; they are unescaped here, so the
 stored alert holds the text as the sender wrote it (it is escaped again on the
 way out, like every alert). The bot's own messages and anything that does not
 parse are ignored with a debug log: never an error reply in the channel.
+
+Only configured posters are read (``LLM_INCIDENT_ALERT_POSTERS``: Alertmanager's
+bot id, app id or user id). A message from anyone else, however much it looks
+like an alert, is ignored and counted: a person in the channel must not be able
+to open an incident, let alone steer an automatic step, by typing an alert.
 """
 
 from __future__ import annotations
@@ -23,8 +28,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-from collections import OrderedDict
-from collections.abc import Iterable
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -126,9 +131,18 @@ def _build(m: re.Match[str], body: str, event: dict[str, Any]) -> Alert:
 class ChannelAlerts:
     """Feeds alert messages of the configured channels to ``engine.handle_alerts``."""
 
-    def __init__(self, engine: Engine, channels: Iterable[str]) -> None:
+    def __init__(self, engine: Engine, channels: Iterable[str], posters: Iterable[str] = (),
+                 *, on_ignored: Callable[[str], None] | None = None) -> None:
         self.engine = engine
         self.channels = frozenset(channels)
+        self.posters = frozenset(posters)
+        # Messages ignored, by reason (not_a_poster, not_an_alert); also reported to
+        # ``on_ignored`` (the service's metrics).
+        self.ignored: Counter[str] = Counter()
+        self._on_ignored = on_ignored
+        if self.channels and not self.posters:
+            log.warning("LLM_INCIDENT_ALERT_CHANNELS is set but LLM_INCIDENT_ALERT_POSTERS is "
+                        "not: no channel message is read as an alert until it names the posters")
         # fingerprint -> starts_at of its firing: Alertmanager's repeats and the later
         # [RESOLVED] message carry no start time, and dedup keys on it. Lost on restart:
         # a resolution then is recorded as an alert of its own.
@@ -144,14 +158,16 @@ class ChannelAlerts:
         if (bot_id and event.get("bot_id") == bot_id) or \
                 (bot_user_id and event.get("user") == bot_user_id):
             return []  # our own posts
+        if not self._from_poster(event):
+            self._ignore("not_a_poster", event)
+            return []
         try:
             alert = parse_message(event)
         except (ValueError, TypeError) as exc:
             alert = None
             log.debug("message %s in %s: not an alert (%s)", event.get("ts"), channel, exc)
         if alert is None:
-            log.debug("message %s in %s is not an Alertmanager alert; ignored",
-                      event.get("ts"), channel)
+            self._ignore("not_an_alert", event)
             return []
         alert = self._with_start(alert)
         try:
@@ -159,6 +175,19 @@ class ChannelAlerts:
         except Exception:  # noqa: BLE001 - never an error reply in the channel
             log.exception("alert message %s in %s could not be handled", event.get("ts"), channel)
             return []
+
+    def _from_poster(self, event: dict[str, Any]) -> bool:
+        ids = {event.get("bot_id"), event.get("app_id"), event.get("user")}
+        profile = event.get("bot_profile")
+        if isinstance(profile, dict):
+            ids |= {profile.get("id"), profile.get("app_id")}
+        return bool(self.posters & {i for i in ids if isinstance(i, str) and i})
+
+    def _ignore(self, reason: str, event: dict[str, Any]) -> None:
+        self.ignored[reason] += 1
+        if self._on_ignored is not None:
+            self._on_ignored(reason)
+        log.debug("message %s in %s ignored: %s", event.get("ts"), event.get("channel"), reason)
 
     def _with_start(self, alert: Alert) -> Alert:
         known = self._firing.get(alert.fingerprint)

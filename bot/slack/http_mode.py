@@ -4,7 +4,12 @@ Bolt checks the signature (``v0=`` HMAC-SHA256 of ``v0:{timestamp}:{body}``) and
 refuses a timestamp more than five minutes away. A captured request replayed
 inside those five minutes would still pass, so ``ReplayGuard`` remembers every
 signature it let through for the window and refuses a second one with 401,
-before any listener runs: no side effect.
+before any listener runs: no side effect. The signatures live in the store
+(``bot.replay_store``), so a restart does not forget them.
+
+The body is read with a size cap while it streams, before bolt checks the
+signature: a chunked request with no Content-Length cannot make us buffer more
+than ``MAX_SLACK_BODY``.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -30,17 +36,32 @@ MAX_REMEMBERED = 50_000  # signatures; at Slack's request rates far more than 5 
 MAX_SLACK_BODY = 256 * 1024  # Slack's payloads are a few KB
 
 
+class SeenSignatures(Protocol):
+    def seen(self, signature: str) -> bool: ...
+
+
 class ReplayGuard(AsyncMiddleware):
-    """Bolt middleware: a signature already seen within the window gets 401."""
+    """Bolt middleware: a signature already seen within the window gets 401.
+
+    ``memory`` (a ``RequestReplays`` over the store in the service) remembers; with
+    none, an in-process table does (tests, and a bot with no store).
+    """
 
     def __init__(self, window: float = WINDOW_SECONDS, max_entries: int = MAX_REMEMBERED,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 memory: SeenSignatures | None = None) -> None:
         self.window = window
         self.max_entries = max_entries
         self.clock = clock
+        self.memory = memory
         self._seen: OrderedDict[str, float] = OrderedDict()  # signature -> first seen
 
     def seen(self, signature: str) -> bool:
+        if self.memory is not None:
+            return self.memory.seen(signature)
+        return self._seen_here(signature)
+
+    def _seen_here(self, signature: str) -> bool:
         """Record ``signature``; True when it was already recorded within the window."""
         now = self.clock()
         while self._seen:  # oldest first: drop what left the window
@@ -75,9 +96,18 @@ def mount_slack(app: FastAPI, slack_app: AsyncApp, settings: Settings, *,
     handler = AsyncSlackRequestHandler(slack_app)
 
     async def slack_events(request: Request) -> Response:
+        too_big = JSONResponse({"error": "body too large"}, status_code=413)
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > MAX_SLACK_BODY:
-            return JSONResponse({"error": "body too large"}, status_code=413)
+            return too_big
+        # Counted while streaming; bolt then reads the cached body (Starlette keeps it).
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > MAX_SLACK_BODY:
+                return too_big
+            chunks.append(chunk)
+        request._body = b"".join(chunks)  # what Request.body() returns from now on
         return await handler.handle(request)
 
     # Not in the OpenAPI document: its body is Slack's, form-encoded and signed.

@@ -18,7 +18,7 @@ from integration.services import PROMETHEUS_BIN, require_binary
 from actions.drivers.policy_file import PolicyFileDriver
 from bot.engine import Engine
 from bot.notifier import RecordingNotifier
-from bot.playbook.loader import PlaybookRegistry
+from bot.playbook.registry import PlaybookRegistry
 from bot.runner import Runner
 from bot.settings import SHIPPED_PLAYBOOKS
 from bot.store import Store

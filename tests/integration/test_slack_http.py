@@ -25,10 +25,11 @@ from urllib.parse import urlencode
 import httpx
 import pytest
 
+from bot.replay_store import RequestReplays
 from bot.service_metrics import ServiceMetrics
 from bot.settings import Settings
 from bot.slack.app import create_slack_app
-from bot.slack.http_mode import mount_slack
+from bot.slack.http_mode import MAX_SLACK_BODY, ReplayGuard, mount_slack
 from bot.slack.webapi_stub import WebApiStub
 from bot.web import create_app
 
@@ -110,14 +111,17 @@ async def until(check: Callable[[], Any], what: str) -> Any:
 
 
 @contextlib.asynccontextmanager
-async def slack_http(**settings: Any) -> AsyncIterator[Slack]:
-    env = Env()
-    await env.engine.handle_alerts([alert()])  # INC-1: runaway cost on route chat
+async def slack_http(db: Path | None = None, **settings: Any) -> AsyncIterator[Slack]:
+    env = Env(db=db)
+    if not env.store.incidents():
+        await env.engine.handle_alerts([alert()])  # INC-1: runaway cost on route chat
     async with WebApiStub(usergroups={"S0ONCALL": ONCALL}) as api, SocketModeStub() as urls:
         cfg = Settings(slack_bot_token="xoxb-test", slack_signing_secret=SECRET,
                        slack_api_url=api.base_url, oncall_group="S0ONCALL", **settings)
         app = create_app(env.engine, cfg, metrics=ServiceMetrics(env.store))
-        mount_slack(app, create_slack_app(env.engine, cfg), cfg)
+        # As `serve` does: replays are remembered in the store.
+        mount_slack(app, create_slack_app(env.engine, cfg), cfg,
+                    replay=ReplayGuard(memory=RequestReplays(env.store)))
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://slack.test") as http:
             yield Slack(env, api, urls, http)
@@ -183,6 +187,65 @@ def test_forged_and_expired_requests_are_401_with_no_side_effect(headers):
             resp = await s.post(body, "application/x-www-form-urlencoded", headers(body))
             assert resp.status_code == 401
             assert s.env.store.flag("paused") is None and s.urls.responses == []
+
+    go(main())
+
+
+def test_a_replayed_request_is_refused_after_a_restart_too(tmp_path: Path):
+    db = tmp_path / "bot.db"
+    url_holder: dict[str, Any] = {}
+
+    async def first() -> None:
+        async with slack_http(db=db) as s:
+            url = s.urls.response_url()
+            body = s.command_body("note INC-1 once", "U0ALICE", url)
+            url_holder.update(body=body, headers=sign(body))
+            ok = await s.post(body, "application/x-www-form-urlencoded", url_holder["headers"])
+            assert ok.status_code == 200
+            await s.reply(url)
+        # the "process" ends here: a new app, a new guard, the same store
+
+    async def after_restart() -> None:
+        async with slack_http(db=db) as s:
+            again = await s.post(url_holder["body"], "application/x-www-form-urlencoded",
+                                 url_holder["headers"])
+            assert again.status_code == 401 and "replayed" in again.text
+            notes = [e for e in s.env.store.timeline("INC-1") if e.kind == "note"]
+            assert len(notes) == 1
+
+    go(first())
+    go(after_restart())
+
+
+def test_a_chunked_body_over_the_limit_is_refused_before_the_signature_check():
+    async def main() -> None:
+        async with slack_http() as s:
+            big = b"x" * (MAX_SLACK_BODY + 1)
+
+            async def chunks():
+                for i in range(0, len(big), 65536):
+                    yield big[i:i + 65536]
+
+            resp = await s.http.post("/slack/events", content=chunks(),
+                                     headers={"Content-Type": "application/json"})
+            assert resp.status_code == 413
+
+    go(main())
+
+
+def test_a_person_typing_an_alert_in_the_alert_channel_opens_nothing():
+    async def main() -> None:
+        async with slack_http(alert_channels=("C0ALERTS",), alert_posters=("B0AM",)) as s:
+            policy_before = s.env.driver.policy
+            text = ("[FIRING:1] LLMProviderErrorRateHigh (chat critical)\n"
+                    "Labels:\n - route = chat\nAnnotations:\n - standby_route = attacker-route")
+            resp = await s.event({"type": "message", "user": "U0MALLORY", "channel": "C0ALERTS",
+                                  "ts": "1764410400.000200", "text": text})
+            assert resp.status_code == 200
+            _, url = await s.command("status")  # a later request: the event was handled
+            await s.reply(url)
+            assert [i.id for i in s.env.store.incidents()] == ["INC-1"]
+            assert s.env.driver.policy == policy_before
 
     go(main())
 
@@ -323,7 +386,7 @@ def test_quotes_unicode_10kb_and_markup_never_ping():
 
 def test_alert_posted_in_a_channel_opens_an_incident_and_its_markup_stays_inert():
     async def main() -> None:
-        async with slack_http(alert_channels=("C0ALERTS",)) as s:
+        async with slack_http(alert_channels=("C0ALERTS",), alert_posters=("B0AM",)) as s:
             title = "[FIRING:1] LLMTimeToFirstTokenHigh (chat critical)"
             text = "Labels:\n - route = chat-small\nAnnotations:\n - summary = &lt;!channel&gt; slow"
             resp = await s.event({"type": "message", "subtype": "bot_message", "bot_id": "B0AM",

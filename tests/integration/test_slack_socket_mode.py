@@ -49,7 +49,7 @@ async def socket_mode() -> AsyncIterator[tuple[Env, SocketModeStub, WebApiStub]]
             handlers={"apps.connections.open": sock.connections_open}) as api:
         cfg = Settings(slack_bot_token="xoxb-test", slack_app_token="xapp-1-test",
                        slack_api_url=api.base_url, oncall_users=("U0ALICE", "U0BOB"),
-                       alert_channels=("C0ALERTS",))
+                       alert_channels=("C0ALERTS",), alert_posters=("B0AM",))
         mode = SocketMode(create_slack_app(env.engine, cfg), cfg.slack_app_token or "")
         await mode.start()
         try:

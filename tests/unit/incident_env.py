@@ -15,7 +15,7 @@ from bot.alert import Alert
 from bot.engine import Engine
 from bot.lifecycle import LifecyclePolicy
 from bot.notifier import Notifier, RecordingNotifier
-from bot.playbook.loader import PlaybookRegistry
+from bot.playbook.registry import PlaybookRegistry
 from bot.runner import Runner, RunnerSettings
 from bot.store import Store
 

@@ -22,7 +22,7 @@ from bot.commands.context import Context
 from bot.engine import Engine
 from bot.errors import InputError
 from bot.notifier import RecordingNotifier
-from bot.playbook.loader import PlaybookRegistry
+from bot.playbook.registry import PlaybookRegistry
 from bot.runner import Runner
 from bot.settings import SHIPPED_PLAYBOOKS, Settings
 from bot.store import Store

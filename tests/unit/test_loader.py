@@ -11,7 +11,8 @@ import pytest
 from freezegun import freeze_time
 
 from bot.errors import NotFound, PlaybookError, Problem
-from bot.playbook.loader import PlaybookRegistry, lint, load_dir, load_file, load_text
+from bot.playbook.loader import lint, load_dir, load_file, load_text
+from bot.playbook.registry import PlaybookRegistry
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "playbooks"
 

@@ -17,8 +17,8 @@ from bot.playbook.schema import INCIDENT_CLASSES
 from drills.alert_rules import ALERTS_DIR, alert_rules, load_rules
 from drills.sandbox import load_config
 from drills.sandbox.faults import FAULT_ADAPTER, FAULT_KINDS
-from drills.sandbox.policy import seed_policy_text
 from drills.sandbox.faults import Fault as SandboxFault
+from drills.sandbox.policy import seed_policy_text
 from drills.scenario import (
     FAULT_PARAMS,
     SCENARIOS_DIR,

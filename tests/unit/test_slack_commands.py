@@ -316,13 +316,13 @@ def test_text_lists_become_labels_and_annotations():
 ])
 def test_unparseable_messages_are_ignored(event):
     e = Env()
-    assert run(ChannelAlerts(e.engine, ["C0ALERTS"]).handle(event)) == []
+    assert run(ChannelAlerts(e.engine, ["C0ALERTS"], ["B0AM"]).handle(event)) == []
     assert e.store.incidents() == []
 
 
 def test_channel_alerts_open_dedup_and_resolve_an_incident():
     e = Env()
-    feed = ChannelAlerts(e.engine, ["C0ALERTS"])
+    feed = ChannelAlerts(e.engine, ["C0ALERTS"], ["B0AM"])
     text = "Labels:\n - route = chat\n"
     title = "[FIRING:1] LLMCostBurnRateHigh (chat critical)"
     first = run(feed.handle(am_event(title, text)))
@@ -339,7 +339,7 @@ def test_channel_alerts_open_dedup_and_resolve_an_incident():
 
 def test_other_channels_our_own_posts_and_edits_are_ignored():
     e = Env()
-    feed = ChannelAlerts(e.engine, ["C0ALERTS"])
+    feed = ChannelAlerts(e.engine, ["C0ALERTS"], ["B0AM"])
     title = "[FIRING:1] LLMCostBurnRateHigh (chat critical)"
     assert run(feed.handle(am_event(title, channel="C0OTHER"))) == []
     assert run(feed.handle(am_event(title, bot_id="B0BOT"), bot_id="B0BOT")) == []

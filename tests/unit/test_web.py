@@ -20,7 +20,7 @@ import pytest
 
 from bot.errors import InputError, StoreError
 from bot.notifier import RecordingNotifier
-from bot.playbook.loader import PlaybookRegistry
+from bot.playbook.registry import PlaybookRegistry
 from bot.service_metrics import ServiceMetrics
 from bot.settings import Settings
 from bot.store import Store
@@ -391,7 +391,9 @@ def test_unexpected_errors_are_500_without_a_traceback(
 
 
 def test_readyz_names_what_is_not_ready(bot: Bot, tmp_path: Path) -> None:
-    assert bot.get("/readyz").json() == {"ready": True, "playbooks": 8}
+    body = bot.get("/readyz").json()
+    assert body["ready"] is True and body["playbooks"] == 8
+    assert body["checks"]["store"] == {"ok": True, "detail": "reads and writes"}
 
     class Sched:
         running = False
@@ -402,7 +404,10 @@ def test_readyz_names_what_is_not_ready(bot: Bot, tmp_path: Path) -> None:
     Sched.running = True
     assert bot.get("/readyz").status_code == 200
     bot.engine.registry.reload(tmp_path / "no-playbooks-here")  # keeps the last good set
-    assert bot.get("/readyz").status_code == 200
+    res = bot.get("/readyz")
+    assert res.status_code == 200
+    assert res.json()["checks"]["playbooks"]["degraded"] is True
+    assert "no-playbooks-here" in res.json()["checks"]["playbooks"]["detail"]
     bot.engine.registry = PlaybookRegistry()  # nothing loaded
     res = bot.get("/readyz")
     assert res.status_code == 503 and "playbooks" in res.json()["reason"]
@@ -410,6 +415,23 @@ def test_readyz_names_what_is_not_ready(bot: Bot, tmp_path: Path) -> None:
     res = bot.get("/readyz")
     assert res.status_code == 503 and "store" in res.json()["reason"]
     assert bot.get("/healthz").status_code == 200
+
+
+def test_readyz_is_not_ready_when_the_store_reads_but_takes_no_writes(tmp_path: Path) -> None:
+    # A full disk or a read-only file: reads still answer, every webhook would get 503.
+    db = tmp_path / "bot.db"
+    bot = Bot(tmp_path)
+    bot.settings = replace(bot.settings, db_path=db)
+    bot.engine = build_engine(bot.settings)
+    bot.metrics = ServiceMetrics(bot.engine.store)
+    bot.rebuild()
+    assert bot.get("/readyz").status_code == 200
+    bot.engine.store.db.execute("PRAGMA query_only = ON")  # reads work, writes fail
+    res = bot.get("/readyz")
+    assert res.status_code == 503
+    assert res.json()["checks"]["store"]["ok"] is False
+    assert "does not take writes" in res.json()["reason"]
+    assert bot.post(AM, fixture("alertmanager_firing.json")).status_code == 503
 
 
 def test_state_metrics_come_from_the_store_and_survive_a_restart(tmp_path: Path) -> None:
