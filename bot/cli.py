@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -50,7 +51,15 @@ def make_context(settings: Settings) -> Context:
     def open_engine() -> Engine:
         from bot.wiring import build_engine  # drivers are imported only when needed
 
-        return build_engine(settings)
+        engine = build_engine(settings)
+        load = engine.playbook_load
+        if load is not None and not load.ok:
+            # The verb still runs (pause, revert, status need no playbooks): say why
+            # the playbooks in force are not the directory's.
+            first = load.text(settings.playbooks_dir).partition("\n")[0]
+            print(f"warning: {first}\n  first problem: {load.problems[0]}\n"
+                  "  `llm-incident lint` shows every problem", file=sys.stderr)
+        return engine
 
     def open_drills(engine: Engine):
         from drills.harness import drill_service  # the sandbox stack only when drilling
@@ -110,8 +119,6 @@ def parse_serve_args(tokens: Sequence[str]) -> dict[str, str | int]:
 
 
 def serve_main(argv: Sequence[str]) -> int:
-    import logging
-
     from bot.service import serve  # web stack imported only for this command
 
     overrides, tokens = split_globals(argv)
@@ -140,6 +147,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if _is_serve(argv):
             return serve_main(argv)
+        # The CLI prints its own warning about broken playbooks (open_engine); the
+        # service's log line would say the same thing twice.
+        logging.getLogger("llm_incident.playbooks").addHandler(logging.NullHandler())
         result = asyncio.run(run(argv))
     except IncidentBotError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -28,10 +28,10 @@ from bot.matcher import Matcher, MatchResult
 from bot.messages import Message
 from bot.notifier import Notifier, publish_safely
 from bot.playbook.registry import PlaybookRegistry
-from bot.playbook_loading import LoadResult
-from bot.playbook_loading import reload as reload_playbooks
 from bot.playbook.render import render_params, render_query, render_step_args
 from bot.playbook.schema import Playbook, Step
+from bot.playbook_loading import LoadResult
+from bot.playbook_loading import reload as reload_playbooks
 from bot.runner import Runner
 from bot.store import PAUSE_FLAG, Incident, Run, Store, group_key_for
 from bot.suggestions import auto_result_message, build_suggestion
@@ -97,7 +97,7 @@ class Engine:
         self.store.add_event(None, "playbooks_reloaded" if result.ok else "playbooks_refused",
                              result.text(self.registry.source), actor=actor,
                              data={"count": result.count, "problems": len(result.problems)})
-        if result.changed or not result.ok:
+        if result.changed or result.recovered or not result.ok:
             await self.publish(result.message(self.registry.source))
         return result
 

@@ -32,15 +32,17 @@ SHOWN_PROBLEMS = 5
 class LoadResult:
     ok: bool  # the directory loaded cleanly
     count: int  # playbooks in force now
-    origin: str  # "directory" or the stored set in force
+    origin: str  # where the set in force came from (the directory, or a stored set)
     changed: bool = False  # a different set is in force than before
     problems: list[Problem] = field(default_factory=list)
+    recovered: bool = False  # the directory loads again after it did not
 
     def text(self, source: Path | None) -> str:
         where = f" from {source}" if source else ""
         if self.ok:
             what = "reloaded" if self.changed else "unchanged"
-            return f"playbooks {what}: {self.count} in force{where}"
+            again = " (the directory loads again)" if self.recovered else ""
+            return f"playbooks {what}: {self.count} in force{where}{again}"
         shown = "\n".join(str(p) for p in self.problems[:SHOWN_PROBLEMS])
         more = len(self.problems) - SHOWN_PROBLEMS
         more_text = f"\n... and {more} more (`llm-incident lint`)" if more > 0 else ""
@@ -76,7 +78,7 @@ def load_at_start(registry: PlaybookRegistry, store: Store, path: Path) -> LoadR
 
 def reload(registry: PlaybookRegistry, store: Store) -> LoadResult:
     """All or nothing: a clean directory replaces the set in force, else it stays."""
-    before = registry.playbooks
+    before, was_degraded = registry.playbooks, registry.degraded
     digest_before = sources_digest(registry.sources) if registry.sources else None
     problems = registry.reload()
     if problems:
@@ -85,8 +87,9 @@ def reload(registry: PlaybookRegistry, store: Store) -> LoadResult:
         return LoadResult(False, len(registry), registry.origin, False, problems)
     changed = registry.playbooks is not before and sources_digest(registry.sources) != digest_before
     _remember(PlaybookSnapshots(store), registry)
-    log.info("playbooks %s: %d in force", "reloaded" if changed else "unchanged", len(registry))
-    return LoadResult(True, len(registry), registry.origin, changed)
+    result = LoadResult(True, len(registry), registry.origin, changed, recovered=was_degraded)
+    log.info("%s", result.text(registry.source))
+    return result
 
 
 def _remember(snapshots: PlaybookSnapshots, registry: PlaybookRegistry) -> None:

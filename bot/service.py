@@ -22,7 +22,8 @@ from collections.abc import Iterator
 import uvicorn
 
 from bot.engine import Engine
-from bot.notifier import ConsoleNotifier, Notifier
+from bot.notifier import ConsoleNotifier, Notifier, publish_safely
+from bot.playbook_watch import PlaybookWatcher
 from bot.scheduler import Scheduler
 from bot.service_metrics import ServiceMetrics
 from bot.settings import Settings
@@ -103,6 +104,10 @@ class Service:
         self.slack = attach_slack(
             self.engine, settings, self.app,
             on_ignored=lambda reason: self.metrics.channel_messages_ignored.labels(reason).inc())
+        self.playbook_watch = PlaybookWatcher(
+            self.engine,
+            on_result=lambda r: self.metrics.playbook_reloads.labels(
+                "ok" if r.ok else "refused").inc())
         config = uvicorn.Config(
             self.app,
             host=host or settings.host,
@@ -143,10 +148,17 @@ class Service:
                 tz=self.settings.drill_tz,
             )
             await self.slack.start()
+            await self.playbook_watch.start()
+            load = self.engine.playbook_load
+            if load is not None and not load.ok:
+                # Loud, and where people look: the bot runs on an older good set (or none).
+                await publish_safely(self.engine.notifier,
+                                     load.message(self.engine.registry.source))
             await self.server.serve()
             if not self.server.started:
                 raise SystemExit(1)  # uvicorn logged why (port in use...)
         finally:
+            await self.playbook_watch.stop()
             await self.slack.stop()
             if aclose := getattr(self.engine.notifier, "aclose", None):
                 await aclose()  # the Slack notifier flushes what it still holds

@@ -35,6 +35,13 @@ APPROVAL_WORDS = {
 def describe_guard(g: Guard) -> str:
     """A step's guards as one sentence an on-call engineer reads at 3 a.m."""
     parts = [APPROVAL_WORDS[g.approval]]
+    if g.approval == "oncall":
+        # Say who may approve: one person alone is a real difference from two_person.
+        parts[0] += (" (the requester may approve it alone)" if g.self_approval
+                     else " by someone other than the requester")
+    for arg, allowed in g.allow.items():
+        shown = ", ".join(allowed) if isinstance(allowed, list) else f"group {allowed.group}"
+        parts.append(f"{arg} only {shown}")
     if g.auto:
         parts.append("runs automatically when its guards pass")
     if g.dry_run:

@@ -47,6 +47,8 @@ VERBS: dict[str, Verb] = _verbs(
     Verb("playbooks", "list the loaded playbooks", flags=(JSON,), handler=pv.playbooks_verb),
     Verb("playbook", "show one playbook's match, steps and guards", args=("id",),
          flags=(JSON,), handler=pv.playbook_verb),
+    Verb("reload", "reload the playbooks, all or nothing (a bad file keeps the set in force)",
+         options=(AS,), flags=(JSON,), changes_state=True, handler=pv.reload_verb),
     Verb("plan", "plan a playbook step as a diff (nothing is applied)", args=("playbook",),
          options=("--alert", "--incident", "--step", AS), flags=("--dry-run", JSON),
          changes_state=True, handler=iv.plan_verb),

@@ -117,3 +117,12 @@ async def playbook_verb(ctx: Context, cmd: Command) -> Result:
     for i, s in enumerate(p.steps, 1):
         lines.append(f"{i}. {s.id}: {s.title} ({s.action})\n   guards: {describe_guard(s.guard)}")
     return Result("\n".join(lines), p.model_dump(mode="json", by_alias=True))
+
+
+async def reload_verb(ctx: Context, cmd: Command) -> Result:
+    """Reload the playbook directory, all or nothing; the result is posted too."""
+    engine = ctx.engine
+    result = await engine.reload_playbooks(ctx.actor)
+    data = {"ok": result.ok, "playbooks": result.count, "changed": result.changed,
+            "in_force": result.origin, "problems": [p.__dict__ for p in result.problems]}
+    return Result(result.text(engine.registry.source), data, exit_code=0 if result.ok else 1)

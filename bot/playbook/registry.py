@@ -46,8 +46,8 @@ class PlaybookRegistry:
         self.problems: list[Problem] = []
         # File texts of the set in force (empty when built from Playbook objects).
         self.sources: dict[str, str] = {}
-        # Where the set in force came from: "directory", or the stored set's description.
-        self.origin = "directory"
+        # Where the set in force came from, for people: the directory load or a stored set.
+        self.origin = "the set given at start"
 
     @classmethod
     def from_path(cls, path: str | Path, **kwargs: Any) -> PlaybookRegistry:
@@ -80,7 +80,8 @@ class PlaybookRegistry:
         if problems:
             return problems
         self._playbooks, self.source, self.loaded_at = playbooks, target, self._clock()
-        self.sources, self.origin = texts, "directory"
+        self.sources = texts
+        self.origin = f"the set loaded from {target} at {self.loaded_at:%H:%M:%S} UTC"
         return []
 
     def restore(self, sources: Mapping[str, str], *, origin: str) -> list[Problem]:
