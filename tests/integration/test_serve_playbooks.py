@@ -11,7 +11,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from integration.services import free_port, poll, spawn
 
 pytestmark = pytest.mark.integration
