@@ -40,7 +40,7 @@ from bot.playbook.yamlsource import (
 ALERT_NAMES = frozenset({"alert", "labels", "annotations"})
 # Checked before a byte is parsed: every verb and `serve` load the directory, and a
 # huge file must be refused at once, not after minutes of parsing.
-MAX_FILE_BYTES = 512 * 1024  # the shipped playbooks are 2-4 KB each
+MAX_FILE_BYTES = 256 * 1024  # the shipped playbooks are 2-4 KB each
 MAX_FILES = 1000
 
 

@@ -14,10 +14,13 @@ than ``MAX_SLACK_BODY``.
 
 from __future__ import annotations
 
+import json
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Protocol
+from urllib.parse import parse_qs
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -29,6 +32,8 @@ from slack_bolt.response import BoltResponse
 
 from bot.errors import IncidentBotError
 from bot.settings import Settings
+
+log = logging.getLogger(__name__)
 
 SLACK_PATH = "/slack/events"
 WINDOW_SECONDS = 300  # bolt's own timestamp window
@@ -85,6 +90,25 @@ class ReplayGuard(AsyncMiddleware):
         return await next()
 
 
+def _malformed(body: bytes, content_type: str) -> str | None:
+    """Why bolt could not parse ``body`` (the same rules as its ``parse_body``), or None."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return f"body is not UTF-8 (byte {exc.start})"
+    try:
+        if content_type.startswith("application/json") or text.startswith("{"):
+            doc = json.loads(text)
+            return None if isinstance(doc, dict) else "a JSON body must be an object"
+        form = parse_qs(text)
+        if "payload" in form:
+            doc = json.loads(form["payload"][0])
+            return None if isinstance(doc, dict) else "payload must be a JSON object"
+    except ValueError as exc:
+        return f"body is not valid JSON ({exc})"
+    return None
+
+
 def mount_slack(app: FastAPI, slack_app: AsyncApp, settings: Settings, *,
                 path: str = SLACK_PATH, replay: ReplayGuard | None = None) -> ReplayGuard:
     """Route ``POST path`` to bolt; returns the replay guard it installed."""
@@ -107,8 +131,24 @@ def mount_slack(app: FastAPI, slack_app: AsyncApp, settings: Settings, *,
             if size > MAX_SLACK_BODY:
                 return too_big
             chunks.append(chunk)
-        request._body = b"".join(chunks)  # what Request.body() returns from now on
-        return await handler.handle(request)
+        body = b"".join(chunks)
+        request._body = body  # what Request.body() returns from now on
+        problem = _malformed(body, request.headers.get("content-type", ""))
+        if problem:
+            return JSONResponse({"error": f"malformed Slack request: {problem}"},
+                                status_code=400)
+        try:
+            response = await handler.handle(request)
+        except (ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
+            log.warning("Slack request refused: bolt could not read it (%s: %s)",
+                        type(exc).__name__, exc)
+            return JSONResponse({"error": "malformed Slack request"}, status_code=400)
+        if response.status_code >= 500:
+            # Listeners run after the ack, so a 5xx here is bolt failing on the request's
+            # shape (its middleware logged why): a signed body no Slack client sends. The
+            # sender's to fix, never a 500 that Slack would retry.
+            return JSONResponse({"error": "malformed Slack request"}, status_code=400)
+        return response
 
     # Not in the OpenAPI document: its body is Slack's, form-encoded and signed.
     app.add_api_route(path, slack_events, methods=["POST"], include_in_schema=False,

@@ -195,8 +195,14 @@ class Sandbox:
 
 
 def write_policy(path: Path, routes: Mapping[str, Mapping[str, Any]]) -> None:
-    path.write_text(yaml.safe_dump({"version": 1, "routes": {k: dict(v) for k, v in
-                                                             routes.items()}}))
+    """A policy listing every route the sandbox serves (the bot acts only on listed
+    routes), with ``routes``' settings on top."""
+    from drills.sandbox import load_config
+
+    served: dict[str, dict[str, Any]] = {name: {} for name in load_config().routes}
+    for name, fields in routes.items():
+        served.setdefault(name, {}).update(fields)
+    path.write_text(yaml.safe_dump({"version": 1, "routes": served}))
 
 
 def patch_policy(path: Path, routes: Mapping[str, Mapping[str, Any]]) -> None:

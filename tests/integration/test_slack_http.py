@@ -24,6 +24,8 @@ from urllib.parse import urlencode
 
 import httpx
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from bot.replay_store import RequestReplays
 from bot.service_metrics import ServiceMetrics
@@ -407,3 +409,39 @@ def test_alert_posted_in_a_channel_opens_an_incident_and_its_markup_stays_inert(
             assert len(s.env.store.incidents()) == 2
 
     go(main())
+
+
+# --- property: any signed body is answered 2xx/4xx -----------------------------------------
+
+_ANY_BODY = st.one_of(
+    st.binary(max_size=400),
+    st.dictionaries(st.sampled_from(["payload", "command", "text", "user_id", "type", "token",
+                                     "response_url", "event", "x"]),
+                    st.text(max_size=60), max_size=5).map(lambda d: urlencode(d).encode()),
+    st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+                 lambda c: st.lists(c, max_size=3) | st.dictionaries(
+                     st.sampled_from(["type", "event", "payload", "actions", "user", "x"]),
+                     c, max_size=3), max_leaves=12).map(lambda v: json.dumps(v).encode()),
+)
+
+
+def test_any_signed_body_at_the_slack_endpoint_is_answered_without_a_5xx():
+    """Whatever Slack (or someone with the secret) sends, bolt's path answers 2xx or 4xx."""
+    seen: list[int] = []
+
+    @settings(max_examples=150, deadline=None,
+              suppress_health_check=[HealthCheck.too_slow])
+    @given(body=_ANY_BODY, content_type=st.sampled_from(
+        ["application/x-www-form-urlencoded", "application/json", "text/plain"]))
+    def check(body: bytes, content_type: str) -> None:
+        async def main() -> None:
+            async with slack_http() as s:
+                resp = await s.post(body, content_type)
+                seen.append(resp.status_code)
+                assert resp.status_code < 500, (resp.status_code, body[:200])
+                assert (await s.http.get("/healthz")).status_code == 200
+
+        go(main())
+
+    check()
+    assert len(seen) >= 100
