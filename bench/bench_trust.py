@@ -23,10 +23,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # fakes, Slack stub
 
 import httpx  # noqa: E402
+from fakes import RecordingNotifier  # noqa: E402
 
-from bot.notifier import RecordingNotifier  # noqa: E402
 from bot.playbook.loader import lint  # noqa: E402
 from bot.records import to_text  # noqa: E402
 from bot.service_metrics import ServiceMetrics  # noqa: E402

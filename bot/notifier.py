@@ -11,8 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Protocol, TextIO, runtime_checkable
 
 from bot.messages import Button, Message, button_command
@@ -71,26 +69,6 @@ class LogNotifier:
         self.log.log(level, "%s%s %s: %s", msg.kind, drill, one_line(msg.title),
                      one_line(msg.text),
                      extra={"incident_id": msg.incident_id, "message_kind": msg.kind})
-
-
-class RecordingNotifier:
-    """A fake for tests: ``messages`` in publish order, ``times[i]`` when ``messages[i]`` came."""
-
-    def __init__(self, clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
-        self.clock = clock
-        self.messages: list[Message] = []
-        self.times: list[datetime] = []
-
-    async def publish(self, msg: Message) -> None:
-        self.messages.append(msg)
-        self.times.append(self.clock())
-
-    def of_kind(self, kind: str) -> list[Message]:
-        return [m for m in self.messages if m.kind == kind]
-
-    def clear(self) -> None:
-        self.messages.clear()
-        self.times.clear()
 
 
 class FanoutNotifier:

@@ -19,8 +19,9 @@ import yaml
 
 from bot.errors import InputError
 from bot.playbook.schema import parse_duration
+from bot.shipped import shipped_dir
 
-SHIPPED_PLAYBOOKS = Path(__file__).resolve().parent.parent / "playbooks"
+SHIPPED_PLAYBOOKS = shipped_dir("playbooks")
 
 ENV_VARS = {
     "LLM_INCIDENT_DB": "SQLite file (default ./var/llm-incident.db)",

@@ -26,8 +26,9 @@ from typing import Any
 import yaml
 
 from bot.errors import InputError
+from bot.shipped import shipped_dir
 
-ALERTS_DIR = Path(__file__).resolve().parent.parent / "playbooks" / "alerts"
+ALERTS_DIR = shipped_dir("playbooks") / "alerts"
 RULES_PATH = ALERTS_DIR / "rules.yaml"
 ALERTMANAGER_PATH = ALERTS_DIR / "alertmanager.yml"
 

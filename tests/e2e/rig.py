@@ -59,6 +59,7 @@ from integration.services import (
     start_alertmanager,
     start_prometheus,
 )
+from slack_webapi_stub import StubMessage, WebApiStub
 
 from actions.policy import RoutePolicy, ServingPolicy
 from bot.engine import Engine
@@ -66,7 +67,6 @@ from bot.records import Incident, Run
 from bot.scheduler import Scheduler
 from bot.service import Service
 from bot.settings import SHIPPED_PLAYBOOKS, Settings
-from bot.slack.webapi_stub import StubMessage, WebApiStub
 from bot.store import Store
 from bot.wiring import build_engine
 from drills.alert_rules import (

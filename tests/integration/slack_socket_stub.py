@@ -21,8 +21,7 @@ import uuid
 from typing import Any
 
 from aiohttp import WSMsgType, web
-
-from bot.slack.webapi_stub import serve_on_loopback
+from slack_webapi_stub import serve_on_loopback
 
 
 class SocketModeStub:

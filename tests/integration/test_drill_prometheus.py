@@ -13,11 +13,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+from fakes import RecordingNotifier
 from integration.services import PROMETHEUS_BIN, require_binary
 
 from actions.drivers.policy_file import PolicyFileDriver
 from bot.engine import Engine
-from bot.notifier import RecordingNotifier
 from bot.playbook.registry import PlaybookRegistry
 from bot.runner import Runner
 from bot.settings import SHIPPED_PLAYBOOKS

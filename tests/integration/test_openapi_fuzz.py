@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 import schemathesis
+from fakes import RecordingNotifier
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 
-from bot.notifier import RecordingNotifier
 from bot.service_metrics import ServiceMetrics
 from bot.settings import Settings
 from bot.web import create_app

@@ -23,9 +23,9 @@ from typing import Any
 
 import httpx
 import pytest
+from fakes import RecordingNotifier
 
 from bot.errors import StoreError
-from bot.notifier import RecordingNotifier
 from bot.service import Service
 from bot.settings import Settings
 

@@ -26,13 +26,13 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from slack_webapi_stub import WebApiStub
 
 from bot.replay_store import RequestReplays
 from bot.service_metrics import ServiceMetrics
 from bot.settings import Settings
 from bot.slack.app import create_slack_app
 from bot.slack.http_mode import MAX_SLACK_BODY, ReplayGuard, mount_slack
-from bot.slack.webapi_stub import WebApiStub
 from bot.web import create_app
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))

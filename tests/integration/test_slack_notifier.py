@@ -18,10 +18,10 @@ import httpx
 import pytest
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
+from slack_webapi_stub import StubCall, WebApiStub
 
 from bot.messages import Button, Field, Message, Section
 from bot.slack.notifier import SlackNotifier
-from bot.slack.webapi_stub import StubCall, WebApiStub
 from bot.slack_store import ChatMessages
 from bot.store import Store
 

@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from slack_webapi_stub import WebApiStub
 
 from bot.errors import IncidentBotError
 from bot.settings import Settings
 from bot.slack.app import create_slack_app
 from bot.slack.socket_mode import SocketMode
-from bot.slack.webapi_stub import WebApiStub
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -123,7 +123,8 @@ def test_socket_mode_refuses_a_bot_token_as_app_token():
 
 
 def test_serve_mounts_slack_events_and_starts_socket_mode(tmp_path):
-    from bot.notifier import RecordingNotifier
+    from fakes import RecordingNotifier
+
     from bot.service import Service
     from bot.slack.notifier import SlackNotifier
 

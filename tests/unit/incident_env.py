@@ -9,12 +9,13 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from actions.drivers.fakes import FakeMetrics, InMemoryDriver
+from fakes import FakeMetrics, InMemoryDriver, RecordingNotifier
+
 from actions.policy import ServingPolicy
 from bot.alert import Alert
 from bot.engine import Engine
 from bot.lifecycle import LifecyclePolicy
-from bot.notifier import Notifier, RecordingNotifier
+from bot.notifier import Notifier
 from bot.playbook.registry import PlaybookRegistry
 from bot.runner import Runner, RunnerSettings
 from bot.store import Store

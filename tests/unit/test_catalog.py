@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fakes import FakeMetrics, InMemoryDriver
 
 from actions.base import Sample, ServingDriver
 from actions.catalog import CATALOG, get_action
-from actions.drivers.fakes import FakeMetrics, InMemoryDriver
 from actions.drivers.policy_file import PolicyFileDriver, dump_policy
 from actions.policy import ServingPolicy
 from bot.errors import DriverError, InputError, PartialApplyError

@@ -15,13 +15,13 @@ import httpx
 import pytest
 import yaml
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from fakes import RecordingNotifier
 
 from actions.drivers.policy_file import PolicyFileDriver
 from bot.commands import execute
 from bot.commands.context import Context
 from bot.engine import Engine
 from bot.errors import InputError
-from bot.notifier import RecordingNotifier
 from bot.playbook.registry import PlaybookRegistry
 from bot.runner import Runner
 from bot.settings import SHIPPED_PLAYBOOKS, Settings

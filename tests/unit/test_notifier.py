@@ -8,16 +8,11 @@ import logging
 from datetime import UTC, datetime
 
 import pytest
+from fakes import RecordingNotifier
 
 from bot.errors import InputError
 from bot.messages import Button, Field, Message, Section, button_command, parse_value
-from bot.notifier import (
-    ConsoleNotifier,
-    FanoutNotifier,
-    LogNotifier,
-    RecordingNotifier,
-    publish_safely,
-)
+from bot.notifier import ConsoleNotifier, FanoutNotifier, LogNotifier, publish_safely
 
 
 def run(coro):
@@ -141,7 +136,7 @@ def test_every_button_command_is_a_valid_command():
 
 
 def test_drill_messages_go_to_the_drill_notifier_and_nothing_else_does():
-    from bot.notifier import DrillRouter, RecordingNotifier
+    from bot.notifier import DrillRouter
 
     real, drill = RecordingNotifier(), RecordingNotifier()
     router = DrillRouter(real, drill)

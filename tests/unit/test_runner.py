@@ -6,10 +6,10 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from fakes import FakeMetrics, InMemoryDriver
 from freezegun import freeze_time
 
 from actions.base import Sample
-from actions.drivers.fakes import FakeMetrics, InMemoryDriver
 from actions.policy import ServingPolicy
 from bot.alert import Alert
 from bot.errors import ActionFailed, GuardRefused, InputError

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 
+from fakes import FakeMetrics, RecordingNotifier
 from incident_env import Env, alert, provider_alert
 
 from actions.base import Sample
-from actions.drivers.fakes import FakeMetrics
 from bot.messages import button_command
-from bot.notifier import FanoutNotifier, RecordingNotifier, render_text
+from bot.notifier import FanoutNotifier, render_text
 
 
 def run(coro):

@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
+from fakes import RecordingNotifier
 
 from actions.base import FieldChange, Plan
 from actions.catalog import get_action
@@ -20,7 +21,6 @@ from actions.drivers.policy_file import PolicyFileDriver
 from actions.policy import ServingPolicy
 from bot.alert import Alert
 from bot.errors import DriverError, InputError, PlaybookError, TemplateError
-from bot.notifier import RecordingNotifier
 from bot.playbook.loader import lint, load_text
 from bot.playbook.render import render_query
 from bot.service_metrics import ServiceMetrics

@@ -17,9 +17,9 @@ from typing import Any
 
 import httpx
 import pytest
+from fakes import RecordingNotifier
 
 from bot.errors import InputError, StoreError
-from bot.notifier import RecordingNotifier
 from bot.playbook.registry import PlaybookRegistry
 from bot.service_metrics import ServiceMetrics
 from bot.settings import Settings

@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from fakes import RecordingNotifier
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bot.notifier import RecordingNotifier
 from bot.service_metrics import ServiceMetrics
 from bot.settings import Settings
 from bot.web import create_app

@@ -1,4 +1,4 @@
-"""In-memory fakes of the driver interfaces, for tests (the runner's too).
+"""Fakes of the narrow interfaces, for tests and benches: drivers, metrics, notifier.
 
 They behave like the real drivers where tests depend on it: writes set
 absolute values and validate the whole policy, multi-route writes apply one
@@ -7,6 +7,7 @@ route at a time in order, and failures raise the same error types.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,6 +16,7 @@ from pydantic import ValidationError
 from actions.base import Sample
 from actions.policy import ServingPolicy, UnknownRoute
 from bot.errors import DriverError, PartialApplyError
+from bot.messages import Message
 
 
 class InMemoryDriver:
@@ -101,3 +103,23 @@ class FakeMetrics:
         if isinstance(answer, int | float):
             return [Sample(value=float(answer))]
         return [s.model_copy(deep=True) for s in answer]
+
+
+class RecordingNotifier:
+    """A fake for tests: ``messages`` in publish order, ``times[i]`` when ``messages[i]`` came."""
+
+    def __init__(self, clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        self.clock = clock
+        self.messages: list[Message] = []
+        self.times: list[datetime] = []
+
+    async def publish(self, msg: Message) -> None:
+        self.messages.append(msg)
+        self.times.append(self.clock())
+
+    def of_kind(self, kind: str) -> list[Message]:
+        return [m for m in self.messages if m.kind == kind]
+
+    def clear(self) -> None:
+        self.messages.clear()
+        self.times.clear()
