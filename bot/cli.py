@@ -81,6 +81,9 @@ async def run(argv: Sequence[str], settings: Settings | None = None) -> Result:
 
         return await run_demo(settings, use_prometheus=demo_flags(tokens[1:]))
     ctx = make_context(settings)
+    if tokens in (["help"], ["--help"], ["-h"]):
+        listing = await execute(["help"], ctx)
+        return Result(listing.text + "\n" + CLI_ONLY_HELP, listing.data)
     verb: Verb | None = VERBS.get(tokens[0].lower())
     if verb is not None and verb.changes_state and verb.name != "tick":
         # A CLI-only deployment has no scheduler: before changing anything, settle
@@ -94,6 +97,11 @@ async def run(argv: Sequence[str], settings: Settings | None = None) -> Result:
 
 
 SERVE_USAGE = "usage: llm-incident [global options] serve [--host HOST] [--port PORT]"
+HELP_WORDS = frozenset({"--help", "-h"})
+CLI_ONLY_HELP = """
+serve [--host HOST] [--port PORT]   run the service (webhooks, scheduler, Slack)
+demo [--prometheus]                 a scored drill on the in-process sandbox
+global options: --db PATH, --playbooks DIR, --policy PATH, --prometheus URL; --version"""
 
 
 def parse_serve_args(tokens: Sequence[str]) -> dict[str, str | int]:
@@ -123,6 +131,9 @@ def serve_main(argv: Sequence[str]) -> int:
 
     overrides, tokens = split_globals(argv)
     conv = {k: (v if k == "prometheus_url" else Path(v)) for k, v in overrides.items()}
+    if HELP_WORDS & set(tokens[1:]):
+        print(f"{SERVE_USAGE}\n  run the webhook intake, the scheduler and (with tokens) Slack")
+        return 0
     settings = Settings.from_env(**conv, **parse_serve_args(tokens[1:]))
     from bot.text_safety import OneLineFormatter
 
@@ -132,6 +143,15 @@ def serve_main(argv: Sequence[str]) -> int:
     logging.basicConfig(level=logging.INFO, handlers=[handler])
     asyncio.run(serve(settings))
     return 0
+
+
+def package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("llm-incident")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
 
 
 def _is_serve(argv: Sequence[str]) -> bool:
@@ -144,6 +164,9 @@ def _is_serve(argv: Sequence[str]) -> bool:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] in (["--version"], ["-V"]):
+        print(f"llm-incident {package_version()}")
+        return 0
     try:
         if _is_serve(argv):
             return serve_main(argv)

@@ -25,8 +25,9 @@ async def _help(ctx: Context, cmd: Command) -> Result:
         if verb is None:
             raise CommandError(f"no command '{topic}'", hint="`help` lists them")
         return Result(f"{verb.usage}\n  {verb.summary}")
-    width = max(len(v.usage) for v in VERBS.values())
-    lines = [f"{v.usage:<{width}}  {v.summary}" for v in VERBS.values()]
+    width = 36  # long usages put their summary on the next line
+    lines = [f"{v.usage:<{width}}  {v.summary}" if len(v.usage) <= width
+             else f"{v.usage}\n{'':<{width}}  {v.summary}" for v in VERBS.values()]
     return Result("\n".join(lines), [{"verb": v.name, "usage": v.usage} for v in VERBS.values()])
 
 
@@ -112,12 +113,18 @@ VERBS: dict[str, Verb] = _verbs(
 # Exit codes: 0 ok, 1 the check failed (lint/test found problems), 2 bad input,
 # 3 a guard refused, 4 a target or the store failed.
 EXIT_INPUT, EXIT_REFUSED, EXIT_FAILED = 2, 3, 4
+HELP_FLAGS = frozenset({"--help", "-h"})
 
 
 async def execute(tokens: Sequence[str] | str, ctx: Context) -> Result:
     """Parse and run one command. Errors become a Result with a message, never a traceback."""
     try:
-        cmd = parse(split(tokens) if isinstance(tokens, str) else tokens, VERBS)
+        words = split(tokens) if isinstance(tokens, str) else list(tokens)
+        if HELP_FLAGS & set(words):
+            # `--help` / `-h` anywhere: the verb's usage (or every verb's), never a run.
+            first = words[0] if words and words[0] not in HELP_FLAGS else None
+            words = ["help", first] if first else ["help"]
+        cmd = parse(words, VERBS)
         if actor := cmd.opt(AS):
             if not ctx.local:
                 raise CommandError("--as is for the CLI; in Slack you act as yourself")

@@ -31,8 +31,19 @@ async def lint_verb(ctx: Context, cmd: Command) -> Result:
 
 async def test_verb(ctx: Context, cmd: Command) -> Result:
     ctx.require_local("test")
-    paths = [Path(p) for p in cmd.args["paths"]] or [ctx.playbooks_dir / "tests"]
-    playbooks = load_dir(Path(cmd.opt("--playbooks") or ctx.playbooks_dir))
+    playbooks_dir = Path(cmd.opt("--playbooks") or ctx.playbooks_dir)
+    paths: list[Path] = []
+    for raw in cmd.args["paths"]:
+        path = Path(raw)
+        if path.is_dir() and (path / "tests").is_dir() and not any(path.glob("*.test.y*ml")):
+            # A playbook directory (`test playbooks`): its tests, against its playbooks.
+            paths.append(path / "tests")
+            if not cmd.opt("--playbooks"):
+                playbooks_dir = path
+        else:
+            paths.append(path)
+    paths = paths or [playbooks_dir / "tests"]
+    playbooks = load_dir(playbooks_dir)
     report = run_tests(paths, playbooks)
     return Result(report.format(), None, exit_code=0 if report.failed == 0 else 1)
 
