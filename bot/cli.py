@@ -13,6 +13,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TextIO
 
 from bot.commands import VERBS, Context, Result, execute
 from bot.commands.grammar import JSON, Verb
@@ -168,6 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"llm-incident {package_version()}")
         return 0
     try:
+        output_format = pop_format(argv)
         if _is_serve(argv):
             return serve_main(argv)
         # The CLI prints its own warning about broken playbooks (open_engine); the
@@ -181,10 +183,45 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     if JSON in argv:
         print(json.dumps(result.data, indent=2, default=str))
+        if result.note:
+            print(f"note: {result.note}", file=sys.stderr)
     else:
         out = sys.stdout if result.ok else sys.stderr
-        print(result.text, file=out)
+        show(result, out, output_format)
     return result.exit_code
+
+
+FORMATS = ("auto", "md", "text")
+
+
+def pop_format(argv: list[str]) -> str:
+    """``--format auto|md|text`` (anywhere): how Markdown results print. ``auto`` renders
+    them for a terminal when the output is one, and keeps Markdown when piped."""
+    for i, tok in enumerate(argv):
+        key, eq, value = tok.partition("=")
+        if key == "--format":
+            if not eq:
+                value = argv[i + 1] if i + 1 < len(argv) else ""
+                del argv[i:i + 2]
+            else:
+                del argv[i]
+            if value not in FORMATS:
+                raise IncidentBotError(f"--format must be one of {', '.join(FORMATS)}, got "
+                                       f"{value!r}")
+            return value
+    return "auto"
+
+
+def show(result: Result, out: TextIO, output_format: str) -> None:
+    terminal = output_format == "text" or (output_format == "auto" and out.isatty())
+    if not (result.markdown and terminal):
+        print(result.text, file=out)
+        return
+    # Headings, tables and lists for people; no Markdown escapes like \( or \_.
+    from rich.console import Console
+    from rich.markdown import Markdown
+
+    Console(file=out, force_terminal=out.isatty(), soft_wrap=False).print(Markdown(result.text))
 
 
 if __name__ == "__main__":

@@ -116,7 +116,8 @@ async def run_demo(settings: Settings, *, say: Callable[[str], None] = print,
     say(f"\nServing policy after the drill: {'restored' if restored else 'NOT restored'}\n")
     ok = drill.status == "completed" and restored
     return Result(report, {"drill": drill.id, "status": drill.status, "score": drill.score,
-                           "policy_restored": restored}, exit_code=0 if ok else 1)
+                           "policy_restored": restored}, exit_code=0 if ok else 1,
+                  markdown=True)
 
 
 def demo_flags(argv: list[str]) -> bool:

@@ -380,9 +380,8 @@ class Engine:
     async def sync_lifecycle(self) -> list[Change]:
         """Re-apply the run rules to every open incident (idempotent; the scheduler's tick)."""
         changes: list[Change] = []
-        for inc in self.store.incidents(limit=1000):
-            if inc.is_open:
-                changes += self.lifecycle.sync_runs(inc.id)
+        for inc in self.store.open_incidents():
+            changes += self.lifecycle.sync_runs(inc.id)
         await self._publish_changes(changes)
         return changes
 

@@ -482,9 +482,8 @@ class Runner:
     def _broadcast(self, kind: str, text: str, actor: str) -> None:
         # The global timeline, plus every open incident so its own timeline tells the story.
         self.store.add_event(None, kind, text, actor=actor)
-        for inc in self.store.incidents(limit=1000):
-            if inc.is_open:
-                self.store.add_event(inc.id, kind, text, actor=actor)
+        for inc in self.store.open_incidents():
+            self.store.add_event(inc.id, kind, text, actor=actor)
 
 
 def _why(exc: BaseException) -> str:

@@ -188,7 +188,7 @@ class Scheduler:
         """A ``reminder`` for each incident still ``open`` for ``reminder_every`` since it
         opened or since its last reminder (kept on the timeline, so restarts do not spam)."""
         now, sent = self.clock(), []
-        for inc in self.store.incidents(status="open", limit=1000):
+        for inc in (i for i in self.store.open_incidents() if i.status == "open"):
             reminders = [e.at for e in self.store.timeline(inc.id) if e.kind == "reminder"]
             last = max(reminders, default=inc.created_at)
             if now - last < self.reminder_every:

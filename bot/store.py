@@ -316,6 +316,19 @@ class Store(RunRecords):
                           [*params, int(limit)])
         return [incident_from_row(r) for r in rows]
 
+    def open_incidents(self) -> list[Incident]:
+        """Every incident not resolved or cancelled, newest first (never truncated: the
+        open set is what the scheduler, status and the kill switch must see whole)."""
+        rows = self._rows(f"SELECT * FROM incidents WHERE status NOT IN {CLOSED_STATUSES!r} "
+                          "ORDER BY seq DESC")
+        return [incident_from_row(r) for r in rows]
+
+    def count_incidents(self, status: str | None = None) -> int:
+        where, params = ("WHERE status = ?", [status]) if status else ("", [])
+        with self._lock:
+            row = self.db.execute(f"SELECT COUNT(*) FROM incidents {where}", params).fetchone()
+        return int(row[0])
+
     def set_incident_status(
         self, incident_id: str, status: str, *, actor: str, reason: str = ""
     ) -> Incident:

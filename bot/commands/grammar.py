@@ -29,6 +29,11 @@ class Result:
     text: str
     data: Any = None
     exit_code: int = 0
+    # Said besides the data, e.g. "showing 50 of 312": part of ``text``, and printed
+    # to stderr by the CLI with --json so the JSON stays a plain list.
+    note: str | None = None
+    # ``text`` is Markdown (reports, postmortems, timelines): a terminal gets it rendered.
+    markdown: bool = False
 
     @property
     def ok(self) -> bool:
@@ -75,6 +80,16 @@ class Command:
     @property
     def as_json(self) -> bool:
         return JSON in self.flags
+
+    def limit(self, default: int) -> int:
+        """``--limit N`` (a positive integer), else ``default``."""
+        raw = self.options.get("--limit")
+        if raw is None:
+            return default
+        if not raw.isdigit() or int(raw) < 1:
+            raise CommandError(f"--limit must be a positive number, got {raw!r}",
+                               hint=f"usage: {self.verb.usage}")
+        return int(raw)
 
 
 def split(text: str) -> list[str]:

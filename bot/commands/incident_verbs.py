@@ -111,11 +111,21 @@ async def mitigations_verb(ctx: Context, cmd: Command) -> Result:
     return Result("\n".join(lines) or "no active mitigations", data)
 
 
+def _more(shown: int, total: int, what: str) -> str | None:
+    if total <= shown:
+        return None
+    return f"showing the newest {shown} of {total} {what}; --limit N shows more"
+
+
 async def runs_verb(ctx: Context, cmd: Command) -> Result:
-    runs = ctx.engine.store.runs(incident_id=cmd.opt("--incident"), state=cmd.opt("--state"))
+    every = ctx.engine.store.runs(incident_id=cmd.opt("--incident"), state=cmd.opt("--state"))
+    limit = cmd.limit(100)
+    runs = every[-limit:]  # the newest, in order
     lines = [f"{r.id:<8} {r.state:<18} {r.action:<18} {r.target:<10} "
              f"{r.incident_id or '(ad hoc)'}" for r in runs]
-    return Result("\n".join(lines) or "no runs", [run_data(r) for r in runs])
+    note = _more(len(runs), len(every), "runs")
+    text = "\n".join(lines + ([note] if note else [])) or "no runs"
+    return Result(text, [run_data(r) for r in runs], note=note)
 
 
 async def pause_verb(ctx: Context, cmd: Command) -> Result:
@@ -138,28 +148,44 @@ def incident_data(i) -> dict:
 
 
 async def incidents_verb(ctx: Context, cmd: Command) -> Result:
-    found = ctx.engine.store.incidents(status=cmd.opt("--status"))
+    store, status = ctx.engine.store, cmd.opt("--status")
+    found = store.incidents(status=status, limit=cmd.limit(50))
     lines = [f"{i.id:<8} {i.status:<13} {i.severity:<9} {i.created_at:%Y-%m-%d %H:%M}  "
              f"{'[DRILL] ' if i.is_drill else ''}{i.title}" for i in found]
-    return Result("\n".join(lines) or "no incidents", [incident_data(i) for i in found])
+    note = _more(len(found), store.count_incidents(status), "incidents")
+    text = "\n".join(lines + ([note] if note else [])) or "no incidents"
+    return Result(text, [incident_data(i) for i in found], note=note)
 
 
 async def show_verb(ctx: Context, cmd: Command) -> Result:
     store = ctx.engine.store
     inc = store.incident(cmd.args["id"])
     events = store.timeline(inc.id)
-    lines = [f"{inc.id} {inc.title} [{inc.status}, {inc.severity}]"]
-    lines += [f"  {e.at:%Y-%m-%d %H:%M:%S}  {e.actor:<14} {e.kind:<18} {e.text}" for e in events]
+    drill = " (DRILL)" if inc.is_drill else ""
+    lines = [f"# {inc.id} {md_cell(inc.title)}{drill}", "",
+             f"**{inc.status}**, severity {inc.severity}, opened {inc.created_at:%Y-%m-%d %H:%M} UTC"
+             + (f", commander {md_cell(inc.commander)}" if inc.commander else ""), "",
+             "| at (UTC) | who | what | |", "|---|---|---|---|"]
+    lines += [f"| {e.at:%Y-%m-%d %H:%M:%S} | {md_cell(e.actor)} | {e.kind} | {md_cell(e.text)} |"
+              for e in events]
     data = incident_data(inc) | {
         "timeline": [{"at": str(e.at), "actor": e.actor, "kind": e.kind, "text": e.text,
                       "run_id": e.run_id} for e in events]
     }
-    return Result("\n".join(lines), data)
+    return Result("\n".join(lines), data, markdown=True)
+
+
+def md_cell(text: str) -> str:
+    """Text safe inside a Markdown table cell: one line, pipes and markup escaped."""
+    out = " ".join(str(text).split())
+    for ch in ("\\", "|", "*", "_", "`", "<", ">", "[", "]"):
+        out = out.replace(ch, "\\" + ch)
+    return out
 
 
 async def postmortem_verb(ctx: Context, cmd: Command) -> Result:
     text = render_postmortem(ctx.engine.store, cmd.args["id"])
-    return Result(text, {"markdown": text})
+    return Result(text, {"markdown": text}, markdown=True)
 
 
 async def tick_verb(ctx: Context, cmd: Command) -> Result:

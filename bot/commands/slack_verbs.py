@@ -43,15 +43,21 @@ def _run_result(run: Run, prefix: str = "") -> Result:
 
 # --- read verbs ---------------------------------------------------------------------
 
+STATUS_SHOWN = 50  # lines of open incidents in `status`; the count covers every one
+
 
 async def status_verb(ctx: Context, cmd: Command) -> Result:
     store = ctx.engine.store
     pause = store.flag(PAUSE_FLAG)
-    open_incidents = [i for i in store.incidents(limit=1000) if i.is_open]
+    open_incidents = store.open_incidents()  # every one: the count is never truncated
     active = store.active_mitigations()
     lines = [f"paused by {pause.set_by}: {pause.value}" if pause else "running (not paused)"]
     lines.append(f"{len(open_incidents)} open incident(s)")
-    lines += [f"  {i.id:<8} {i.status:<13} {i.severity:<9} {i.title}" for i in open_incidents]
+    lines += [f"  {i.id:<8} {i.status:<13} {i.severity:<9} {i.title}"
+              for i in open_incidents[:STATUS_SHOWN]]
+    if len(open_incidents) > STATUS_SHOWN:
+        lines.append(f"  ... and {len(open_incidents) - STATUS_SHOWN} more (`incidents --status "
+                     "open --limit N`)")
     lines.append(f"{len(active)} active mitigation(s)")
     for m in active:
         run = store.run(m.run_id)

@@ -1,0 +1,93 @@
+"""The CLI as people meet it: help everywhere, the version, listings that say when they
+stop short, and reports that read well in a terminal and stay Markdown in a pipe."""
+
+from __future__ import annotations
+
+import io
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from bot.alert import Alert
+from bot.cli import main, show
+from bot.commands.grammar import Result
+from bot.store import Store
+
+PLAYBOOKS = Path(__file__).resolve().parents[2] / "playbooks"
+
+
+@pytest.fixture
+def db(tmp_path, monkeypatch) -> Path:
+    for var in ("LLM_INCIDENT_DB", "LLM_INCIDENT_POLICY", "LLM_INCIDENT_PLAYBOOKS"):
+        monkeypatch.delenv(var, raising=False)
+    path = tmp_path / "bot.db"
+    store = Store(path)
+    t0 = datetime(2026, 11, 29, tzinfo=UTC)
+    for i in range(120):  # 60 resolved, then 60 open: the open ones are the older half
+        alert = Alert(source="generic", fingerprint=f"f{i}", status="firing",
+                      labels={"alertname": "A", "route": f"r{i}"}, starts_at=t0 + timedelta(i))
+        inc, *_ = store.record_alert(alert, group_key=f"g{i}", title=f"incident {i}",
+                                     klass="runaway_cost", severity="high")
+        if i >= 60:
+            store.set_incident_status(inc, "resolved", actor="t")
+    store.close()
+    return path
+
+
+def cli(db: Path, *argv: str) -> int:
+    return main(["--db", str(db), "--playbooks", str(PLAYBOOKS), *argv])
+
+
+def test_help_and_version_work_everywhere(db, capsys):
+    for argv in (["--help"], ["-h"], ["help"]):
+        assert cli(db, *argv) == 0
+        out = capsys.readouterr().out
+        assert "plan PLAYBOOK" in out and "serve [--host HOST]" in out
+    assert cli(db, "revert", "--help") == 0
+    assert capsys.readouterr().out.startswith("revert RUN")
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.startswith("llm-incident ")
+
+
+def test_listings_say_when_more_exist_and_status_counts_every_open_incident(db, capsys):
+    assert cli(db, "incidents", "--json") == 0
+    captured = capsys.readouterr()
+    assert len(json.loads(captured.out)) == 50
+    assert "showing the newest 50 of 120 incidents" in captured.err
+    assert cli(db, "incidents", "--limit", "200", "--json") == 0
+    captured = capsys.readouterr()
+    assert len(json.loads(captured.out)) == 120 and captured.err == ""
+    assert cli(db, "incidents", "--limit", "0") == 2
+    assert "--limit must be a positive number" in capsys.readouterr().err
+    assert cli(db, "status", "--json") == 0
+    assert len(json.loads(capsys.readouterr().out)["incidents"]) == 60
+    assert cli(db, "status") == 0
+    out = capsys.readouterr().out
+    assert "60 open incident(s)" in out and "... and 10 more" in out
+
+
+def test_test_takes_a_playbook_directory(capsys):
+    assert main(["test", str(PLAYBOOKS)]) == 0
+    assert "13 passed, 0 failed" in capsys.readouterr().out
+
+
+class Tty(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_markdown_results_render_for_a_terminal_and_stay_markdown_in_a_pipe():
+    result = Result("# INC-1 cost\n\n| at | what |\n|---|---|\n| 10:00 | cap \\(256\\) |",
+                    markdown=True)
+    piped = io.StringIO()
+    show(result, piped, "auto")
+    assert piped.getvalue().startswith("# INC-1") and "\\(256\\)" in piped.getvalue()
+    terminal = Tty()
+    show(result, terminal, "auto")
+    text = terminal.getvalue()
+    assert "INC-1 cost" in text and "cap (256)" in text and "\\(" not in text and "|---" not in text
+    forced = Tty()
+    show(result, forced, "md")
+    assert forced.getvalue().startswith("# INC-1")
