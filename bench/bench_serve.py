@@ -47,7 +47,7 @@ SENDERS = 4
 # --- server side ---------------------------------------------------------------------------
 
 
-def run_server(port: int, db: Path, notes: Path) -> None:
+def run_server(port: int, db: Path, notes: Path, http: str, loop: str) -> None:
     from bot.messages import Message
     from bot.service import Service
     from bot.settings import Settings
@@ -60,7 +60,14 @@ def run_server(port: int, db: Path, notes: Path) -> None:
             self.out.write(f"{time.time():.6f} {msg.kind} {msg.incident_id}\n")
 
     settings = Settings(db_path=db, policy_path=db.parent / "policy.yaml")
-    asyncio.run(Service(settings, "127.0.0.1", port, notifier=FileNotifier(notes)).run())
+    service = Service(settings, "127.0.0.1", port, notifier=FileNotifier(notes), http=http,
+                      loop=loop)
+    if loop == "uvloop":
+        import uvloop
+
+        uvloop.run(service.run())
+    else:
+        asyncio.run(service.run())
 
 
 # --- client side ---------------------------------------------------------------------------
@@ -198,10 +205,14 @@ def main() -> None:
     parser.add_argument("--latency-alerts", type=int, default=500)
     parser.add_argument("--storm-alerts", type=int, default=10_000)
     parser.add_argument("--fingerprints", type=int, default=1_000)
+    parser.add_argument("--http", default="auto", choices=("auto", "h11", "httptools"),
+                        help="uvicorn's HTTP parser (auto: httptools when installed)")
+    parser.add_argument("--loop", default="asyncio", choices=("asyncio", "uvloop"))
     parser.add_argument("--server", nargs=3, metavar=("PORT", "DB", "NOTES"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.server:
-        run_server(int(args.server[0]), Path(args.server[1]), Path(args.server[2]))
+        run_server(int(args.server[0]), Path(args.server[1]), Path(args.server[2]), args.http,
+                   args.loop)
         return
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -210,8 +221,8 @@ def main() -> None:
         notes.touch()
         url = f"http://127.0.0.1:{port}"
         proc = subprocess.Popen([sys.executable, __file__, "--server", str(port), str(db),
-                                 str(notes)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                cwd=ROOT)
+                                 str(notes), "--http", args.http, "--loop", args.loop],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
         try:
             wait_ready(url, proc)
             time.sleep(0.5)  # let start-up garbage settle before the idle reading
@@ -234,6 +245,7 @@ def main() -> None:
     def pct(p: float) -> float:
         return lat[min(len(lat) - 1, int(p * len(lat)))] * 1000
 
+    print(f"server: uvicorn http={args.http} loop={args.loop}")
     print(f"alert-to-suggestion latency at {RATE:g} alerts/s over loopback "
           f"({len(lat)} alerts, webhook sent -> Message handed to the notifier):")
     print(f"  p50 {pct(0.50):.1f} ms   p99 {pct(0.99):.1f} ms   max {lat[-1] * 1000:.1f} ms")

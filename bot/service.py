@@ -89,7 +89,8 @@ class Service:
 
     def __init__(self, settings: Settings, host: str | None = None, port: int | None = None,
                  *, engine: Engine | None = None, scheduler: Scheduler | None = None,
-                 notifier: Notifier | None = None) -> None:
+                 notifier: Notifier | None = None, http: str = "auto",
+                 loop: str = "auto") -> None:
         self.settings = settings
         self.engine = engine or build_engine(settings)
         # Slack's notifier when SLACK_BOT_TOKEN and LLM_INCIDENT_SLACK_CHANNEL are set.
@@ -117,6 +118,10 @@ class Service:
             lifespan="off",
             timeout_graceful_shutdown=GRACEFUL_SECONDS,
             server_header=False,
+            # "auto": httptools' parser when installed (a dependency), else h11; the
+            # asyncio loop (uvloop measured no faster here). bench_serve.py compares.
+            http=http,
+            loop=loop,
         )
         self.server = _Server(config)
 
