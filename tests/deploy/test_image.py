@@ -9,9 +9,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from integration.services import free_port, poll
 
 from deploy.conftest import ROOT, podman
-from integration.services import free_port, poll
 
 pytestmark = pytest.mark.deploy
 
