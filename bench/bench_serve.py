@@ -1,6 +1,8 @@
 """The alert intake service over loopback: latency, storm throughput, memory, start time.
 
-Run: ``python bench/bench_serve.py [--latency-alerts N] [--storm-alerts N]``. Prints:
+Run: ``python bench/bench_serve.py [--latency-alerts N] [--storm-alerts N]
+[--http h11|httptools] [--loop asyncio|uvloop]`` (the last two compare uvicorn's
+HTTP parsers and event loops; the service runs h11 on asyncio). Prints:
 
 * alert-to-suggestion latency, p50/p99: from the moment the client sends an
   Alertmanager webhook to the moment the suggestion ``Message`` is handed to the
@@ -205,8 +207,8 @@ def main() -> None:
     parser.add_argument("--latency-alerts", type=int, default=500)
     parser.add_argument("--storm-alerts", type=int, default=10_000)
     parser.add_argument("--fingerprints", type=int, default=1_000)
-    parser.add_argument("--http", default="auto", choices=("auto", "h11", "httptools"),
-                        help="uvicorn's HTTP parser (auto: httptools when installed)")
+    parser.add_argument("--http", default="h11", choices=("h11", "httptools"),
+                        help="uvicorn's HTTP parser (the service uses h11)")
     parser.add_argument("--loop", default="asyncio", choices=("asyncio", "uvloop"))
     parser.add_argument("--server", nargs=3, metavar=("PORT", "DB", "NOTES"), help=argparse.SUPPRESS)
     args = parser.parse_args()
