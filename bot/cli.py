@@ -213,15 +213,19 @@ def pop_format(argv: list[str]) -> str:
 
 
 def show(result: Result, out: TextIO, output_format: str) -> None:
-    terminal = output_format == "text" or (output_format == "auto" and out.isatty())
-    if not (result.markdown and terminal):
+    if result.markdown is None or not result.ok:
         print(result.text, file=out)
+        return
+    terminal = output_format == "text" or (output_format == "auto" and out.isatty())
+    if not terminal:
+        print(result.markdown, file=out)
         return
     # Headings, tables and lists for people; no Markdown escapes like \( or \_.
     from rich.console import Console
     from rich.markdown import Markdown
 
-    Console(file=out, force_terminal=out.isatty(), soft_wrap=False).print(Markdown(result.text))
+    Console(file=out, force_terminal=out.isatty(), soft_wrap=False).print(
+        Markdown(result.markdown))
 
 
 if __name__ == "__main__":

@@ -117,7 +117,7 @@ async def run_demo(settings: Settings, *, say: Callable[[str], None] = print,
     ok = drill.status == "completed" and restored
     return Result(report, {"drill": drill.id, "status": drill.status, "score": drill.score,
                            "policy_restored": restored}, exit_code=0 if ok else 1,
-                  markdown=True)
+                  markdown=report)
 
 
 def demo_flags(argv: list[str]) -> bool:

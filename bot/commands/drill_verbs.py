@@ -50,7 +50,7 @@ async def drill_verb(ctx: Context, cmd: Command) -> Result:
         if not arg:
             raise InputError("drill report needs a DRILL_ID", hint="`drill history` lists them")
         text = service.report(arg)
-        return Result(text, {"id": arg.upper(), "report": text}, markdown=True)
+        return Result(text, {"id": arg.upper(), "report": text}, markdown=text)
     if not arg:
         raise InputError("drill run needs a class or scenario id", hint="`drill list` names them")
     scenario = service.find(arg)  # a bad name fails here, before anything starts
@@ -73,16 +73,16 @@ async def drill_verb(ctx: Context, cmd: Command) -> Result:
     drill = await service.run(scenario.id, auto_respond=auto, target=target, say=lines.append)
     report = service.report(drill.id)
     code = 0 if drill.status == "completed" else 1
-    # The progress lines as a list, then the report: one Markdown document.
+    # For the CLI, the progress lines as a list, then the report: one Markdown document.
     progress = "\n".join(f"- {md_line(line)}" for line in lines)
-    return Result(progress + "\n\n" + report, {**_drill_data(drill), "report": report},
-                  exit_code=code, markdown=True)
+    return Result("\n".join(lines) + "\n\n" + report, {**_drill_data(drill), "report": report},
+                  exit_code=code, markdown=progress + "\n\n" + report)
 
 
 def md_line(text: str) -> str:
     """A progress line as Markdown text (no markup from drill or alert text)."""
     out = " ".join(str(text).split())
-    for ch in ("\\", "*", "_", "`", "<", ">", "[", "]"):
+    for ch in ("\\", "*", "_", "`", "[", "]"):
         out = out.replace(ch, "\\" + ch)
     return out
 

@@ -32,8 +32,9 @@ class Result:
     # Said besides the data, e.g. "showing 50 of 312": part of ``text``, and printed
     # to stderr by the CLI with --json so the JSON stays a plain list.
     note: str | None = None
-    # ``text`` is Markdown (reports, postmortems, timelines): a terminal gets it rendered.
-    markdown: bool = False
+    # The answer as a Markdown document (reports, postmortems, timelines), for the CLI:
+    # rendered for a terminal, printed as is when piped. Chat shows ``text``.
+    markdown: str | None = None
 
     @property
     def ok(self) -> bool:

@@ -161,31 +161,33 @@ async def show_verb(ctx: Context, cmd: Command) -> Result:
     store = ctx.engine.store
     inc = store.incident(cmd.args["id"])
     events = store.timeline(inc.id)
+    lines = [f"{inc.id} {inc.title} [{inc.status}, {inc.severity}]"]
+    lines += [f"  {e.at:%Y-%m-%d %H:%M:%S}  {e.actor:<14} {e.kind:<18} {e.text}" for e in events]
     drill = " (DRILL)" if inc.is_drill else ""
-    lines = [f"# {inc.id} {md_cell(inc.title)}{drill}", "",
-             f"**{inc.status}**, severity {inc.severity}, opened {inc.created_at:%Y-%m-%d %H:%M} UTC"
-             + (f", commander {md_cell(inc.commander)}" if inc.commander else ""), "",
-             "| at (UTC) | who | what | |", "|---|---|---|---|"]
-    lines += [f"| {e.at:%Y-%m-%d %H:%M:%S} | {md_cell(e.actor)} | {e.kind} | {md_cell(e.text)} |"
-              for e in events]
+    md = [f"# {inc.id} {md_cell(inc.title)}{drill}", "",
+          f"**{inc.status}**, severity {inc.severity}, opened {inc.created_at:%Y-%m-%d %H:%M} UTC"
+          + (f", commander {md_cell(inc.commander)}" if inc.commander else ""), "",
+          "| at (UTC) | who | what | |", "|---|---|---|---|"]
+    md += [f"| {e.at:%Y-%m-%d %H:%M:%S} | {md_cell(e.actor)} | {e.kind} | {md_cell(e.text)} |"
+           for e in events]
     data = incident_data(inc) | {
         "timeline": [{"at": str(e.at), "actor": e.actor, "kind": e.kind, "text": e.text,
                       "run_id": e.run_id} for e in events]
     }
-    return Result("\n".join(lines), data, markdown=True)
+    return Result("\n".join(lines), data, markdown="\n".join(md))
 
 
 def md_cell(text: str) -> str:
     """Text safe inside a Markdown table cell: one line, pipes and markup escaped."""
     out = " ".join(str(text).split())
-    for ch in ("\\", "|", "*", "_", "`", "<", ">", "[", "]"):
+    for ch in ("\\", "|", "*", "_", "`", "[", "]"):
         out = out.replace(ch, "\\" + ch)
     return out
 
 
 async def postmortem_verb(ctx: Context, cmd: Command) -> Result:
     text = render_postmortem(ctx.engine.store, cmd.args["id"])
-    return Result(text, {"markdown": text}, markdown=True)
+    return Result(text, {"markdown": text}, markdown=text)
 
 
 async def tick_verb(ctx: Context, cmd: Command) -> Result:

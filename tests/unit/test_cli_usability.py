@@ -79,8 +79,8 @@ class Tty(io.StringIO):
 
 
 def test_markdown_results_render_for_a_terminal_and_stay_markdown_in_a_pipe():
-    result = Result("# INC-1 cost\n\n| at | what |\n|---|---|\n| 10:00 | cap \\(256\\) |",
-                    markdown=True)
+    md = "# INC-1 cost\n\n| at | what |\n|---|---|\n| 10:00 | cap \\(256\\) |"
+    result = Result("INC-1 cost: plain text for chat", markdown=md)
     piped = io.StringIO()
     show(result, piped, "auto")
     assert piped.getvalue().startswith("# INC-1") and "\\(256\\)" in piped.getvalue()
@@ -91,3 +91,11 @@ def test_markdown_results_render_for_a_terminal_and_stay_markdown_in_a_pipe():
     forced = Tty()
     show(result, forced, "md")
     assert forced.getvalue().startswith("# INC-1")
+
+
+def test_show_is_a_markdown_timeline_when_piped(db, capsys):
+    assert cli(db, "show", "INC-1") == 0
+    out = capsys.readouterr().out
+    assert out.startswith("# INC-1 incident 0") and "| at (UTC) | who | what | |" in out
+    assert cli(db, "show", "INC-1", "--format", "md") == 0
+    assert capsys.readouterr().out == out
