@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TextIO
 
@@ -27,6 +29,14 @@ GLOBAL_OPTIONS = {
     "--policy": "policy_path",
     "--prometheus": "prometheus_url",
 }
+
+
+# Verbs that read playbook files only: they run without a database.
+NO_STORE_VERBS = frozenset({"help", "lint", "test", "match", "schema", "playbooks", "playbook"})
+
+
+def missing_store(settings: Settings) -> bool:
+    return str(settings.db_path) != ":memory:" and not settings.db_path.exists()
 
 
 def split_globals(argv: Sequence[str]) -> tuple[dict[str, str], list[str]]:
@@ -52,7 +62,10 @@ def make_context(settings: Settings) -> Context:
     def open_engine() -> Engine:
         from bot.wiring import build_engine  # drivers are imported only when needed
 
+        new = missing_store(settings)
         engine = build_engine(settings)
+        if new:
+            print(f"note: created a new store at {settings.db_path}", file=sys.stderr)
         load = engine.playbook_load
         if load is not None and not load.ok:
             # The verb still runs (pause, revert, status need no playbooks): say why
@@ -81,6 +94,16 @@ async def run(argv: Sequence[str], settings: Settings | None = None) -> Result:
         from bot.demo import demo_flags, run_demo
 
         return await run_demo(settings, use_prometheus=demo_flags(tokens[1:]))
+    verb_name = tokens[0].lower()
+    if verb_name in NO_STORE_VERBS and missing_store(settings):
+        # Playbook tools need no database: never create one for them.
+        settings = replace(settings, db_path=Path(":memory:"))
+    elif missing_store(settings) and verb_name in VERBS and not VERBS[verb_name].changes_state:
+        # A read verb never creates a store: a typo in LLM_INCIDENT_DB must not answer
+        # "no incidents" from a new empty database.
+        message = (f"no store at {settings.db_path} (hint: check LLM_INCIDENT_DB or --db; "
+                   "`serve`, `demo` and any verb that records something create it)")
+        return Result(message, {"error": message}, exit_code=2)
     ctx = make_context(settings)
     if tokens in (["help"], ["--help"], ["-h"]):
         listing = await execute(["help"], ctx)
@@ -181,13 +204,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
-    if JSON in argv:
-        print(json.dumps(result.data, indent=2, default=str))
-        if result.note:
-            print(f"note: {result.note}", file=sys.stderr)
-    else:
-        out = sys.stdout if result.ok else sys.stderr
-        show(result, out, output_format)
+    try:
+        if JSON in argv:
+            print(json.dumps(result.data, indent=2, default=str))
+            if result.note:
+                print(f"note: {result.note}", file=sys.stderr)
+        else:
+            out = sys.stdout if result.ok else sys.stderr
+            show(result, out, output_format)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # `llm-incident incidents | head`: the reader left; no traceback, and no second
+        # error when Python flushes stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141 if result.ok else result.exit_code
     return result.exit_code
 
 

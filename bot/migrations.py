@@ -233,9 +233,19 @@ def _v4_trust(db: Database) -> None:
     db.execute("CREATE TABLE write_probe (id INTEGER PRIMARY KEY CHECK (id = 1), at TEXT)")
 
 
+def _v5_drill_scope(db: Database) -> None:
+    # A drill's runs and production's never share a guard's history (cooldown,
+    # max_runs, the active cap, locks): each run says which scope it belongs to.
+    db.execute("ALTER TABLE runs ADD COLUMN scope TEXT NOT NULL DEFAULT 'production' "
+               "CHECK (scope IN ('production', 'drill'))")
+    db.execute("UPDATE runs SET scope = 'drill' WHERE incident_id IN "
+               "(SELECT id FROM incidents WHERE is_drill = 1)")
+    db.execute("CREATE INDEX idx_runs_scope_action ON runs (scope, action)")
+
+
 # Append only; index + 1 is the schema version.
 MIGRATIONS: list[Callable[[Database], None]] = [
-    _v1_initial, _v2_chat_messages, _v3_drills, _v4_trust,
+    _v1_initial, _v2_chat_messages, _v3_drills, _v4_trust, _v5_drill_scope,
 ]
 
 LATEST_VERSION = len(MIGRATIONS)

@@ -103,6 +103,9 @@ class Run:
     error: str | None
     # Set while the pause holds this automatic run; it is retried after resume.
     held_at: datetime | None = None
+    # "drill" for a drill incident's runs: its guards never count production's, and
+    # production's never count a drill's.
+    scope: str = "production"
 
     @property
     def routes(self) -> list[str]:
@@ -180,6 +183,7 @@ def run_from_row(r: dict[str, Any]) -> Run:
         guard=Guard.model_validate_json(r["guard"]), verify_query=r["verify_query"],
         plan=Plan.model_validate_json(r["plan"]), diff=r["diff"], state=r["state"],
         dry_run=bool(r["dry_run"]), requested_by=r["requested_by"], error=r["error"],
+        scope=r.get("scope") or "production",
         **_dt(r, "created_at", "updated_at", "held_at"),
     )
 

@@ -103,7 +103,8 @@ class Runner:
                 self.store.add_event(incident_id, "plan_failed", f"could not plan {action}: {exc}",
                                      actor=requested_by, data={"step": step_id})
             raise
-        refusals = self._refusals(plan, guard, current, run_id=None)
+        scope = self._scope(incident_id)
+        refusals = self._refusals(plan, guard, current, run_id=None, scope=scope)
         pause = check_pause(self.store.flag(PAUSE_FLAG), automatic=automatic)
         dry = dry_run or guard.dry_run
         data = {"diff": plan.diff(), "action": action, "target": target}
@@ -125,21 +126,31 @@ class Runner:
                 incident_id=incident_id, playbook_id=playbook_id, step_id=step_id, plan=plan,
                 args=args, guard=guard, verify_query=verify_query, state=state, dry_run=dry,
                 requested_by=requested_by, error=str(refusals[0]) if state == "refused" else None,
-                event_text=text, event_data=data,
+                event_text=text, event_data=data, scope=scope,
             )
             if pause and state == "planned":
                 self._hold(run, pause)  # an auto step waits for resume instead of being refused
         return self.store.run(run.id)
 
+    def _scope(self, incident_id: str | None) -> str:
+        """A drill incident's runs are drill runs, whoever plans them and from where."""
+        if incident_id and self.store.incident(incident_id).is_drill:
+            return "drill"
+        return "production"
+
     def _refusals(
-        self, plan: Plan, guard: Guard, current: ServingPolicy, *, run_id: str | None
+        self, plan: Plan, guard: Guard, current: ServingPolicy, *, run_id: str | None,
+        scope: str,
     ) -> list[GuardRefused]:
+        # Guard history stays inside one scope: a rehearsal never uses up production's
+        # cooldowns, max_runs, active cap or locks, and production never blocks a drill.
         now = self.clock()
         spans = [s for s in (guard.cooldown, guard.max_runs and guard.max_runs.window) if s]
         history = []
         if spans:
-            history = self.store.applied_runs(plan.action, plan.target, now - max(spans))
-        active = self.store.active_mitigations()
+            history = self.store.applied_runs(plan.action, plan.target, now - max(spans),
+                                              scope=scope)
+        active = self.store.active_mitigations(scope=scope)
         kw = {"action": plan.action, "routes": plan.routes, "history": history, "now": now}
         checks = [
             check_allowed(guard, plan, current),
@@ -205,7 +216,8 @@ class Runner:
                 raise InputError(f"{run_id} is {run.state}; it cannot be applied",
                                  hint="plan the step again to get a new run")
             self._check_before_apply(run, automatic=automatic, actor=actor)
-            refusals = self._refusals(run.plan, run.guard, await driver.read(), run_id=run_id)
+            refusals = self._refusals(run.plan, run.guard, await driver.read(), run_id=run_id,
+                                      scope=run.scope)
             if refusals:
                 self._refuse(run, refusals[0], actor=actor)
             note = self._paused_note(automatic, "apply")

@@ -44,6 +44,7 @@ class RunRecords:
         error: str | None = None,
         event_text: str,
         event_data: dict[str, Any] | None = None,
+        scope: str = "production",
     ) -> Run:
         """Persist a planned run (plan and diff included) and its first timeline event."""
         _check_state(state)
@@ -59,6 +60,7 @@ class RunRecords:
                     "plan": plan.model_dump_json(), "diff": plan.diff(), "state": state,
                     "dry_run": int(dry_run), "requested_by": requested_by,
                     "created_at": now, "updated_at": now, "error": error, "held_at": None,
+                    "scope": scope,
                 }
             )
             self.add_event(incident_id, state, event_text, actor=requested_by, run_id=run_id,
@@ -153,21 +155,32 @@ class RunRecords:
         rows = self._rows("SELECT * FROM mitigations WHERE run_id = ?", [run_id])
         return mitigation_from_row(rows[0]) if rows else None
 
-    def active_mitigations(self, target: str | None = None) -> list[Mitigation]:
-        sql = "SELECT * FROM mitigations WHERE reverted_at IS NULL"
+    def active_mitigations(
+        self, target: str | None = None, *, scope: str | None = None
+    ) -> list[Mitigation]:
+        """Mitigations in force; ``scope`` ("production" or "drill") keeps one side only."""
+        sql = "SELECT m.* FROM mitigations m JOIN runs r ON r.id = m.run_id " \
+              "WHERE m.reverted_at IS NULL"
         params: list[Any] = []
         if target is not None:
-            sql += " AND target = ?"
+            sql += " AND m.target = ?"
             params.append(target)
-        return [mitigation_from_row(r) for r in self._rows(sql + " ORDER BY applied_at", params)]
+        if scope is not None:
+            sql += " AND r.scope = ?"
+            params.append(scope)
+        rows = self._rows(sql + " ORDER BY m.applied_at", params)
+        return [mitigation_from_row(r) for r in rows]
 
-    def applied_runs(self, action: str, target: str, since: datetime) -> list[Mitigation]:
-        """Every change of ``action`` on ``target`` applied since ``since``, reverted or not:
-        what cooldown and max_runs count."""
+    def applied_runs(
+        self, action: str, target: str, since: datetime, *, scope: str = "production"
+    ) -> list[Mitigation]:
+        """Every change of ``action`` on ``target`` applied since ``since``, reverted or not,
+        in one scope: what cooldown and max_runs count."""
         rows = self._rows(
             "SELECT m.* FROM mitigations m JOIN runs r ON r.id = m.run_id "
-            "WHERE r.action = ? AND m.target = ? AND m.applied_at >= ? ORDER BY m.applied_at",
-            [action, target, to_text(since)],
+            "WHERE r.action = ? AND m.target = ? AND m.applied_at >= ? AND r.scope = ? "
+            "ORDER BY m.applied_at",
+            [action, target, to_text(since), scope],
         )
         return [mitigation_from_row(r) for r in rows]
 

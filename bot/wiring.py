@@ -6,6 +6,7 @@ the core through the narrow interfaces in ``actions.base``.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,8 @@ from bot.playbook_loading import load_at_start
 from bot.runner import Runner, RunnerSettings
 from bot.settings import Settings
 from bot.store import Store
+
+log = logging.getLogger("llm_incident.store")
 
 
 def build_driver(name: str, cfg: dict[str, Any], settings: Settings) -> ServingDriver:
@@ -60,9 +63,13 @@ def build_engine(settings: Settings) -> Engine:
     metrics: MetricsSource | None = (
         PrometheusSource(settings.prometheus_url) if settings.prometheus_url else None
     )
-    if settings.db_path.parent and str(settings.db_path) != ":memory:":
+    in_memory = str(settings.db_path) == ":memory:"
+    created = not in_memory and not settings.db_path.exists()
+    if settings.db_path.parent and not in_memory:
         settings.db_path.parent.mkdir(parents=True, exist_ok=True)
     store = Store(settings.db_path)
+    if created:
+        log.info("created a new store at %s", settings.db_path.resolve())
     runner = Runner(
         store,
         drivers,

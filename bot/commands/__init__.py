@@ -109,7 +109,7 @@ VERBS: dict[str, Verb] = _verbs(
          args=("id", "playbook"), options=(AS,), flags=(JSON,), changes_state=True,
          handler=sv.reject_verb),
     Verb("drill", "drills: list | run CLASS_OR_ID | history [CLASS] | report DRILL_ID",
-         optional=("sub", "arg"), options=("--target",), flags=("--auto-respond", JSON),
+         optional=("sub", "arg"), options=("--target", AS), flags=("--auto-respond", JSON),
          changes_state=True, handler=dv.drill_verb),
 )
 

@@ -69,7 +69,7 @@ async def drill_verb(ctx: Context, cmd: Command) -> Result:
         task.add_done_callback(_BACKGROUND.discard)
         return Result(f"drill of {scenario.id} ({scenario.class_}) started by {ctx.actor}; "
                       "its messages are marked DRILL", {"scenario": scenario.id, "started": True})
-    lines: list[str] = []
+    lines: list[str] = [f"drill of {scenario.id} ({scenario.class_}) started by {ctx.actor}"]
     drill = await service.run(scenario.id, auto_respond=auto, target=target, say=lines.append)
     report = service.report(drill.id)
     code = 0 if drill.status == "completed" else 1

@@ -40,7 +40,7 @@ def describe_run(run) -> str:
 
 def run_data(run) -> dict:
     keys = ("id", "incident_id", "playbook_id", "step_id", "action", "target", "args", "state",
-            "dry_run", "requested_by", "diff", "error", "verify_query")
+            "dry_run", "requested_by", "diff", "error", "verify_query", "scope")
     out = {k: getattr(run, k) for k in keys}
     out["created_at"] = str(run.created_at)
     out["updated_at"] = str(run.updated_at)
@@ -104,7 +104,8 @@ async def mitigations_verb(ctx: Context, cmd: Command) -> Result:
     for m in active:
         run = ctx.engine.store.run(m.run_id)
         ttl = f"reverts at {m.ttl_due_at:%Y-%m-%d %H:%M} UTC" if m.ttl_due_at else "no TTL"
-        lines.append(f"{run.id}  {run.action} on {run.target} ({', '.join(m.routes)})  "
+        drill = "[DRILL] " if run.scope == "drill" else ""
+        lines.append(f"{drill}{run.id}  {run.action} on {run.target} ({', '.join(m.routes)})  "
                      f"applied {m.applied_at:%H:%M} UTC, {ttl}, verify {m.verify_state or '-'}")
         data.append(run_data(run) | {"ttl_due_at": str(m.ttl_due_at),
                                      "verify_state": m.verify_state})
@@ -122,7 +123,8 @@ async def runs_verb(ctx: Context, cmd: Command) -> Result:
     limit = cmd.limit(100)
     runs = every[-limit:]  # the newest, in order
     lines = [f"{r.id:<8} {r.state:<18} {r.action:<18} {r.target:<10} "
-             f"{r.incident_id or '(ad hoc)'}" for r in runs]
+             f"{r.incident_id or '(ad hoc)'}{' [DRILL]' if r.scope == 'drill' else ''}"
+             for r in runs]
     note = _more(len(runs), len(every), "runs")
     text = "\n".join(lines + ([note] if note else [])) or "no runs"
     return Result(text, [run_data(r) for r in runs], note=note)

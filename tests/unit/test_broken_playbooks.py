@@ -82,7 +82,7 @@ def test_pause_revert_and_status_work_with_a_broken_directory(cli, capsys):
 
 
 def test_the_last_good_set_stays_in_force_and_a_fix_reloads(cli, capsys):
-    assert cli.run("status") == 0  # stores the shipped set as the last good one
+    assert cli.run("reload") == 0  # creates the store and keeps the shipped set in it
     cli.break_a_playbook()
     capsys.readouterr()
     assert cli.run("playbooks", "--json") == 0  # the stored set: all eight
@@ -96,6 +96,7 @@ def test_the_last_good_set_stays_in_force_and_a_fix_reloads(cli, capsys):
 
 def test_without_a_stored_set_the_verbs_that_need_playbooks_say_why(cli, capsys):
     cli.break_a_playbook()
+    assert cli.run("resume") == 0  # creates the store: no good set was ever stored
     assert cli.run("status") == 0
     assert cli.run("suggest", "INC-9") != 0
     assert cli.run("plan", "runaway-cost", "--alert", str(cli.alert_path)) != 0

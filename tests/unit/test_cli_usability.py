@@ -99,3 +99,28 @@ def test_show_is_a_markdown_timeline_when_piped(db, capsys):
     assert out.startswith("# INC-1 incident 0") and "| at (UTC) | who | what | |" in out
     assert cli(db, "show", "INC-1", "--format", "md") == 0
     assert capsys.readouterr().out == out
+
+
+def test_read_verbs_never_create_a_store(tmp_path, capsys):
+    typo = tmp_path / "var" / "llm-incidnet.db"
+    for verb in (["status"], ["incidents"], ["runs"], ["show", "INC-1"], ["mitigations"]):
+        assert main(["--db", str(typo), *verb]) == 2, verb
+        assert f"no store at {typo}" in capsys.readouterr().err
+    assert main(["--db", str(typo), "playbooks"]) == 0  # needs no store, makes none
+    assert not typo.exists() and not typo.parent.exists()
+    assert main(["--db", str(typo), "pause", "--reason", "first write"]) == 0
+    assert typo.exists() and f"created a new store at {typo}" in capsys.readouterr().err
+
+
+def test_a_closed_pipe_is_not_a_traceback(db):
+    import subprocess
+    import sys
+
+    # The reader is gone before the CLI writes a byte (as `| head` is after its lines).
+    proc = subprocess.Popen([sys.executable, "-m", "bot.cli", "--db", str(db), "incidents"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
