@@ -104,6 +104,7 @@ class LowerConcurrency(Action):
                     )
                 new = max(1, int(now * p.factor))
             else:
+                assert p.max_concurrency is not None  # the params model requires one of them
                 new = p.max_concurrency
             if now is not None and new > now:
                 raise InputError(

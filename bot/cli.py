@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from bot.commands import VERBS, Context, Result, execute
 from bot.commands.grammar import JSON, Verb
@@ -86,7 +86,8 @@ def make_context(settings: Settings) -> Context:
 
 async def run(argv: Sequence[str], settings: Settings | None = None) -> Result:
     overrides, tokens = split_globals(argv)
-    conv = {k: (v if k == "prometheus_url" else Path(v)) for k, v in overrides.items()}
+    conv: dict[str, Any] = {k: (v if k == "prometheus_url" else Path(v))
+                            for k, v in overrides.items()}
     settings = settings or Settings.from_env(**conv)
     if not tokens:
         tokens = ["help"]
@@ -154,11 +155,14 @@ def serve_main(argv: Sequence[str]) -> int:
     from bot.service import serve  # web stack imported only for this command
 
     overrides, tokens = split_globals(argv)
-    conv = {k: (v if k == "prometheus_url" else Path(v)) for k, v in overrides.items()}
+    conv: dict[str, Any] = {k: (v if k == "prometheus_url" else Path(v))
+                            for k, v in overrides.items()}
     if HELP_WORDS & set(tokens[1:]):
         print(f"{SERVE_USAGE}\n  run the webhook intake, the scheduler and (with tokens) Slack")
         return 0
-    settings = Settings.from_env(**conv, **parse_serve_args(tokens[1:]))
+    serve_args: dict[str, Any] = dict(parse_serve_args(tokens[1:]))
+    # environ= stays the process environment; everything else is an override.
+    settings = Settings.from_env(None, **conv, **serve_args)
     from bot.text_safety import OneLineFormatter
 
     handler = logging.StreamHandler(sys.stderr)

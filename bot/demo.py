@@ -65,7 +65,7 @@ def prometheus_available() -> bool:
 async def run_demo(settings: Settings, *, say: Callable[[str], None] = print,
                    use_prometheus: bool = False) -> Result:
     from bot.wiring import build_engine
-    from drills.detector import PrometheusObserver
+    from drills.detector import Observer, PrometheusObserver
     from drills.harness import FAST, drill_engine, sandbox_app, serve_sandbox, stand_in
     from drills.prometheus_proc import WARMUP_S
     from drills.report import render_report
@@ -101,7 +101,7 @@ async def run_demo(settings: Settings, *, say: Callable[[str], None] = print,
                         say("prometheus is not installed: the drill's own detector stands in")
                     if real_prom:
                         prom = await stack.enter_async_context(_real_prometheus(workdir, url))
-                        observer = PrometheusObserver(prom, client)
+                        observer: Observer = PrometheusObserver(prom, client)
                         say(f"Prometheus on {prom} scrapes the sandbox (fast rules copy)")
                     else:
                         observer = stand_in(url, client, opts)

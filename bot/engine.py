@@ -252,9 +252,9 @@ class Engine:
         firing = [a for a in alerts if a.status == "firing"] or alerts
         a = max(firing, key=lambda a: a.starts_at)
         return Alert(
-            source=a.source,
+            source=a.source,  # type: ignore[arg-type]  # stored from a valid Alert
             fingerprint=a.fingerprint,
-            status=a.status,
+            status=a.status,  # type: ignore[arg-type]
             labels=a.labels,
             annotations=a.annotations,
             starts_at=a.starts_at,

@@ -297,6 +297,7 @@ def _build(
         starts_at = parse_timestamp(item[starts_key], join_path(path, starts_key))
         if starts_at is None:
             raise AlertParseError("is the zero time", field=join_path(path, starts_key), hint=TS_HINT)
+    assert starts_at is not None  # the generic parser passes `now`; webhooks must send it
     fingerprint = optional_str(item.get("fingerprint"), join_path(path, "fingerprint"))
     return Alert(
         source=source,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, overload
 
 from actions.base import Plan
 from bot.playbook.schema import Guard
@@ -18,6 +18,14 @@ CLOSED_STATUSES = ("resolved", "cancelled")
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+@overload
+def to_text(dt: datetime) -> str: ...
+@overload
+def to_text(dt: None) -> None: ...
+@overload
+def to_text(dt: datetime | None) -> str | None: ...
 
 
 def to_text(dt: datetime | None) -> str | None:
@@ -31,6 +39,11 @@ def to_text(dt: datetime | None) -> str | None:
 
 def from_text(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value) if value else None
+
+
+def required_time(value: str) -> datetime:
+    """A timestamp column that is NOT NULL."""
+    return datetime.fromisoformat(value)
 
 
 
@@ -171,7 +184,7 @@ def alert_from_row(r: dict[str, Any]) -> StoredAlert:
 
 def event_from_row(r: dict[str, Any]) -> Event:
     return Event(
-        id=r["id"], incident_id=r["incident_id"], run_id=r["run_id"], at=from_text(r["at"]),
+        id=r["id"], incident_id=r["incident_id"], run_id=r["run_id"], at=required_time(r["at"]),
         kind=r["kind"], actor=r["actor"], text=r["text"], data=json.loads(r["data"]),
     )
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from datetime import datetime
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from actions.base import Action, MetricsSource, Plan, ServingDriver
 from actions.catalog import get_action
@@ -107,7 +107,7 @@ class Runner:
         refusals = self._refusals(plan, guard, current, run_id=None, scope=scope)
         pause = check_pause(self.store.flag(PAUSE_FLAG), automatic=automatic)
         dry = dry_run or guard.dry_run
-        data = {"diff": plan.diff(), "action": action, "target": target}
+        data: dict[str, Any] = {"diff": plan.diff(), "action": action, "target": target}
         if dry:
             refusals += [pause] if pause else []
             needs = "" if guard.approval == "none" else f"; would need {guard.approval} approval"
@@ -151,7 +151,8 @@ class Runner:
             history = self.store.applied_runs(plan.action, plan.target, now - max(spans),
                                               scope=scope)
         active = self.store.active_mitigations(scope=scope)
-        kw = {"action": plan.action, "routes": plan.routes, "history": history, "now": now}
+        kw: dict[str, Any] = {"action": plan.action, "routes": plan.routes, "history": history,
+                              "now": now}
         checks = [
             check_allowed(guard, plan, current),
             check_stale_plan(plan, current) if run_id else None,

@@ -243,7 +243,7 @@ class Store(RunRecords):
             created = not open_rows
             if created:
                 incident_id, seq = self._next_id("incidents", "INC")
-                self.db["incidents"].insert(
+                self.db.table("incidents").insert(
                     {
                         "id": incident_id, "seq": seq, "group_key": group_key, "title": title,
                         "class": klass, "severity": severity, "status": "open",
@@ -284,7 +284,7 @@ class Store(RunRecords):
 
     def _insert_alert(self, incident_id: str, alert: Alert, now: str, starts: str) -> None:
         """One alert row and its timeline line, inside the caller's transaction."""
-        self.db["alerts"].insert(
+        self.db.table("alerts").insert(
             {
                 "incident_id": incident_id, "source": alert.source,
                 "fingerprint": alert.fingerprint, "starts_at": starts,
@@ -420,7 +420,7 @@ class Store(RunRecords):
             if value is None:
                 self.db.execute("DELETE FROM flags WHERE name = ?", [name])
             else:
-                self.db["flags"].upsert(
+                self.db.table("flags").upsert(
                     {"name": name, "value": value, "set_by": actor,
                      "set_at": to_text(self.now())}, pk="name",
                 )

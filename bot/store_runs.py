@@ -7,8 +7,11 @@ A mixin of ``bot.store.Store`` (which provides ``db``, ``transaction``,
 from __future__ import annotations
 
 import json
+from contextlib import AbstractContextManager
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from sqlite_utils import Database
 
 from actions.base import Plan
 from bot.errors import InputError, NotFound
@@ -26,6 +29,17 @@ from bot.records import (
 
 
 class RunRecords:
+    # Provided by ``bot.store.Store``; declared here so the type checker knows them.
+    if TYPE_CHECKING:
+        db: Database
+
+        def now(self) -> datetime: ...
+        def transaction(self) -> AbstractContextManager[Any]: ...
+        def _rows(self, sql: str, params: list[Any] | None = None) -> list[dict[str, Any]]: ...
+        def _next_id(self, table: str, prefix: str) -> tuple[str, int]: ...
+        def add_event(self, incident_id: str | None, kind: str, text: str, *, actor: str,
+                      run_id: str | None = None, data: dict[str, Any] | None = None) -> Any: ...
+
     # --- runs ----------------------------------------------------------------------
 
     def create_run(
@@ -51,7 +65,7 @@ class RunRecords:
         now = to_text(self.now())
         with self.transaction():
             run_id, seq = self._next_id("runs", "RUN")
-            self.db["runs"].insert(
+            self.db.table("runs").insert(
                 {
                     "id": run_id, "seq": seq, "incident_id": incident_id,
                     "playbook_id": playbook_id, "step_id": step_id, "action": plan.action,
@@ -119,7 +133,7 @@ class RunRecords:
 
     def add_approval(self, run_id: str, user: str, decision: str, *, expires_at: datetime) -> None:
         with self.transaction():
-            self.db["approvals"].insert(
+            self.db.table("approvals").insert(
                 {"run_id": run_id, "user": user, "decision": decision,
                  "at": to_text(self.now()), "expires_at": to_text(expires_at)}
             )
@@ -139,7 +153,7 @@ class RunRecords:
         verify_due_at: datetime | None,
     ) -> Mitigation:
         with self.transaction():
-            self.db["mitigations"].insert(
+            self.db.table("mitigations").insert(
                 {
                     "run_id": run.id, "target": run.target, "routes": json.dumps(run.routes),
                     "fields": json.dumps([f"{c.route}.{c.field}" for c in run.plan.changes]),

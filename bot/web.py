@@ -164,7 +164,7 @@ def create_app(
             name=f"alerts_{source}",
             summary=f"Receive {source} alerts",
             openapi_extra=_openapi_extra(schema),
-            responses={**accepted, **_error_responses()},
+            responses={**accepted, **_error_responses()},  # type: ignore[dict-item]
             response_description="Every alert committed; per alert its incident and outcome",
             response_class=JSONResponse,
         )

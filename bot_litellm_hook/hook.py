@@ -200,7 +200,7 @@ class PolicyHook(CustomLogger):
         if stamp != self._stamp:  # log once per broken version, not on every request
             kept = "the last good policy stays in force" if self._loaded else "no policy enforced"
             log.error("cannot use the serving policy file: %s; %s", problem, kept)
-            self._stamp = stamp  # type: ignore[assignment]
+            self._stamp = stamp
         return self._policy
 
     async def async_pre_call_hook(

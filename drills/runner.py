@@ -95,6 +95,12 @@ class DrillRunner:
         self._drill: Drill | None = None
         self._policy_errors = 0.0
 
+    @property
+    def drill(self) -> Drill:
+        """The drill being run (set once ``run`` has started it)."""
+        assert self._drill is not None, "the drill has not started"
+        return self._drill
+
     # --- recording -----------------------------------------------------------------
 
     def _log(self, phase: str, text: str, **data: Any) -> None:
@@ -107,7 +113,7 @@ class DrillRunner:
 
     def _set(self, **values: Any) -> None:
         assert self._drill is not None
-        self._drill = self.drills.update(self._drill.id, **values)
+        self._drill = self.drills.update(self.drill.id, **values)
 
     # --- the lifecycle --------------------------------------------------------------
 
@@ -199,7 +205,7 @@ class DrillRunner:
         # Recorded before the first write: from here on a crash is undone at the next start.
         self._set(injection=snapshot, injection_active=True, phase="setup")
         if scenario.setup.policy:
-            await self._driver().write(scenario.setup.policy, reason=f"drill {self._drill.id} "
+            await self._driver().write(scenario.setup.policy, reason=f"drill {self.drill.id} "
                                        "setup", action="drill_setup")
         traffic = self._start_traffic(scenario)
         warmup = scenario.setup.warmup.total_seconds()
@@ -252,11 +258,11 @@ class DrillRunner:
                 f"{err.get('field', 'body')}: {err.get('message')}",
                 hint="fix the scenario's injection.fault", )
         fault_id = resp.json()["id"]
-        injection = {**self._drill.injection, "fault_ids": [fault_id]}
+        injection = {**self.drill.injection, "fault_ids": [fault_id]}
         self._set(injection=injection, injected_at=self.drills.now(), phase="injected")
         if scenario.injection.policy:
             await self._driver().write(scenario.injection.policy,
-                                       reason=f"drill {self._drill.id} injection",
+                                       reason=f"drill {self.drill.id} injection",
                                        action="drill_injection")
         self._log("injected", f"fault {body['kind']} on {body['route']} ({fault_id})"
                   + (f" with policy {scenario.injection.policy}" if scenario.injection.policy
@@ -264,7 +270,7 @@ class DrillRunner:
 
     def _past(self, seconds: float) -> bool:
         """Has ``seconds`` of drill time passed since the injection?"""
-        s = self._drill.drill_seconds(self.drills.now())
+        s = self.drill.drill_seconds(self.drills.now())
         return s is not None and s > seconds
 
     async def _detect(self, scenario: Scenario) -> str:
@@ -306,7 +312,7 @@ class DrillRunner:
         return response
 
     async def _recover(self, scenario: Scenario, response: Response) -> None:
-        limit = (self._drill.drill_seconds(response.mitigated_at) or 0) \
+        limit = (self.drill.drill_seconds(response.mitigated_at) or 0) \
             + scenario.rollback.within.total_seconds()
         while True:
             await self._tick(scenario)
@@ -330,7 +336,7 @@ class DrillRunner:
     # --- rollback and scoring -------------------------------------------------------
 
     async def _rollback(self, scenario: Scenario | None) -> None:
-        d = self._drill = self.drills.get(self._drill.id)
+        d = self._drill = self.drills.get(self.drill.id)
         if not d.injection_active:
             return
         problems = await undo_injection(self.engine, self.client, d, actor=DRILL_ACTOR)
@@ -341,7 +347,7 @@ class DrillRunner:
             self._log("rollback", "fault removed, mitigations reverted, serving policy restored")
 
     async def _finish(self, scenario: Scenario, status: str, reason: str | None) -> Drill:
-        d = self._drill = self.drills.get(self._drill.id)
+        d = self._drill = self.drills.get(self.drill.id)
         breakdown, total = [], None
         if status != "aborted":
             dl = scenario.deadlines

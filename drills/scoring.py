@@ -116,7 +116,8 @@ def score(m: Measured, d: Deadlines) -> Score:
 
 def went_well_and_badly(components: Sequence[Component | dict]) -> tuple[list[str], list[str]]:
     """Report lines derived from the components: full marks went well, the rest did not."""
-    well, badly = [], []
+    well: list[str] = []
+    badly: list[str] = []
     for c in components:
         c = c if isinstance(c, Component) else Component(**c)
         (well if c.full else badly).append(f"{c.name}: {c.detail}")

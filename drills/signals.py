@@ -23,6 +23,7 @@ import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -194,7 +195,8 @@ def _overflow(s: Scrapes, _: Mapping[str, str]) -> Series:
 
 def _quality(s: Scrapes, _: Mapping[str, str]) -> Series:
     values = s.avg_over_time("llm_app_quality_score")
-    sums, counts = sum_by(values, by("route", "prompt_version")), defaultdict(int)
+    sums = sum_by(values, by("route", "prompt_version"))
+    counts: defaultdict[Any, int] = defaultdict(int)
     for labels in values:
         counts[by("route", "prompt_version")(labels)] += 1
     return {k: v / counts[k] for k, v in sums.items()}

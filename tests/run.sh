@@ -24,6 +24,7 @@ fi
 python3 -m pip install -q -e '.[test,litellm]'
 
 echo "== ruff"; python3 -m ruff check bot bot_litellm_hook actions drills tests bench
+echo "== types"; python3 -m mypy
 echo "== import contracts"; lint-imports
 echo "== pytest"
 export LLM_INCIDENT_REQUIRE_INTEGRATION=1

@@ -67,6 +67,7 @@ async def plan_verb(ctx: Context, cmd: Command) -> Result:
             (i for i in ingested if any(m.playbook.id == wanted for m in i.matches)), ingested[0]
         )
         incident_id = chosen.incident_id
+    assert incident_id is not None  # an alert file or --incident gave one
     run = await engine.plan_step(
         incident_id,
         cmd.args["playbook"],

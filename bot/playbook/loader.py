@@ -84,8 +84,8 @@ def _template_problems(
         out.append(_at(doc, path, msg, hint, line=line))
     for name in sorted(info.params - defined) if defined is not None else ():
         msg = f"reads params.{name}, but the playbook defines no param '{name}'"
-        hint = suggest(name, sorted(defined), "defined params") if defined else None
-        out.append(_at(doc, path, msg, hint or "define it under `params:`", line=line))
+        close = suggest(name, sorted(defined), "defined params") if defined else None
+        out.append(_at(doc, path, msg, close or "define it under `params:`", line=line))
     return out
 
 
@@ -114,6 +114,11 @@ def _args_problems(doc: YamlDocument, base: KeyPath, action: str, args: dict) ->
     return out
 
 
+def _mapping(value: Any) -> dict[Any, Any]:
+    """``value`` when it is a mapping, else an empty one (the schema reports the type)."""
+    return value if isinstance(value, dict) else {}
+
+
 def _tainted_params(params: dict) -> set[str]:
     """Params whose value is rendered from the alert (its text is untrusted)."""
     out = set()
@@ -131,7 +136,7 @@ def _query_problems(doc: YamlDocument, path: KeyPath, text: str, tainted: set[st
     """Alert-derived values reach PromQL only quoted (``promql``) or as numbers."""
     try:
         raw = raw_alert_values(text, tainted)
-    except (TemplateError, Exception):  # noqa: BLE001 - syntax is reported by the template checks
+    except Exception:  # noqa: BLE001 - a syntax error is reported by the template checks
         return []
     return [
         _at(doc, path, f"query puts alert-derived {what} into PromQL unescaped",
@@ -144,8 +149,8 @@ def _query_problems(doc: YamlDocument, path: KeyPath, text: str, tainted: set[st
 def _allow_problems(doc: YamlDocument, base: KeyPath, step: dict, guard: dict,
                     tainted: set[str]) -> list[Problem]:
     """An automatic step may take a route from the alert only within a declared allowlist."""
-    args = step.get("with") if isinstance(step.get("with"), dict) else {}
-    allow = guard.get("allow") if isinstance(guard.get("allow"), dict) else {}
+    args = _mapping(step.get("with"))
+    allow = _mapping(guard.get("allow"))
     out = [
         _at(doc, (*base, "guard", "allow", str(key)), f"allow names '{key}', which is not an "
             "argument of this step", suggest(str(key), sorted(map(str, args)), "arguments"))
@@ -173,7 +178,7 @@ def _step_problems(
 ) -> list[Problem]:
     out: list[Problem] = []
     base: KeyPath = ("steps", i)
-    args = step.get("with") if isinstance(step.get("with"), dict) else {}
+    args = _mapping(step.get("with"))
     action = step.get("action")
     if isinstance(action, str) and action not in CATALOG:
         hint = suggest(action, sorted(CATALOG), "actions in the catalog")
@@ -196,7 +201,7 @@ def _step_problems(
 def _semantic_problems(doc: YamlDocument) -> list[Problem]:
     data: dict[str, Any] = doc.data
     out: list[Problem] = []
-    params = data.get("params") if isinstance(data.get("params"), dict) else {}
+    params = _mapping(data.get("params"))
     defined = {str(k) for k in params}
     tainted = _tainted_params(params)
     for path, text in _strings(params, ("params",)):

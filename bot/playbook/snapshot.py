@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from bot.records import from_text, to_text
+from bot.records import required_time, to_text
 
 if TYPE_CHECKING:
     from bot.store import Store
@@ -43,7 +43,7 @@ class PlaybookSnapshots:
         ).fetchone()
         if row is None:
             return None
-        return StoredSet(from_text(row[0]), row[1], row[2], json.loads(row[3]))
+        return StoredSet(required_time(row[0]), row[1], row[2], json.loads(row[3]))
 
     def save(self, source: str, files: dict[str, str], digest: str) -> bool:
         """Store ``files`` as the latest good set unless it already is; True if stored."""

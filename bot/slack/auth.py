@@ -95,8 +95,8 @@ class OncallAuthorizer:
             if fresh:
                 assert self._members is not None
                 return self._members
-            if self.client is None:
-                raise LookupError("no Slack client to read the user group with")
+            if self.client is None or self.group is None:
+                raise LookupError("no Slack client or group to read the user group with")
             try:
                 resp = await self.client.usergroups_users_list(usergroup=self.group)
             except SlackApiError as exc:
