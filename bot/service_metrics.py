@@ -16,6 +16,7 @@ counter never goes down when a run moves on from ``applied`` to ``reverted``.
 
 from __future__ import annotations
 
+import collections
 import logging
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -25,6 +26,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from bot.migrations import RUN_STATES
+from bot.playbook.schema import INCIDENT_CLASSES
 from bot.store import PAUSE_FLAG, Store
 
 log = logging.getLogger(__name__)
@@ -33,6 +35,13 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 # Webhooks answer in milliseconds; the upper buckets catch a store stuck on a lock.
 _DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+KNOWN_CLASSES = frozenset({*INCIDENT_CLASSES, "unclassified"})
+
+
+def _flag(value: object) -> str:
+    return "true" if value else "false"
 
 
 class StoreCollector(Collector):
@@ -62,39 +71,59 @@ class StoreCollector(Collector):
 
     def _families(self, store: Store) -> Iterator[Any]:
         db = store.db
+        # Every label's values are bounded: classes come from the playbook schema
+        # ("other" beyond: an unmatched alert's own incident_class label never makes a
+        # series), and `drill` keeps rehearsals apart from production.
         incidents = GaugeMetricFamily(
-            "llm_incident_incidents", "Incidents by class and state.", labels=["class", "state"]
+            "llm_incident_incidents", "Incidents by class, state and whether a drill.",
+            labels=["class", "state", "drill"],
         )
-        for klass, state, n in db.execute(
-            "SELECT class, status, COUNT(*) FROM incidents GROUP BY class, status"
+        counts: collections.Counter[tuple[str, str, str]] = collections.Counter()
+        for klass, state, is_drill, n in db.execute(
+            "SELECT class, status, is_drill, COUNT(*) FROM incidents "
+            "GROUP BY class, status, is_drill"
         ).fetchall():
-            incidents.add_metric([klass, state], n)
+            counts[(klass if klass in KNOWN_CLASSES else "other", state, _flag(is_drill))] += n
+        for labels, n in sorted(counts.items()):
+            incidents.add_metric(list(labels), n)
         yield incidents
 
         actions = CounterMetricFamily(
             "llm_incident_actions",
-            "Times a run of an action reached a state (planned, applied, reverted, failed...).",
-            labels=["action", "result"],
+            "Times a run of an action reached a state (planned, applied, reverted, failed...), "
+            "production and drill runs apart.",
+            labels=["action", "result", "drill"],
         )
         states = ", ".join("?" for _ in RUN_STATES)
-        for action, result, n in db.execute(
+        for action, result, scope, n in db.execute(
             # CROSS JOIN keeps runs as the outer loop: each run's few events come
             # from idx_events_run, instead of a scan of every event (alerts included).
-            "SELECT r.action, json_extract(e.data, '$.state') AS result, COUNT(*) "
+            "SELECT r.action, json_extract(e.data, '$.state') AS result, r.scope, COUNT(*) "
             "FROM runs r CROSS JOIN events e ON e.run_id = r.id "
-            f"WHERE result IN ({states}) GROUP BY r.action, result",
+            f"WHERE result IN ({states}) GROUP BY r.action, result, r.scope",
             list(RUN_STATES),
         ).fetchall():
-            actions.add_metric([action, result], n)
+            actions.add_metric([action, result, _flag(scope == "drill")], n)
         yield actions
 
         refusals = CounterMetricFamily(
-            "llm_incident_guard_refusals", "Steps a guard refused, by guard.", labels=["guard"]
+            "llm_incident_guard_refusals",
+            "Steps a guard refused, by guard: at apply (guard_refused) and at plan time "
+            "(a run planned as refused, e.g. by cooldown).",
+            labels=["guard"],
         )
+        refused: collections.Counter[str] = collections.Counter()
         for guard, n in db.execute(
             "SELECT COALESCE(json_extract(data, '$.guard'), 'unknown'), COUNT(*) FROM events "
             "WHERE kind = 'guard_refused' GROUP BY 1"
         ).fetchall():
+            refused[guard] += n
+        for guard, n in db.execute(
+            "SELECT COALESCE(json_extract(data, '$.refusals[0].guard'), 'unknown'), COUNT(*) "
+            "FROM events WHERE kind = 'refused' GROUP BY 1"
+        ).fetchall():
+            refused[guard] += n
+        for guard, n in sorted(refused.items()):
             refusals.add_metric([guard], n)
         yield refusals
 

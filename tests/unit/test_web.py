@@ -450,8 +450,9 @@ def test_state_metrics_come_from_the_store_and_survive_a_restart(tmp_path: Path)
 
     metrics = ServiceMetrics(Store(db))  # a new process on the same file
     text = metrics.render().decode()
-    assert 'llm_incident_incidents{class="runaway_cost",state="open"} 1.0' in text
-    assert f'llm_incident_actions_total{{action="{run.action}",result="{run.state}"}} 1.0' in text
+    assert 'llm_incident_incidents{class="runaway_cost",drill="false",state="open"} 1.0' in text
+    assert (f'llm_incident_actions_total{{action="{run.action}",drill="false",'
+            f'result="{run.state}"}} 1.0') in text
     assert 'llm_incident_guard_refusals_total{guard="cooldown"} 1.0' in text
     assert "llm_incident_paused 1.0" in text
     assert "llm_incident_store_up 1.0" in text
@@ -504,3 +505,36 @@ def test_serve_arguments() -> None:
     for bad in (["--port", "x"], ["--port"], ["--verbose"], ["--port", "99999"]):
         with pytest.raises(IncidentBotError, match="serve"):
             parse_serve_args(bad)
+
+
+def test_metric_labels_stay_bounded_and_drills_stay_apart(bot: Bot) -> None:
+    import random
+
+    rng = random.Random(7)
+    for i in range(200):  # unmatched alerts, each with its own incident_class label
+        labels = {"alertname": f"Custom{i}", "incident_class": f"made-up-{rng.random()}",
+                  "route": f"r{i}"}
+        assert bot.post(GENERIC, {"labels": labels}).status_code == 200
+    text = bot.get("/metrics").text
+    series = [line for line in text.splitlines() if line.startswith("llm_incident_incidents{")]
+    assert series == ['llm_incident_incidents{class="other",drill="false",state="open"} 200.0']
+    import shutil
+    import subprocess
+
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is installed by tests/run.sh"
+    lint = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True,
+                          text=True, timeout=60)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+
+
+def test_plan_time_refusals_are_counted(bot: Bot) -> None:
+    incident = bot.post(AM, fixture("alertmanager_firing.json")).json()["alerts"][0]["incident_id"]
+    run = asyncio.run(bot.engine.plan_step(incident, actor="alice"))
+    asyncio.run(bot.engine.runner.approve(run.id, "alice"))
+    asyncio.run(bot.engine.runner.apply(run.id, actor="alice"))
+    asyncio.run(bot.engine.runner.revert(run.id, actor="alice", reason="test"))
+    again = asyncio.run(bot.engine.plan_step(incident, actor="alice"))  # within the cooldown
+    assert again.state == "refused"
+    assert bot.metric('llm_incident_guard_refusals_total{guard="cooldown"}') == 1.0
+
