@@ -36,10 +36,13 @@ class Plan(BaseModel):
     params: dict[str, Any]
     changes: list[FieldChange] = Field(default_factory=list)
     summary: str = ""
+    # The routes the step names (its subject), changed or not: guards (cooldown,
+    # max_runs, locks) judge these, so a plan that changes nothing still counts them.
+    named: list[str] = Field(default_factory=list)
 
     @property
     def routes(self) -> list[str]:
-        return sorted({c.route for c in self.changes})
+        return sorted(set(self.named) | {c.route for c in self.changes})
 
     @property
     def noop(self) -> bool:
@@ -159,6 +162,7 @@ class Action(ABC):
             params=params.model_dump(mode="json"),
             changes=changes,
             summary=summary,
+            named=sorted(params.routes),  # type: ignore[attr-defined]  # every Params has routes
         )
 
     async def apply(self, plan: Plan, driver: ServingDriver, *, reason: str) -> None:

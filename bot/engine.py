@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from bot.alert import Alert
-from bot.errors import GuardRefused, IncidentBotError, InputError, NotFound
+from bot.errors import GuardRefused, IncidentBotError, InputError, NotFound, NothingToDo
 from bot.lifecycle import ENGINE_ACTOR, Change, Lifecycle, LifecyclePolicy
 from bot.matcher import Matcher, MatchResult
 from bot.messages import Message
@@ -219,6 +219,8 @@ class Engine:
                 if run.state == "planned" and run.held_at is None:
                     run = await self.runner.apply(run.id, actor=ENGINE_ACTOR, automatic=True)
                 outcome, detail = self._auto_outcome(run)
+            except NothingToDo as exc:
+                outcome, detail = "nothing to do", str(exc)
             except GuardRefused as exc:
                 run = self.store.run(run.id) if run else None
                 outcome = "held" if exc.guard == "pause" else f"refused by guard {exc.guard}"

@@ -93,6 +93,10 @@ class GuardRefused(IncidentBotError):
         super().__init__(f"refused by guard '{guard}': {reason}", hint=hint)
 
 
+class NothingToDo(IncidentBotError):
+    """The target already holds every value the step would set: no run, no mitigation."""
+
+
 class DriverError(IncidentBotError):
     """A target could not be read or changed (timeout, 5xx, unreadable file)."""
 

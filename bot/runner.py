@@ -29,6 +29,7 @@ from bot.errors import (
     GuardRefused,
     IncidentBotError,
     InputError,
+    NothingToDo,
     PartialApplyError,
 )
 from bot.guards import (
@@ -103,10 +104,21 @@ class Runner:
                 self.store.add_event(incident_id, "plan_failed", f"could not plan {action}: {exc}",
                                      actor=requested_by, data={"step": step_id})
             raise
+        dry = dry_run or guard.dry_run
+        if plan.noop and not dry:
+            # Not a run and never an active mitigation: recording an empty change as
+            # applied would fill the active cap and hold locks for nothing.
+            what = f"{step_id or action} on {target}"
+            text = (f"nothing to do: {what} would set what {target} already has "
+                    f"({plan.summary or action})")
+            if incident_id:
+                self.store.add_event(incident_id, "nothing_to_do", text, actor=requested_by,
+                                     data={"step": step_id, "action": action, "target": target})
+            raise NothingToDo(text, hint="the change is already in place; `mitigations` lists "
+                              "what the bot applied")
         scope = self._scope(incident_id)
         refusals = self._refusals(plan, guard, current, run_id=None, scope=scope)
         pause = check_pause(self.store.flag(PAUSE_FLAG), automatic=automatic)
-        dry = dry_run or guard.dry_run
         data: dict[str, Any] = {"diff": plan.diff(), "action": action, "target": target}
         if dry:
             refusals += [pause] if pause else []

@@ -12,7 +12,14 @@ from bot.commands import playbook_verbs as pv
 from bot.commands import slack_verbs as sv
 from bot.commands.context import Context
 from bot.commands.grammar import AS, JSON, Command, Result, Verb, parse, split
-from bot.errors import CommandError, GuardRefused, IncidentBotError, InputError, NotFound
+from bot.errors import (
+    CommandError,
+    GuardRefused,
+    IncidentBotError,
+    InputError,
+    NotFound,
+    NothingToDo,
+)
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +141,9 @@ async def execute(tokens: Sequence[str] | str, ctx: Context) -> Result:
             ctx.actor = actor
         assert cmd.verb.handler is not None
         return await cmd.verb.handler(ctx, cmd)
+    except NothingToDo as err:
+        # Not a failure: what the step would set is already in place.
+        return Result(str(err), {"nothing_to_do": True, "message": str(err)})
     except GuardRefused as err:
         return Result(str(err), {"error": str(err), "guard": err.guard}, exit_code=EXIT_REFUSED)
     except (InputError, NotFound) as err:

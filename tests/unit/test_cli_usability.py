@@ -124,3 +124,30 @@ def test_a_closed_pipe_is_not_a_traceback(db):
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=60) == 141
     assert "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+def test_a_change_already_in_place_is_nothing_to_do_and_never_fills_the_cap(tmp_path, capsys,
+                                                                            monkeypatch):
+    import yaml
+
+    monkeypatch.setenv("LLM_INCIDENT_MAX_ACTIVE", "2")
+    monkeypatch.setenv("LLM_INCIDENT_USER", "alice")
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(yaml.safe_dump({"version": 1, "routes": {
+        "chat": {}, "chat-small": {}, "embed": {"max_output_tokens": 512}}}))
+    base = ["--db", str(tmp_path / "bot.db"), "--policy", str(policy)]
+    assert main([*base, "do", "fallback", "chat", "to=chat-small", "--json"]) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert main([*base, "approve", first["id"], "--as", "bob", "--apply"]) == 0
+    capsys.readouterr()
+    for _ in range(2):  # the same change again: already in place
+        assert main([*base, "do", "fallback", "chat", "to=chat-small", "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["nothing_to_do"] is True
+    assert main([*base, "mitigations", "--json"]) == 0
+    assert [m["id"] for m in json.loads(capsys.readouterr().out)] == [first["id"]]
+    # A real change on another route still fits under the cap of 2.
+    assert main([*base, "do", "cap_output_length", "embed", "max_output_tokens=128",
+                 "--json"]) == 0
+    cap = json.loads(capsys.readouterr().out)
+    assert main([*base, "approve", cap["id"], "--as", "bob", "--apply"]) == 0
+    assert yaml.safe_load(policy.read_text())["routes"]["embed"]["max_output_tokens"] == 128
