@@ -38,6 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from actions.policy import RoutePolicy
 from bot.errors import PlaybookError, Problem
+from bot.playbook.promql_check import parse_error
 from bot.playbook.schema import Duration, IncidentClass, format_duration
 from bot.playbook.yamlsource import parse_yaml, suggest, validation_problems
 
@@ -73,6 +74,14 @@ _OPS = {
     ">=": operator.ge, "==": operator.eq, "!=": operator.ne,
 }  # fmt: skip
 _URL = re.compile(r"^https?://[^\s/]+(/\S*)?$")
+
+
+def _promql(query: str) -> str:
+    # Parsed as Prometheus would, so a typo fails at load, not mid-drill.
+    problem = parse_error(query)
+    if problem:
+        raise ValueError(f"not valid PromQL: {problem}")
+    return query
 
 
 def _comparison(value: str, what: str) -> str:
@@ -227,6 +236,11 @@ class SteadyState(_Strict):
     expect: str = Field(description="comparison every sample must pass, e.g. '< 0.05'")
     tolerance: float = Field(default=0.0, ge=0, description="slack added in the metric's favour")
 
+    @field_validator("query")
+    @classmethod
+    def _check_query(cls, v: str) -> str:
+        return _promql(v)
+
     @field_validator("expect")
     @classmethod
     def _check_expect(cls, v: str) -> str:
@@ -248,6 +262,11 @@ class StopCondition(_Strict):
     query: str = Field(min_length=1, description="PromQL instant query")
     abort_if: str = Field(description="abort when any sample passes this, e.g. '> 0.5'")
     reason: str = Field(min_length=1, description="what the bound protects, for the report")
+
+    @field_validator("query")
+    @classmethod
+    def _check_query(cls, v: str) -> str:
+        return _promql(v)
 
     @field_validator("abort_if")
     @classmethod

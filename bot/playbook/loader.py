@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 from actions.catalog import CATALOG
 from bot.errors import PlaybookError, Problem, TemplateError
+from bot.playbook.promql_check import promql_errors
 from bot.playbook.render import (
     TemplateLineError,
     inspect_template,
@@ -236,6 +237,10 @@ def _parse_playbook(text: str, file: str) -> tuple[Playbook | None, YamlDocument
     except ValidationError as exc:
         problems = validation_problems(exc, doc, Playbook) + problems
         playbook = None
+    if playbook is not None and not problems:
+        problems = [_at(doc, path, message, "check the query in Prometheus' expression browser",
+                        line=doc.value_line(path))
+                    for path, message in promql_errors(playbook)]
     problems.sort(key=lambda p: p.line or 0)
     return (None if problems else playbook), doc, problems
 

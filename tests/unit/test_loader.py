@@ -315,3 +315,34 @@ def test_registry_without_a_source_cannot_reload():
     [p] = registry.reload()
     assert "no playbook path" in p.message
     assert registry.playbooks == {} and registry.loaded_at is None
+
+
+def test_a_query_prometheus_would_refuse_is_a_lint_error_with_its_line(tmp_path):
+    text = """id: p
+title: P
+class: runaway_cost
+severity: high
+match: {any: [{alertname: A}]}
+params:
+  route: "{{ labels.route }}"
+diagnose:
+  - title: fine
+    query: sum(rate(x{route="{{ params.route | promql }}"}[5m]))
+steps:
+  - id: s
+    title: S
+    action: cap_output_length
+    with: {route: "{{ params.route }}", max_output_tokens: 64}
+    guard:
+      verify:
+        query: sum(rate(x{route="{{ params.route | promql }}"}[1m]
+        expect: "< 1"
+        within: 5m
+"""
+    path = tmp_path / "p.yaml"
+    path.write_text(text)
+    [problem] = lint([path])
+    assert (problem.line, problem.field) == (18, "steps[0].guard.verify.query")
+    assert "not valid PromQL" in problem.message and "parenthesis" in problem.message
+    path.write_text(text.replace("[1m]\n", "[1m]))\n"))
+    assert lint([path]) == []

@@ -292,3 +292,12 @@ def test_load_scenarios_reports_every_bad_file_and_duplicate_ids(tmp_path: Path)
 def test_load_scenarios_on_a_missing_directory(tmp_path: Path) -> None:
     with pytest.raises(ScenarioError, match="not a directory"):
         load_scenarios(tmp_path / "nope")
+
+
+def test_a_query_prometheus_would_refuse_is_refused_at_load(tmp_path: Path) -> None:
+    good = 'query: max(llm_incident:route_prompt:output_invalid_ratio{route="chat"}) or vector(0)'
+    assert good in GOOD
+    text = GOOD.replace(good, good.replace(") or vector(0)", " or vector(0)"), 1)
+    [p] = _load_bad(tmp_path, text).problems
+    assert p.field == "steady_state.query" and "not valid PromQL" in p.message
+    assert p.line == _line_of(text, "steady_state:") + 1
