@@ -34,6 +34,7 @@ from bot.records import Incident, Run
 log = logging.getLogger(__name__)
 
 TIMER_PREFIX = "timer:"
+WATCH_SECONDS = 1.0
 # What a run's change looks like before/after a job: (state, verify_state).
 Snapshot = tuple[str, str | None]
 
@@ -59,6 +60,7 @@ class Scheduler:
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
         )
         self._timers: dict[str, datetime] = {}
+        self._seen_event: int | None = None
         engine.add_change_listener(self.refresh)
 
     # --- start / stop ------------------------------------------------------------
@@ -69,6 +71,10 @@ class Scheduler:
         self._aps.add_job(self._guarded, "interval", args=("poll", self.poll),
                           seconds=self.poll_interval.total_seconds(), id="poll",
                           replace_existing=True)
+        # Another process (the CLI, a second `serve`) may apply a change with a short TTL:
+        # a cheap look at the newest timeline event each second picks it up at once.
+        self._aps.add_job(self._guarded, "interval", args=("watch", self.watch_store),
+                          seconds=WATCH_SECONDS, id="watch", replace_existing=True)
         self.refresh()
         self._aps.start()
 
@@ -200,6 +206,26 @@ class Scheduler:
             await self.engine.publish(msg)
             sent.append(msg)
         return sent
+
+    async def watch_store(self) -> bool:
+        """Refresh the timers when anything was written since the last look (any process:
+        every change adds a timeline event). True when it refreshed."""
+        newest = self.store.newest_event_id()
+        if newest == self._seen_event:
+            return False
+        self._seen_event = newest
+        self.refresh()
+        return True
+
+    async def tick(self) -> list[Run]:
+        """What `serve`'s timers and poll do, once (the `tick` verb, for cron): due reverts
+        and verification deadlines, early verification passes, expired approvals, and
+        the incident status rules. Reminders stay with `serve` (they need a channel)."""
+        done = await self.run_due()
+        done += await self.check_verifications()
+        done += await self.expire_approvals()
+        await self.engine.sync_lifecycle()
+        return done
 
     async def poll(self) -> None:
         """The periodic tick: each part guarded on its own, then the timers re-synced."""

@@ -392,6 +392,12 @@ class Store(RunRecords):
             row = self._rows("SELECT * FROM events WHERE id = ?", [cur.lastrowid])[0]
             return event_from_row(row)
 
+    def newest_event_id(self) -> int:
+        """The id of the newest timeline event: a change counter any process can read."""
+        with self._lock:
+            row = self.db.execute("SELECT MAX(id) FROM events").fetchone()
+        return int(row[0] or 0)
+
     def timeline(self, incident_id: str | None) -> list[Event]:
         """An incident's events in order; ``None`` = events of no incident (ad hoc, pause)."""
         if incident_id is None:

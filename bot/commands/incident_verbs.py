@@ -194,7 +194,9 @@ async def postmortem_verb(ctx: Context, cmd: Command) -> Result:
 
 
 async def tick_verb(ctx: Context, cmd: Command) -> Result:
-    """Run what is due now (TTL reverts, verification checks): cron-friendly."""
-    runs = await ctx.engine.runner.run_due()
+    """Run what is due now, as `serve`'s timers would: cron-friendly."""
+    from bot.scheduler import Scheduler  # the jobs, run once, without starting timers
+
+    runs = await Scheduler(ctx.engine).tick()
     lines = [f"{r.id} -> {r.state}" for r in runs]
     return Result("\n".join(lines) or "nothing due", [run_data(r) for r in runs])

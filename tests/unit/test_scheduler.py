@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from datetime import timedelta
+from pathlib import Path
 
 from incident_env import Env, alert, provider_alert
 
@@ -169,3 +170,29 @@ def test_a_failing_job_is_logged_and_the_others_still_run(caplog):
         run(sched.poll())
     assert "run_due failed" in caplog.text and "database on fire" in caplog.text
     assert "reminder" in [e.kind for e in env.store.timeline("INC-1")]
+
+
+def test_tick_does_what_the_timers_do_incident_status_included():
+    from bot.commands import Context, execute
+
+    env = Env()
+    item = run(env.engine.handle_alerts([provider_alert()]))[0]
+    env.metrics.set(env.store.run("RUN-1").verify_query, 0.01)
+    env.clock.advance(minutes=2)
+    assert env.store.incident(item.incident_id).status == "mitigating"
+    ctx = Context(actor="cron", playbooks_dir=Path("."), open_engine=lambda: env.engine)
+    result = run(execute(["tick"], ctx))
+    assert result.ok and "RUN-1 -> verified" in result.text
+    assert env.store.incident(item.incident_id).status == "mitigated"
+
+
+def test_a_change_written_by_another_process_gets_its_timer_within_a_watch():
+    env = Env()
+    sched = Scheduler(env.engine)
+    run(sched.watch_store())  # the first look records the change counter
+    env.engine._listeners.clear()  # the apply happens in another process: no listener here
+    run_id = applied_cap(env)
+    assert f"timer:ttl:{run_id}" not in sched.jobs()
+    assert run(sched.watch_store()) is True
+    assert f"timer:ttl:{run_id}" in sched.jobs()
+    assert run(sched.watch_store()) is False  # nothing new since
