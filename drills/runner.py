@@ -362,7 +362,12 @@ class DrillRunner:
             breakdown, total = s.as_data(), s.total
         if d.incident_id and self.engine.store.incident(d.incident_id).is_open:
             with contextlib.suppress(IncidentBotError):
-                await self.engine.resolve(d.incident_id, DRILL_ACTOR, f"drill {d.id} over")
+                if status == "aborted":
+                    # Cancelled, not resolved: nothing was fixed; the reason says why.
+                    await self.engine.cancel(d.incident_id, DRILL_ACTOR,
+                                             f"drill {d.id} aborted: {reason}")
+                else:
+                    await self.engine.resolve(d.incident_id, DRILL_ACTOR, f"drill {d.id} over")
         self._set(status=status, reason=reason, score=total, breakdown=breakdown,
                   finished_at=self.drills.now(), phase="finished")
         self._log("finished", f"{status}" + (f", score {total}/100" if total is not None else ""))
@@ -426,6 +431,10 @@ async def recover_interrupted(engine: Engine, drills: DrillStore, client: httpx.
         if problems:
             reason += " with problems: " + "; ".join(problems)
         drills.event(d.id, "recovered-interrupted", reason, incident_id=d.incident_id)
+        if d.incident_id and engine.store.incident(d.incident_id).is_open:
+            # Announced like any status change: the drill incident does not stay open.
+            with contextlib.suppress(IncidentBotError):
+                await engine.cancel(d.incident_id, DRILL_ACTOR, f"drill {d.id} {reason}")
         out.append(drills.update(d.id, status="aborted", reason=reason, injection_active=False,
                                  rolled_back_at=drills.now() if d.injection_active else None,
                                  finished_at=drills.now(), phase="finished"))

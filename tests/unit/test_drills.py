@@ -18,6 +18,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from fakes import RecordingNotifier
 
 from actions.drivers.policy_file import PolicyFileDriver
+from bot.alert import Alert
 from bot.commands import execute
 from bot.commands.context import Context
 from bot.engine import Engine
@@ -216,6 +217,8 @@ def test_a_tripped_stop_condition_aborts_and_rolls_back(tmp_path):
     assert d.score is None
     assert faults == [] and policy.read_text() == POLICY
     assert any("aborted" in line for line in lines)
+    if d.incident_id:  # tripped after detection: nothing was fixed, so cancelled
+        assert engine.store.incident(d.incident_id).status == "cancelled"
 
 
 def test_an_unhealthy_target_aborts_before_anything_is_injected(tmp_path):
@@ -250,6 +253,11 @@ def test_an_interrupted_drill_is_rolled_back_and_marked_aborted_at_the_next_star
             # What a drill does before it is killed: record the snapshot, inject, change policy.
             d = drills.create(scenario_id="runaway-cost", klass="runaway_cost", target="sandbox",
                               mode="auto", detector="stand-in", speed=60)
+            [opened] = await engine.handle_alerts([Alert(
+                source="generic", fingerprint="drill-1", status="firing",
+                labels={"alertname": "LLMCostBurnRateHigh", "route": "chat"},
+                starts_at=datetime.now(UTC))], is_drill=True)
+            drills.update(d.id, incident_id=opened.incident_id)
             drills.update(d.id, injection={"base_url": URL, "policy_path": str(policy),
                                            "policy_text": POLICY, "fault_ids": []},
                           injection_active=True)
@@ -270,6 +278,8 @@ def test_an_interrupted_drill_is_rolled_back_and_marked_aborted_at_the_next_star
     assert faults == [] and policy.read_text() == POLICY
     assert lines and "rolled back" in lines[0]
     assert drills.with_active_injection() == []  # a second start finds nothing to do
+    incident = engine.store.incident(recovered[0].incident_id)
+    assert incident.status == "cancelled" and incident.is_drill  # not left open
 
 
 # --- the verbs and the schedule ----------------------------------------------------------
