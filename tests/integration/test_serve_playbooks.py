@@ -27,8 +27,8 @@ def test_serve_starts_on_the_last_good_set_and_reloads(tmp_path: Path) -> None:
     shutil.copytree(SHIPPED, playbooks)
     base = [sys.executable, "-m", "bot.cli", "--db", str(tmp_path / "bot.db"),
             "--playbooks", str(playbooks), "--policy", str(tmp_path / "policy.yaml")]
-    # A clean run first: the store keeps this set as the last good one.
-    subprocess.run([*base, "status"], check=True, capture_output=True, cwd=tmp_path)
+    # A clean load first (it creates the store): the store keeps this set as the last good one.
+    subprocess.run([*base, "reload"], check=True, capture_output=True, cwd=tmp_path)
     _break(playbooks / "latency-spike.yaml")
 
     port = free_port()
