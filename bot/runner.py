@@ -58,6 +58,9 @@ __all__ = ["BOT_ACTOR", "Runner", "RunnerSettings"]
 BOT_ACTOR = "bot"
 ACTIVE = ("applied", "verified")
 APPLICABLE = ("planned", "approved", "awaiting_approval", "expired")
+# incident id -> (target name such as "drill:DRILL-3", its driver), or None when no
+# drill with a target of its own owns the incident.
+DrillTargets = Callable[[str], "tuple[str, ServingDriver] | None"]
 
 
 class Runner:
@@ -69,9 +72,13 @@ class Runner:
         *,
         settings: RunnerSettings = RunnerSettings(),  # noqa: B008 - frozen, safe to share
         clock: Callable[[], datetime] | None = None,
+        drill_targets: DrillTargets | None = None,
     ) -> None:
         self.store = store
         self.drivers = dict(drivers)
+        # Finds the target of the drill that owns an incident (its sandbox policy file):
+        # a drill incident's steps act there, never on production, whoever plans them.
+        self.drill_targets = drill_targets
         self.metrics = metrics
         self.settings = settings
         self.clock = clock or store.clock
@@ -95,9 +102,11 @@ class Runner:
         automatic: bool = False,
     ) -> Run:
         """Plan and persist a run (plan and diff) before anything is applied."""
+        scope = self._scope(incident_id)
         try:
             act = get_action(action)
-            current = await self._driver(target).read()
+            target, driver = self._target_for(target, incident_id, scope)
+            current = await driver.read()
             plan = act.plan(args, current, target=target)
         except IncidentBotError as exc:
             if incident_id:
@@ -116,7 +125,6 @@ class Runner:
                                      data={"step": step_id, "action": action, "target": target})
             raise NothingToDo(text, hint="the change is already in place; `mitigations` lists "
                               "what the bot applied")
-        scope = self._scope(incident_id)
         refusals = self._refusals(plan, guard, current, run_id=None, scope=scope)
         pause = check_pause(self.store.flag(PAUSE_FLAG), automatic=automatic)
         data: dict[str, Any] = {"diff": plan.diff(), "action": action, "target": target}
@@ -220,7 +228,7 @@ class Runner:
             return run  # applying twice is a no-op
         if refusal := check_dry_run(run_id, run.dry_run):
             self._refuse(run, refusal, actor=actor)
-        driver, act = self._driver(run.target), get_action(run.action)
+        driver, act = self._run_driver(run), get_action(run.action)
         async with self.locks.hold(run.target, run.routes):
             run = self.store.run(run_id)  # another apply may have finished while we waited
             if run.state in ACTIVE:
@@ -364,7 +372,7 @@ class Runner:
         if pause := check_pause(self.store.flag(PAUSE_FLAG), automatic=automatic):
             self._hold(run, pause)
             raise pause
-        driver, act = self._driver(run.target), get_action(run.action)
+        driver, act = self._run_driver(run), get_action(run.action)
         async with self.locks.hold(run.target, run.routes):
             run, mit = self.store.run(run_id), self.store.mitigation(run_id)
             if run.state == "reverted" or (mit is not None and not mit.active):
@@ -478,6 +486,27 @@ class Runner:
         return out
 
     # --- helpers -------------------------------------------------------------------
+
+    def _target_for(self, target: str, incident_id: str | None,
+                    scope: str) -> tuple[str, ServingDriver]:
+        """Where a new run acts: a drill incident's steps go to its drill's target."""
+        if scope == "drill" and incident_id and self.drill_targets is not None:
+            found = self.drill_targets(incident_id)
+            if found is not None:
+                return found
+        return target, self._driver(target)
+
+    def _run_driver(self, run: Run) -> ServingDriver:
+        if run.target.startswith("drill:"):
+            found = self.drill_targets(run.incident_id) if (
+                self.drill_targets is not None and run.incident_id) else None
+            if found is None or found[0] != run.target:
+                raise GuardRefused(
+                    "drill", f"{run.id} acts on {run.target}, which is over or not reachable "
+                    "from here; it never falls back to production",
+                    hint="the drill's rollback reverts its changes")
+            return found[1]
+        return self._driver(run.target)
 
     def _driver(self, target: str) -> ServingDriver:
         try:

@@ -70,10 +70,13 @@ def build_engine(settings: Settings) -> Engine:
     store = Store(settings.db_path)
     if created:
         log.info("created a new store at %s", settings.db_path.resolve())
+    from drills.targets import drill_targets  # a drill incident acts on its drill's target
+
     runner = Runner(
         store,
         drivers,
         metrics,
+        drill_targets=drill_targets(store),
         settings=RunnerSettings(
             approval_ttl=settings.approval_ttl,
             max_active_mitigations=settings.max_active_mitigations,

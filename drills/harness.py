@@ -37,6 +37,7 @@ from drills.sandbox.policy import seed_policy_text
 from drills.scenario import SCENARIOS_DIR, Scenario, load_scenarios
 from drills.scoring import Trend, trend
 from drills.store import Drill, DrillStore
+from drills.targets import drill_targets
 
 # The sandbox's engines serve these routes (vLLM metrics carry only the model name).
 SANDBOX_MODEL_ROUTES = {"chat-large": "chat", "chat-small": "chat-small", "chat-long": "chat-long"}
@@ -85,7 +86,7 @@ def drill_engine(engine: Engine, policy_path: Path) -> Engine:
     """An engine on the bot's store and playbooks whose ``default`` target is ``policy_path``."""
     driver = PolicyFileDriver(policy_path, create_missing=True, actor="llm-incident drill")
     runner = Runner(engine.store, {"default": driver}, engine.runner.metrics,
-                    settings=engine.runner.settings)
+                    settings=engine.runner.settings, drill_targets=drill_targets(engine.store))
     return Engine(engine.store, engine.registry, runner, notifier=engine.notifier,
                   clock=engine.clock)
 

@@ -357,3 +357,52 @@ def test_crontab_weekday_numbers_mean_what_crontab_means():
     assert (when.weekday(), when.hour) == (1, 10)
     sunday = next_drill(drill_trigger("0 10 * * 7", "UTC"), when)
     assert sunday.weekday() == 6
+
+
+def test_a_person_answering_a_drill_acts_on_the_drill_target_never_production(tmp_path):
+    """Responders use the normal engine (its `default` target is production), as the
+    CLI and Slack do; the drill incident still sends their step to the sandbox."""
+    from drills.targets import drill_targets
+
+    sandbox_policy = tmp_path / "serving-policy.yaml"
+    sandbox_policy.write_text(POLICY)
+    production = tmp_path / "production-policy.yaml"
+    production.write_text(POLICY.replace("max_concurrency: 64", "max_concurrency: 32"))
+    before = production.read_bytes()
+    store = Store(None)
+    registry = PlaybookRegistry()
+    assert registry.reload(SHIPPED_PLAYBOOKS) == []
+    drill_runner = Runner(store, {"default": PolicyFileDriver(sandbox_policy)}, None,
+                          drill_targets=drill_targets(store))
+    drill_side = Engine(store, registry, drill_runner, notifier=RecordingNotifier())
+    people = Engine(store, registry, Runner(store, {"default": PolicyFileDriver(production)},
+                                            None, drill_targets=drill_targets(store)))
+    seen: dict = {}
+
+    async def respond(incident_id: str) -> None:
+        await people.acknowledge(incident_id, "alice")
+        run = await people.plan_step(incident_id, actor="alice")
+        await people.runner.approve(run.id, "bob")
+        run = await people.runner.apply(run.id, actor="bob")
+        seen.update(run=run, sandbox=sandbox_policy.read_text(), production=production.read_bytes())
+
+    def on_phase(phase, d):
+        if phase == "detected":
+            seen["task"] = asyncio.get_running_loop().create_task(respond(d.incident_id))
+
+    async def main():
+        app = sandbox_app(sandbox_policy, speed=60.0, seed=11, quality_ttl_s=60)
+        opts = DrillOptions(auto_respond=False, speed=60.0, tick_s=0.1, max_warmup_s=60.0)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app)) as client:
+            runner = DrillRunner(drill_side, DrillStore(store), target_url=URL, client=client,
+                                 observer=stand_in(URL, client, opts), policy_path=sandbox_policy,
+                                 options=opts, say=lambda _: None, on_phase=on_phase)
+            return await runner.run(SCENARIOS["runaway-cost"])
+
+    d = asyncio.run(main())
+    run = seen["run"]
+    assert run.scope == "drill" and run.target == f"drill:{d.id}" and run.state == "applied"
+    assert "max_output_tokens: 256" in seen["sandbox"]  # applied to the sandbox...
+    assert seen["production"] == before == production.read_bytes()  # ...never to production
+    assert store.run(run.id).state == "reverted"  # the drill's rollback undid it
+    assert d.status == "completed" and sandbox_policy.read_text() == POLICY

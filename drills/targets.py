@@ -1,0 +1,38 @@
+"""Which target a drill incident's steps act on: the drill's own, never production.
+
+A drill on the sandbox records its serving-policy file in the store when it sets
+up (``drills.injection.policy_path``). Any process that acts on the drill's
+incident (the CLI, Slack's buttons, a second ``serve``) finds that file here, so a
+responder's step is planned against the sandbox's values, applied to it, and
+reverted by the drill's rollback. A staging drill records no file: its steps use
+the target named in the playbook, as before.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from actions.base import ServingDriver
+from actions.drivers.policy_file import PolicyFileDriver
+from bot.store import Store
+
+
+def drill_targets(store: Store) -> Callable[[str], tuple[str, ServingDriver] | None]:
+    """A resolver for ``Runner(drill_targets=...)`` over the drills table of ``store``."""
+
+    def resolve(incident_id: str) -> tuple[str, ServingDriver] | None:
+        row = store.db.execute(
+            "SELECT id, injection FROM drills WHERE incident_id = ? "
+            "AND (status = 'running' OR injection_active = 1) ORDER BY seq DESC LIMIT 1",
+            [incident_id],
+        ).fetchone()
+        if row is None:
+            return None
+        path = json.loads(row[1] or "{}").get("policy_path")
+        if not path:
+            return None
+        return f"drill:{row[0]}", PolicyFileDriver(Path(path), actor="llm-incident drill")
+
+    return resolve
