@@ -27,6 +27,7 @@ from prometheus_client.registry import Collector
 
 from bot.migrations import RUN_STATES
 from bot.playbook.schema import INCIDENT_CLASSES
+from bot.records import required_time
 from bot.store import PAUSE_FLAG, Store
 
 log = logging.getLogger(__name__)
@@ -132,6 +133,44 @@ class StoreCollector(Collector):
         )
         paused.add_metric([], 0 if store.flag(PAUSE_FLAG) is None else 1)
         yield paused
+        yield from _drill_families(db)
+
+
+def _drill_families(db: Any) -> Iterator[Any]:
+    """Drills by class and outcome, and per class the last score and when the last drill
+    finished (so a team can alert on "no drill of this class for 45 days")."""
+    drills = CounterMetricFamily("llm_incident_drills", "Drills by class and outcome.",
+                                 labels=["class", "outcome"])
+    runs: collections.Counter[tuple[str, str]] = collections.Counter()
+    for klass, status, n in db.execute(
+        "SELECT class, status, COUNT(*) FROM drills GROUP BY class, status"
+    ).fetchall():
+        runs[(klass if klass in KNOWN_CLASSES else "other", status)] += n
+    for labels, n in sorted(runs.items()):
+        drills.add_metric(list(labels), n)
+    yield drills
+    score = GaugeMetricFamily("llm_incident_drill_last_score",
+                              "Score (0-100) of the last scored drill of each class.",
+                              labels=["class"])
+    when = GaugeMetricFamily("llm_incident_drill_last_timestamp_seconds",
+                             "When the last drill of each class finished (Unix time).",
+                             labels=["class"])
+    last_score: dict[str, float] = {}
+    last_time: dict[str, float] = {}
+    for klass, finished, value in db.execute(
+        "SELECT class, finished_at, score FROM drills WHERE finished_at IS NOT NULL "
+        "ORDER BY finished_at"
+    ).fetchall():
+        klass = klass if klass in KNOWN_CLASSES else "other"
+        last_time[klass] = required_time(finished).timestamp()
+        if value is not None:
+            last_score[klass] = float(value)
+    for klass, v in sorted(last_score.items()):
+        score.add_metric([klass], v)
+    for klass, v in sorted(last_time.items()):
+        when.add_metric([klass], v)
+    yield score
+    yield when
 
 
 class ServiceMetrics:

@@ -406,3 +406,24 @@ def test_a_person_answering_a_drill_acts_on_the_drill_target_never_production(tm
     assert seen["production"] == before == production.read_bytes()  # ...never to production
     assert store.run(run.id).state == "reverted"  # the drill's rollback undid it
     assert d.status == "completed" and sandbox_policy.read_text() == POLICY
+
+
+def test_drill_metrics_by_class_outcome_last_score_and_time(tmp_path):
+    import shutil
+    import subprocess
+
+    from bot.service_metrics import ServiceMetrics
+
+    d, engine, *_ = asyncio.run(drill(SCENARIOS["runaway-cost"], tmp_path))
+    text = ServiceMetrics(engine.store).render().decode()
+    assert 'llm_incident_drills_total{class="runaway_cost",outcome="completed"} 1.0' in text
+    assert f'llm_incident_drill_last_score{{class="runaway_cost"}} {float(d.score)}' in text
+    assert 'llm_incident_drill_last_timestamp_seconds{class="runaway_cost"}' in text
+    # drill incidents and actions are their own series, never production's
+    assert 'llm_incident_incidents{class="runaway_cost",drill="true",state="resolved"}' in text
+    assert 'drill="false"' not in text.split("llm_incident_actions_total")[-1].split("\n#")[0]
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is installed by tests/run.sh"
+    lint = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True,
+                          text=True, timeout=60)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
