@@ -67,6 +67,11 @@ class DrillOptions:
     # window wildly, so with it the traffic must run one window before the injection.
     min_warmup_s: float = 0.0
     target: str = "default"  # the bot's target the drill's policy changes go through
+    # Recovery must hold this long, without a break, before it counts: at least
+    # `recovery_ticks` observations spanning `recovery_requests` of the drill's own
+    # requests, so one quiet moment of a still-active fault is never "recovered".
+    recovery_ticks: int = 5
+    recovery_requests: int = 30
 
 
 class DrillRunner:
@@ -314,18 +319,31 @@ class DrillRunner:
     async def _recover(self, scenario: Scenario, response: Response) -> None:
         limit = (self.drill.drill_seconds(response.mitigated_at) or 0) \
             + scenario.rollback.within.total_seconds()
+        # Drill seconds the steady state must hold, sized to the traffic.
+        need_s = self.opts.recovery_requests / scenario.traffic.rate_per_s
+        held_since: float | None = None
+        holding = 0
         while True:
             await self._tick(scenario)
             ok, value = await self._steady(scenario)
+            now_s = self.drill.drill_seconds(self.drills.now()) or 0.0
             if ok:
-                break
+                held_since = now_s if held_since is None else held_since
+                holding += 1
+                if holding >= self.opts.recovery_ticks and now_s - held_since >= need_s:
+                    break
+            else:
+                held_since, holding = None, 0  # a relapse starts the window again
             if self._past(limit):
-                raise IncidentBotError(f"the steady state did not return within "
-                                       f"{scenario.rollback.within} of the mitigation "
-                                       f"({scenario.steady_state.query} = {value})")
+                raise IncidentBotError(
+                    f"not recovered: the steady state did not hold for {need_s:g}s of drill "
+                    f"time ({self.opts.recovery_requests} requests, {self.opts.recovery_ticks} "
+                    f"observations) within {scenario.rollback.within} of the mitigation "
+                    f"(last {scenario.steady_state.query} = {value})")
         self._set(recovered_at=self.drills.now(), phase="recovered")
         self._log("recovered", f"{scenario.steady_state.query} = {value:.4g} holds again "
-                  f"({scenario.steady_state.expect}, tolerance {scenario.steady_state.tolerance:g})")
+                  f"({scenario.steady_state.expect}, tolerance {scenario.steady_state.tolerance:g}) "
+                  f"for {need_s:g}s of drill time, {holding} observations in a row")
         runner = self.engine.runner
         if runner.metrics is not None and response.run_id:
             run = await runner.check_verification(response.run_id)

@@ -137,11 +137,12 @@ def make_engine(policy: Path) -> tuple[Engine, RecordingNotifier]:
     return Engine(store, registry, runner, notifier=notifier), notifier
 
 
-async def drill(scenario, tmp_path: Path, *, on_phase=None, policy_text: str = POLICY):
+async def drill(scenario, tmp_path: Path, *, on_phase=None, policy_text: str = POLICY,
+                seed: int = 11):
     policy = tmp_path / "serving-policy.yaml"
     policy.write_text(policy_text)
     engine, notifier = make_engine(policy)
-    app = sandbox_app(policy, speed=OPTS.speed, seed=11, quality_ttl_s=60)
+    app = sandbox_app(policy, speed=OPTS.speed, seed=seed, quality_ttl_s=60)
     lines: list[str] = []
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app)) as client:
         runner = DrillRunner(engine, DrillStore(engine.store), target_url=URL, client=client,
@@ -427,3 +428,17 @@ def test_drill_metrics_by_class_outcome_last_score_and_time(tmp_path):
     lint = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True,
                           text=True, timeout=60)
     assert lint.returncode == 0, lint.stdout + lint.stderr
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_a_fault_nobody_cures_never_scores_the_recovery(tmp_path, seed):
+    # The responder applies a real step that does not cure a token blow-up (halving
+    # concurrency): the spend stays over budget, so recovery must not be scored.
+    scenario = SCENARIOS["runaway-cost"].model_copy(deep=True)
+    scenario.expect.step = "lower-concurrency"
+    d, engine, _, faults, policy, lines = asyncio.run(drill(scenario, tmp_path, seed=seed))
+    assert d.mitigated_at is not None and d.recovered_at is None
+    assert d.status == "failed" and "not recovered" in (d.reason or "")
+    recovery = next(c for c in d.breakdown if c["name"] == "recovery")
+    assert recovery["points"] == 0
+    assert faults == [] and policy.read_text() == POLICY  # rolled back all the same
