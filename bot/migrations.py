@@ -243,9 +243,26 @@ def _v5_drill_scope(db: Database) -> None:
     db.execute("CREATE INDEX idx_runs_scope_action ON runs (scope, action)")
 
 
+def _v6_drill_ownership(db: Database) -> None:
+    # Which process runs a drill, and when it last said so: a drill is "interrupted"
+    # only when that process is gone, never because another process started.
+    db.execute("ALTER TABLE drills ADD COLUMN owner TEXT")
+    db.execute("ALTER TABLE drills ADD COLUMN heartbeat_at TEXT")
+    # One row per scheduled drill time: the first process to insert it runs the drill;
+    # `claimed_by` "missed" records a firing no process was up for.
+    db.execute(
+        """CREATE TABLE drill_firings (
+            fire_at TEXT PRIMARY KEY,
+            claimed_by TEXT NOT NULL,
+            claimed_at TEXT NOT NULL
+        )"""
+    )
+
+
 # Append only; index + 1 is the schema version.
 MIGRATIONS: list[Callable[[Database], None]] = [
     _v1_initial, _v2_chat_messages, _v3_drills, _v4_trust, _v5_drill_scope,
+    _v6_drill_ownership,
 ]
 
 LATEST_VERSION = len(MIGRATIONS)

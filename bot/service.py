@@ -31,7 +31,8 @@ from bot.slack import attach_slack, build_slack_notifier
 from bot.web import create_app
 from bot.wiring import build_engine
 from drills.harness import drill_service, next_class
-from drills.schedule import attach_drill_schedule
+from drills.schedule import MISSED, attach_drill_schedule
+from drills.store import this_process
 
 log = logging.getLogger("llm_incident.serve")
 
@@ -152,6 +153,12 @@ class Service:
                 notifier=self.engine.notifier,
                 cron=self.settings.drill_cron,
                 tz=self.settings.drill_tz,
+                # Every process sharing the store schedules the drill; the store decides
+                # which one runs each firing, and which firings nobody was up for.
+                claim=lambda when, missed: self.drills.drills.claim_firing(
+                    when, MISSED if missed else this_process()),
+                is_claimed=self.drills.drills.is_claimed,
+                since=self.engine.store.created_at(),
             )
             await self.slack.start()
             await self.playbook_watch.start()

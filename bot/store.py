@@ -36,6 +36,7 @@ from bot.records import (
     StoredAlert,
     alert_from_row,
     event_from_row,
+    from_text,
     incident_from_row,
     to_text,
     utc_now,
@@ -147,6 +148,12 @@ class Store(RunRecords):
         with self.transaction():
             self.db.execute("INSERT OR REPLACE INTO write_probe (id, at) VALUES (1, ?)",
                             [to_text(self.now())])
+
+    def created_at(self) -> datetime | None:
+        """When this database was first migrated (its first schema version)."""
+        with self._lock:
+            row = self.db.execute("SELECT MIN(applied_at) FROM schema_migrations").fetchone()
+        return from_text(row[0]) if row and row[0] else None
 
     @property
     def schema_version(self) -> int:

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import random
 import socket
+import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -143,6 +144,10 @@ class DrillService:
         scenario = self.scenarios().get(d.scenario_id)
         return render_report(self.drills, d.id, scenario)
 
+    def _workdir(self) -> Path:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        return self.workdir
+
     async def recover(self, say: Callable[[str], None] = print) -> list[Drill]:
         async with httpx.AsyncClient() as client:
             return await recover_interrupted(self.engine, self.drills, client, say)
@@ -165,10 +170,11 @@ class DrillService:
                 runner = DrillRunner(self.engine, self.drills, target_url=scenario.target.base_url,
                                      client=client, observer=observer, options=opts, say=say)
                 return await runner.run(scenario)
-            self.workdir.mkdir(parents=True, exist_ok=True)
-            policy = self.workdir / "sandbox-policy.yaml"
-            if not policy.exists():
-                policy.write_text(seed_policy_text())
+            # Each drill its own directory and sandbox policy file: two drills (two
+            # processes, or two classes at once) never see each other's faults.
+            workdir = Path(tempfile.mkdtemp(prefix="drill-", dir=self._workdir()))
+            policy = workdir / "sandbox-policy.yaml"
+            policy.write_text(seed_policy_text())
             opts = FAST if auto_respond else DrillOptions()
             opts = DrillOptions(**{**opts.__dict__, "auto_respond": auto_respond})
             app = sandbox_app(policy, speed=opts.speed)

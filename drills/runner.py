@@ -160,6 +160,7 @@ class DrillRunner:
 
     async def _tick(self, scenario: Scenario, *, stop_conditions: bool = True) -> None:
         await asyncio.sleep(self.opts.tick_s)
+        self.drills.beat(self.drill.id)  # this process still runs the drill
         await self.observer.tick()
         self._notice_policy_errors()
         if not stop_conditions:
@@ -440,9 +441,10 @@ def restore_file(path: Path, text: str | None) -> None:
 
 async def recover_interrupted(engine: Engine, drills: DrillStore, client: httpx.AsyncClient,
                               say: Callable[[str], None] = print) -> list[Drill]:
-    """Roll back and mark aborted every drill a dead process left running or injected."""
+    """Roll back and mark aborted every drill a dead process left running or injected
+    (a drill another live process is running is left alone)."""
     out = []
-    for d in drills.with_active_injection():
+    for d in drills.orphaned():  # never a drill whose process is alive
         problems = await undo_injection(engine, client, d, actor=DRILL_ACTOR) \
             if d.injection_active else []
         reason = "interrupted (the process running it stopped); rolled back at restart"

@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_CRON = {"day": "1st tue", "hour": 10, "minute": 0}
 ANNOUNCE_BEFORE = (timedelta(hours=24), timedelta(hours=1))
+# A firing missed while no service ran is caught up at start within this window.
+MISSED_GRACE = timedelta(hours=6)
 JOB_ID = "drill:monthly"
 
 
@@ -100,17 +102,36 @@ def attach_drill_schedule(
     tz: str = "UTC",
     announce_before: Sequence[timedelta] = ANNOUNCE_BEFORE,
     now: Callable[[], datetime] | None = None,
+    claim: Callable[[datetime, bool], str | None] | None = None,
+    is_claimed: Callable[[datetime], bool] | None = None,
+    since: datetime | None = None,
+    grace: timedelta = MISSED_GRACE,
 ) -> CronTrigger:
     """Add the monthly drill and its announcements to ``scheduler``.
 
     ``scheduler`` is an APScheduler scheduler, or ``bot.scheduler.Scheduler`` (its
     APScheduler is used). ``run_drill(class)`` runs one drill (e.g. ``DrillService.run``);
     ``choose_class()`` names the class (e.g. via ``pick_class``). Returns the trigger.
+
+    ``claim(fire_time, missed)`` (over ``DrillStore.claim_firing``) makes a firing run
+    once however many processes share the store: None means this process won it
+    (``missed``: claim it as a firing nobody ran).
+    With ``is_claimed``, the newest firing before now (and after ``since``, when the
+    store began) that nobody claimed was missed while no process was up: within
+    ``grace`` it runs now; older, it is recorded as missed and announced.
     """
     aps = getattr(scheduler, "_aps", scheduler)
     trigger = drill_trigger(cron, tz)
+    clock = now or (lambda: datetime.now(trigger.timezone))
 
-    async def drill_job() -> None:
+    async def drill_job(fire_at: datetime | None = None) -> None:
+        fire_at = fire_at or latest_firing(trigger, clock())
+        if claim is not None and fire_at is not None:
+            other = claim(fire_at, False)
+            if other is not None:
+                log.info("the drill of %s is %s; not running it twice", fire_at.isoformat(),
+                         "recorded as missed" if other == MISSED else f"run by {other}")
+                return
         try:
             klass = choose_class()
             await run_drill(klass)
@@ -145,4 +166,45 @@ def attach_drill_schedule(
 
     aps.add_job(drill_job, trigger, id=JOB_ID, replace_existing=True)
     _schedule_announcements()
+    missed = latest_firing(trigger, clock()) if is_claimed is not None else None
+    if missed is not None and (since is None or missed >= since) and \
+            is_claimed is not None and not is_claimed(missed):
+        late = clock() - missed
+        if late <= grace:
+            log.warning("the drill due at %s did not run (no service was up); running it "
+                        "now, %s late", missed.isoformat(), late)
+            aps.add_job(drill_job, "date", run_date=clock(), args=(missed,),
+                        id=f"{JOB_ID}:catch-up", replace_existing=True)
+        elif claim is not None and claim_missed(claim, missed):
+            log.warning("the drill due at %s was missed (no service was up, more than %s "
+                        "ago): recorded as missed", missed.isoformat(), grace)
+            aps.add_job(_announce_missed, "date", run_date=clock(), args=(notifier, missed),
+                        id=f"{JOB_ID}:missed", replace_existing=True)
     return trigger
+
+
+MISSED = "missed"
+
+
+def claim_missed(claim: Callable[[datetime, bool], str | None], when: datetime) -> bool:
+    # The firing is claimed by the name "missed": no process runs it later.
+    return claim(when, True) is None
+
+
+def latest_firing(trigger: CronTrigger, now: datetime) -> datetime | None:
+    """The newest fire time at or before ``now``: searched back over growing windows,
+    so a per-minute schedule and a monthly one both take a few steps."""
+    for back in (timedelta(hours=2), timedelta(days=2), timedelta(days=40)):
+        latest, at = None, now - back
+        while (nxt := trigger.get_next_fire_time(latest, at)) is not None and nxt <= now:
+            latest, at = nxt, nxt + timedelta(seconds=1)
+        if latest is not None:
+            return latest
+    return None
+
+
+async def _announce_missed(notifier: Notifier | None, when: datetime) -> None:
+    text = (f"The drill scheduled for {when:%Y-%m-%d %H:%M %Z} did not run: no llm-incident "
+            "service was up. It is recorded as missed; the next one runs on schedule.")
+    await publish_safely(notifier, Message("drill", None, "[DRILL] missed", text,
+                                           is_drill=True))

@@ -7,8 +7,10 @@ its timeline live in the one database. Records come back as frozen dataclasses.
 from __future__ import annotations
 
 import json
+import os
+import socket
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from bot.errors import NotFound
@@ -75,6 +77,11 @@ def _drill(row: dict[str, Any]) -> Drill:
     )
 
 
+# A drill whose owner runs on another host is taken for dead after this long without a
+# heartbeat (it beats on every tick, at most a few seconds apart).
+STALE_AFTER = timedelta(minutes=5)
+
+
 class DrillStore:
     def __init__(self, store: Store) -> None:
         self.store = store
@@ -86,7 +93,7 @@ class DrillStore:
         return self.store._rows(sql, params)  # the store's own locked read
 
     def create(self, *, scenario_id: str, klass: str, target: str, mode: str, detector: str,
-               speed: float) -> Drill:
+               speed: float, owner: str | None = None) -> Drill:
         with self.store.transaction():
             row = self.store.db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM drills").fetchone()
             seq = int(row[0])
@@ -97,6 +104,8 @@ class DrillStore:
                 [drill_id, seq, scenario_id, klass, target, mode, detector, speed,
                  to_text(self.now())],
             )
+            self.store.db.execute("UPDATE drills SET owner = ?, heartbeat_at = ? WHERE id = ?",
+                                  [owner or this_process(), to_text(self.now()), drill_id])
             self.event(drill_id, "created", f"drill of scenario {scenario_id} ({klass}) "
                        f"on {target}, responders: {mode}")
         return self.get(drill_id)
@@ -156,3 +165,61 @@ class DrillStore:
         rows = self._rows(
             "SELECT * FROM drills WHERE injection_active = 1 OR status = 'running' ORDER BY seq")
         return [_drill(r) for r in rows]
+
+    def orphaned(self, stale_after: timedelta = STALE_AFTER) -> list[Drill]:
+        """Running or injected drills whose process is gone: on this host its pid no
+        longer exists; elsewhere its heartbeat is older than ``stale_after``."""
+        out = []
+        for r in self._rows("SELECT * FROM drills WHERE injection_active = 1 OR "
+                            "status = 'running' ORDER BY seq"):
+            beat = from_text(r.get("heartbeat_at"))
+            stale = beat is None or self.now() - beat > stale_after
+            if not owner_alive(r.get("owner"), stale):
+                out.append(_drill(r))
+        return out
+
+    def beat(self, drill_id: str) -> None:
+        """The running process is alive (called on every drill tick)."""
+        with self.store.transaction():
+            self.store.db.execute("UPDATE drills SET heartbeat_at = ? WHERE id = ?",
+                                  [to_text(self.now()), drill_id])
+
+    def claim_firing(self, fire_at: datetime, owner: str) -> str | None:
+        """Claim the scheduled drill at ``fire_at``; None when won, else who has it."""
+        with self.store.transaction():
+            self.store.db.execute(
+                "INSERT OR IGNORE INTO drill_firings (fire_at, claimed_by, claimed_at) "
+                "VALUES (?, ?, ?)", [to_text(fire_at), owner, to_text(self.now())])
+            row = self.store.db.execute("SELECT claimed_by FROM drill_firings WHERE fire_at = ?",
+                                        [to_text(fire_at)]).fetchone()
+        return None if row[0] == owner else str(row[0])
+
+    def is_claimed(self, fire_at: datetime) -> bool:
+        return bool(self._rows("SELECT 1 FROM drill_firings WHERE fire_at = ?",
+                               [to_text(fire_at)]))
+
+    def firings(self, limit: int = 12) -> list[tuple[datetime, str]]:
+        """The newest scheduled firings and who took them ("missed": nobody was up)."""
+        rows = self._rows("SELECT fire_at, claimed_by FROM drill_firings ORDER BY fire_at DESC "
+                          "LIMIT ?", [limit])
+        return [(from_text(r["fire_at"]) or self.now(), r["claimed_by"]) for r in rows]
+
+
+
+def this_process() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def owner_alive(owner: str | None, stale: bool) -> bool:
+    """Is the process that owns a drill still there? Its pid is checked on this host;
+    for another host (or no owner recorded) only the heartbeat can tell."""
+    host, _, pid = (owner or "").rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return not stale
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by another user
+    return True

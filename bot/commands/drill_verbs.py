@@ -99,7 +99,15 @@ def _list(service: Any) -> Result:
                      "scores": list(t.scores) if t else [], "trend": t.direction if t else None})
     nxt = service.next_run()
     text = "\n".join(rows) + f"\n\nnext scheduled drill: {_when(nxt)}"
-    return Result(text, {"scenarios": data, "next_run": nxt.isoformat() if nxt else None})
+    firings = service.drills.firings()
+    if firings:
+        # Who ran each scheduled drill, and which ones nobody was up for.
+        text += "\nscheduled drills: " + ", ".join(
+            f"{when:%Y-%m-%d %H:%M} {'MISSED' if who == 'missed' else 'ran'}"
+            for when, who in firings)
+    return Result(text, {"scenarios": data, "next_run": nxt.isoformat() if nxt else None,
+                         "firings": [{"at": when.isoformat(), "by": who}
+                                     for when, who in firings]})
 
 
 def _history(service: Any, klass: str | None) -> Result:

@@ -242,6 +242,35 @@ def test_a_corrupt_policy_file_mid_drill_is_noticed_and_the_drill_survives(tmp_p
     assert faults == [] and policy.read_text() == POLICY  # the snapshot put the file back
 
 
+def dead_owner() -> str:
+    """``host:pid`` of a process that has exited (a drill's owner that died)."""
+    import socket
+    import subprocess
+
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return f"{socket.gethostname()}:{proc.pid}"
+
+
+def test_a_drill_whose_process_is_alive_is_never_taken_for_interrupted(tmp_path):
+    policy = tmp_path / "serving-policy.yaml"
+    policy.write_text(POLICY)
+    engine, _ = make_engine(policy)
+    drills = DrillStore(engine.store)
+    mine = drills.create(scenario_id="runaway-cost", klass="runaway_cost", target="sandbox",
+                         mode="auto", detector="stand-in", speed=60)  # this process
+    other_host = drills.create(scenario_id="runaway-cost", klass="runaway_cost",
+                               target="sandbox", mode="auto", detector="stand-in", speed=60,
+                               owner="elsewhere.example:4242")
+    dead = drills.create(scenario_id="runaway-cost", klass="runaway_cost", target="sandbox",
+                         mode="auto", detector="stand-in", speed=60, owner=dead_owner())
+    # A third process starting: only the drill whose process is gone is recovered.
+    assert [d.id for d in drills.orphaned()] == [dead.id]
+    # Another host's drill is taken for dead only once its heartbeat is stale.
+    from datetime import timedelta as td
+    assert [d.id for d in drills.orphaned(stale_after=td(seconds=-1))] == [other_host.id, dead.id]
+
+
 def test_an_interrupted_drill_is_rolled_back_and_marked_aborted_at_the_next_start(tmp_path):
     policy = tmp_path / "serving-policy.yaml"
     policy.write_text(POLICY)
@@ -253,7 +282,7 @@ def test_an_interrupted_drill_is_rolled_back_and_marked_aborted_at_the_next_star
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app)) as client:
             # What a drill does before it is killed: record the snapshot, inject, change policy.
             d = drills.create(scenario_id="runaway-cost", klass="runaway_cost", target="sandbox",
-                              mode="auto", detector="stand-in", speed=60)
+                              mode="auto", detector="stand-in", speed=60, owner=dead_owner())
             [opened] = await engine.handle_alerts([Alert(
                 source="generic", fingerprint="drill-1", status="firing",
                 labels={"alertname": "LLMCostBurnRateHigh", "route": "chat"},
@@ -442,3 +471,64 @@ def test_a_fault_nobody_cures_never_scores_the_recovery(tmp_path, seed):
     recovery = next(c for c in d.breakdown if c["name"] == "recovery")
     assert recovery["points"] == 0
     assert faults == [] and policy.read_text() == POLICY  # rolled back all the same
+
+
+def _claims(store: Store, owner: str):
+    from drills.schedule import MISSED
+
+    drills = DrillStore(store)
+    return (lambda when, missed: drills.claim_firing(when, MISSED if missed else owner),
+            drills.is_claimed)
+
+
+def test_one_drill_per_firing_however_many_processes_share_the_store():
+    from apscheduler.schedulers.background import BackgroundScheduler
+
+    store = Store(None)
+    ran: list[str] = []
+    fired = datetime(2027, 3, 2, 10, tzinfo=UTC)  # a first Tuesday, 10:00
+    jobs = []
+    for owner in ("host-a:1", "host-b:2"):  # two `serve` processes on one store
+        aps = BackgroundScheduler(timezone=UTC)
+
+        async def run_drill(klass: str, owner: str = owner) -> None:
+            ran.append(owner)
+
+        claim, is_claimed = _claims(store, owner)
+        attach_drill_schedule(aps, run_drill=run_drill, choose_class=lambda: "latency_spike",
+                              notifier=None, now=lambda: fired + timedelta(seconds=2),
+                              claim=claim)
+        jobs.append(aps.get_job("drill:monthly").func)
+    for job in jobs:  # both fire for the same scheduled time
+        asyncio.run(job())
+    assert ran == ["host-a:1"]
+    assert DrillStore(store).firings() == [(fired, "host-a:1")]
+
+
+def test_a_firing_missed_while_nothing_ran_is_caught_up_or_recorded():
+    from apscheduler.schedulers.background import BackgroundScheduler
+
+    fired = datetime(2027, 3, 2, 10, tzinfo=UTC)
+    for late, expect_job, expect_claim in ((timedelta(hours=2), "drill:monthly:catch-up", None),
+                                          (timedelta(hours=9), "drill:monthly:missed", "missed")):
+        store = Store(None)
+        aps = BackgroundScheduler(timezone=UTC)
+        claim, is_claimed = _claims(store, "host-a:1")
+
+        async def nothing(_klass: str) -> None:
+            return None
+
+        attach_drill_schedule(aps, run_drill=nothing, choose_class=lambda: "latency_spike",
+                              notifier=None, now=lambda late=late: fired + late, claim=claim,
+                              is_claimed=is_claimed, since=fired - timedelta(days=30))
+        assert aps.get_job(expect_job) is not None, late
+        claimed = dict(DrillStore(store).firings())
+        assert claimed.get(fired) == expect_claim, late
+    # A store that did not exist at the firing has nothing to catch up.
+    store = Store(None)
+    aps = BackgroundScheduler(timezone=UTC)
+    claim, is_claimed = _claims(store, "host-a:1")
+    attach_drill_schedule(aps, run_drill=nothing, choose_class=lambda: "latency_spike",
+                          notifier=None, now=lambda: fired + timedelta(hours=1), claim=claim,
+                          is_claimed=is_claimed, since=fired + timedelta(minutes=30))
+    assert aps.get_job("drill:monthly:catch-up") is None
