@@ -257,8 +257,8 @@ def test_a_drill_whose_process_is_alive_is_never_taken_for_interrupted(tmp_path)
     policy.write_text(POLICY)
     engine, _ = make_engine(policy)
     drills = DrillStore(engine.store)
-    mine = drills.create(scenario_id="runaway-cost", klass="runaway_cost", target="sandbox",
-                         mode="auto", detector="stand-in", speed=60)  # this process
+    drills.create(scenario_id="runaway-cost", klass="runaway_cost", target="sandbox",
+                  mode="auto", detector="stand-in", speed=60)  # owned by this process
     other_host = drills.create(scenario_id="runaway-cost", klass="runaway_cost",
                                target="sandbox", mode="auto", detector="stand-in", speed=60,
                                owner="elsewhere.example:4242")
