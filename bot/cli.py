@@ -169,6 +169,10 @@ def serve_main(argv: Sequence[str]) -> int:
     # Log lines quote alert text: one line each, no control characters from outside.
     handler.setFormatter(OneLineFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=logging.INFO, handlers=[handler])
+    # APScheduler logs every job run and httpx every request at INFO: the 1 s store
+    # watch and a drill's traffic would fill the log.
+    for noisy in ("apscheduler.executors.default", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     asyncio.run(serve(settings))
     return 0
 

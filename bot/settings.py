@@ -44,6 +44,8 @@ ENV_VARS = {
     "LLM_INCIDENT_DRILL_TZ": "time zone of the monthly drill schedule (default UTC)",
     "LLM_INCIDENT_DRILL_CRON": "crontab line replacing the drill schedule "
     "(default: first Tuesday of the month, 10:00)",
+    "LLM_INCIDENT_DRILL_SPEED": "drill seconds per real second for sandbox drills people "
+    "answer (default 1, real time; faster rehearses the mechanics, and tests use it)",
     "LLM_INCIDENT_DRILL_CHANNEL": "Slack channel for drill incidents and announcements "
     "(default: the incident channel, marked DRILL)",
     "SLACK_BOT_TOKEN": "Slack bot token (xoxb-...); with it `serve` posts to Slack (default: none)",
@@ -89,6 +91,7 @@ class Settings:
     # Drills (drills/schedule.py)
     drill_tz: str = "UTC"
     drill_cron: str | None = None
+    drill_speed: float = 1.0
     drill_channel: str | None = None
     # Slack (bot/slack/): nothing Slack runs unless a token or secret is set.
     slack_bot_token: str | None = field(default=None, repr=False)
@@ -210,6 +213,14 @@ def _drill_settings(s: Settings, env: Mapping[str, str]) -> Settings:
         s = replace(s, drill_tz=v)
     if v := env.get("LLM_INCIDENT_DRILL_CRON"):
         s = replace(s, drill_cron=v)
+    if v := env.get("LLM_INCIDENT_DRILL_SPEED"):
+        try:
+            speed = float(v)
+        except ValueError:
+            speed = 0.0
+        if not 1 <= speed <= 600:
+            raise InputError(f"LLM_INCIDENT_DRILL_SPEED must be a number from 1 to 600, got {v!r}")
+        s = replace(s, drill_speed=speed)
     if v := env.get("LLM_INCIDENT_DRILL_CHANNEL"):
         s = replace(s, drill_channel=v)
     return s

@@ -110,6 +110,9 @@ class DrillService:
     prometheus_url: str | None = None
     scenarios_dir: Path = SCENARIOS_DIR
     next_run: Callable[[], datetime | None] = lambda: None
+    # Drill seconds per real second for drills people answer on the sandbox (1: real
+    # time). Faster is for rehearsing the mechanics and for tests.
+    speed: float = 1.0
 
     def __post_init__(self) -> None:
         self.drills = DrillStore(self.engine.store)
@@ -175,7 +178,9 @@ class DrillService:
             workdir = Path(tempfile.mkdtemp(prefix="drill-", dir=self._workdir()))
             policy = workdir / "sandbox-policy.yaml"
             policy.write_text(seed_policy_text())
-            opts = FAST if auto_respond else DrillOptions()
+            opts = FAST if auto_respond else DrillOptions(
+                speed=self.speed, tick_s=min(1.0, 30.0 / self.speed), max_warmup_s=60.0
+                if self.speed > 1 else None)
             opts = DrillOptions(**{**opts.__dict__, "auto_respond": auto_respond})
             app = sandbox_app(policy, speed=opts.speed)
             async with serve_sandbox(app) as url:
@@ -197,7 +202,8 @@ def drill_service(engine: Engine, settings) -> DrillService:
     db = Path(str(settings.db_path))
     workdir = (db.parent if str(db) != ":memory:" else Path(".")) / "drills"
     return DrillService(engine, workdir, prometheus_url=settings.prometheus_url,
-                        next_run=lambda: next_drill(trigger, _dt.now(UTC)))
+                        next_run=lambda: next_drill(trigger, _dt.now(UTC)),
+                        speed=settings.drill_speed)
 
 
 def next_class(service: DrillService) -> str:

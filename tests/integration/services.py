@@ -122,13 +122,14 @@ class Service:
 
 
 def spawn(name: str, argv: list[str], workdir: Path, url: str, *,
-          ready_path: str = "/-/ready", cwd: Path | None = None) -> Service:
+          ready_path: str = "/-/ready", cwd: Path | None = None,
+          env: dict[str, str] | None = None) -> Service:
     """Start ``argv`` logging to ``workdir/<name>.log``; return once ``ready_path`` answers 200."""
     log = workdir / f"{name}.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
             argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            cwd=cwd or workdir,
+            cwd=cwd or workdir, env=env,
         )
     service = Service(name=name, url=url, process=process, log=log, workdir=workdir,
                       ready_path=ready_path)
