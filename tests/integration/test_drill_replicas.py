@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from integration.services import free_port, poll, spawn
 
 pytestmark = pytest.mark.integration
