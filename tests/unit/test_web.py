@@ -511,13 +511,13 @@ def test_metric_labels_stay_bounded_and_drills_stay_apart(bot: Bot) -> None:
     import random
 
     rng = random.Random(7)
-    for i in range(200):  # unmatched alerts, each with its own incident_class label
+    for i in range(1000):  # unmatched alerts, each with its own incident_class label
         labels = {"alertname": f"Custom{i}", "incident_class": f"made-up-{rng.random()}",
                   "route": f"r{i}"}
         assert bot.post(GENERIC, {"labels": labels}).status_code == 200
     text = bot.get("/metrics").text
     series = [line for line in text.splitlines() if line.startswith("llm_incident_incidents{")]
-    assert series == ['llm_incident_incidents{class="other",drill="false",state="open"} 200.0']
+    assert series == ['llm_incident_incidents{class="other",drill="false",state="open"} 1000.0']
     import shutil
     import subprocess
 
