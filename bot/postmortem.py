@@ -22,7 +22,8 @@ CHANGED_STATES = ("applying", "applied", "verified", "reverted", "failed")
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+!|<>~])")
 
 
-def _md(value: Any) -> str:
+def md_escape(value: Any) -> str:
+    """Text from outside as inert Markdown on one line (postmortems, reports, `show`)."""
     text = "" if value is None else str(value)
     return _MD_SPECIAL.sub(r"\\\1", text.replace("\n", " "))
 
@@ -47,7 +48,7 @@ _env = Environment(
     autoescape=False,
     keep_trailing_newline=True,
 )
-_env.filters.update(md=_md, code=_code, ts=_ts, fence=_fence)
+_env.filters.update(md=md_escape, code=_code, ts=_ts, fence=_fence)
 
 
 def render_postmortem(store: Store, incident_id: str) -> str:

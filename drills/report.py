@@ -12,7 +12,7 @@ from pathlib import Path
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
-from bot.postmortem import _code, _md, _ts
+from bot.postmortem import _code, _ts, md_escape
 from drills.scenario import Scenario
 from drills.scoring import went_well_and_badly
 from drills.store import Drill, DrillStore
@@ -24,7 +24,7 @@ _env = Environment(
     keep_trailing_newline=True,
     trim_blocks=True,
 )
-_env.filters.update(md=_md, code=_code, ts=_ts)
+_env.filters.update(md=md_escape, code=_code, ts=_ts)
 
 
 def _took(drill: Drill, at: object) -> str:

@@ -16,6 +16,7 @@ from typing import Any
 from bot.commands.context import Context
 from bot.commands.grammar import Command, Result
 from bot.errors import InputError
+from bot.postmortem import md_escape
 
 log = logging.getLogger(__name__)
 
@@ -74,17 +75,10 @@ async def drill_verb(ctx: Context, cmd: Command) -> Result:
     report = service.report(drill.id)
     code = 0 if drill.status == "completed" else 1
     # For the CLI, the progress lines as a list, then the report: one Markdown document.
-    progress = "\n".join(f"- {md_line(line)}" for line in lines)
+    progress = "\n".join(f"- {md_escape(line)}" for line in lines)
     return Result("\n".join(lines) + "\n\n" + report, {**_drill_data(drill), "report": report},
                   exit_code=code, markdown=progress + "\n\n" + report)
 
-
-def md_line(text: str) -> str:
-    """A progress line as Markdown text (no markup from drill or alert text)."""
-    out = " ".join(str(text).split())
-    for ch in ("\\", "*", "_", "`", "[", "]"):
-        out = out.replace(ch, "\\" + ch)
-    return out
 
 
 def _list(service: Any) -> Result:

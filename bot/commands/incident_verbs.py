@@ -7,7 +7,7 @@ from bot.commands.context import Context
 from bot.commands.grammar import Command, Result
 from bot.commands.playbook_verbs import _read_alerts
 from bot.errors import InputError
-from bot.postmortem import render_postmortem
+from bot.postmortem import md_escape, render_postmortem
 from bot.suggestions import describe_guard
 
 NEXT_STEP = {
@@ -167,11 +167,11 @@ async def show_verb(ctx: Context, cmd: Command) -> Result:
     lines = [f"{inc.id} {inc.title} [{inc.status}, {inc.severity}]"]
     lines += [f"  {e.at:%Y-%m-%d %H:%M:%S}  {e.actor:<14} {e.kind:<18} {e.text}" for e in events]
     drill = " (DRILL)" if inc.is_drill else ""
-    md = [f"# {inc.id} {md_cell(inc.title)}{drill}", "",
+    md = [f"# {inc.id} {md_escape(inc.title)}{drill}", "",
           f"**{inc.status}**, severity {inc.severity}, opened {inc.created_at:%Y-%m-%d %H:%M} UTC"
-          + (f", commander {md_cell(inc.commander)}" if inc.commander else ""), "",
+          + (f", commander {md_escape(inc.commander)}" if inc.commander else ""), "",
           "| at (UTC) | who | what | |", "|---|---|---|---|"]
-    md += [f"| {e.at:%Y-%m-%d %H:%M:%S} | {md_cell(e.actor)} | {e.kind} | {md_cell(e.text)} |"
+    md += [f"| {e.at:%Y-%m-%d %H:%M:%S} | {md_escape(e.actor)} | {e.kind} | {md_escape(e.text)} |"
            for e in events]
     data = incident_data(inc) | {
         "timeline": [{"at": str(e.at), "actor": e.actor, "kind": e.kind, "text": e.text,
@@ -179,13 +179,6 @@ async def show_verb(ctx: Context, cmd: Command) -> Result:
     }
     return Result("\n".join(lines), data, markdown="\n".join(md))
 
-
-def md_cell(text: str) -> str:
-    """Text safe inside a Markdown table cell: one line, pipes and markup escaped."""
-    out = " ".join(str(text).split())
-    for ch in ("\\", "|", "*", "_", "`", "[", "]"):
-        out = out.replace(ch, "\\" + ch)
-    return out
 
 
 async def postmortem_verb(ctx: Context, cmd: Command) -> Result:
