@@ -129,7 +129,9 @@ class Settings:
         if v := env.get("LLM_INCIDENT_SELF_APPROVAL"):
             s = replace(s, self_approval=_flag("LLM_INCIDENT_SELF_APPROVAL", v))
         if v := env.get("LLM_INCIDENT_FLAP_WINDOW"):
-            s = replace(s, flap_window=_duration("LLM_INCIDENT_FLAP_WINDOW", v))
+            # "0" (no unit) turns flap damping off, as the README says.
+            window = timedelta(0) if v.strip() == "0" else _duration("LLM_INCIDENT_FLAP_WINDOW", v)
+            s = replace(s, flap_window=window)
         s = _serve_settings(s, env)
         s = _drill_settings(s, env)
         s = _slack_settings(s, env)

@@ -30,6 +30,11 @@ def test_environment_values_are_parsed():
     ({"LLM_INCIDENT_APPROVAL_TTL": "soon"}, "LLM_INCIDENT_APPROVAL_TTL"),
     ({"LLM_INCIDENT_MAX_ACTIVE": "0"}, "LLM_INCIDENT_MAX_ACTIVE"),
     ({"LLM_INCIDENT_MAX_ACTIVE": "three"}, "LLM_INCIDENT_MAX_ACTIVE"),
+    ({"LLM_INCIDENT_SELF_APPROVAL": "maybe"}, "LLM_INCIDENT_SELF_APPROVAL"),
+    ({"LLM_INCIDENT_FLAP_WINDOW": "a while"}, "LLM_INCIDENT_FLAP_WINDOW"),
+    ({"LLM_INCIDENT_DRILL_SPEED": "fast"}, "LLM_INCIDENT_DRILL_SPEED"),
+    ({"LLM_INCIDENT_DRILL_SPEED": "0.5"}, "LLM_INCIDENT_DRILL_SPEED"),
+    ({"LLM_INCIDENT_DRILL_SPEED": "nan"}, "LLM_INCIDENT_DRILL_SPEED"),
 ])
 def test_bad_environment_values_name_the_variable(env, name):
     with pytest.raises(InputError, match=name):
@@ -77,3 +82,12 @@ def test_bad_target_config_names_the_target(cfg, expect):
     with pytest.raises(InputError) as err:
         build_driver("gw", cfg, Settings())
     assert expect in str(err.value)
+
+
+def test_new_settings_are_parsed():
+    s = Settings.from_env({"LLM_INCIDENT_SELF_APPROVAL": "false", "LLM_INCIDENT_FLAP_WINDOW": "0",
+                           "LLM_INCIDENT_DRILL_SPEED": "60",
+                           "LLM_INCIDENT_ALERT_POSTERS": "B0AM, A0AM"})
+    assert s.self_approval is False and s.flap_window == timedelta(0)
+    assert s.drill_speed == 60.0 and s.alert_posters == ("B0AM", "A0AM")
+
