@@ -151,3 +151,9 @@ def test_a_change_already_in_place_is_nothing_to_do_and_never_fills_the_cap(tmp_
     cap = json.loads(capsys.readouterr().out)
     assert main([*base, "approve", cap["id"], "--as", "bob", "--apply"]) == 0
     assert yaml.safe_load(policy.read_text())["routes"]["embed"]["max_output_tokens"] == 128
+
+
+def test_a_bad_output_format_is_named(capsys):
+    assert main(["incidents", "--format", "html"]) == 2
+    assert "--format must be one of auto, md, text, got 'html'" in capsys.readouterr().err
+

@@ -18,7 +18,6 @@ from actions.base import FieldChange, Plan
 from actions.catalog import get_action
 from actions.drivers.http import HttpDriver, HttpTargetConfig
 from actions.drivers.policy_file import PolicyFileDriver
-from actions.policy import ServingPolicy
 from bot.alert import Alert
 from bot.errors import DriverError, InputError, PlaybookError, TemplateError
 from bot.playbook.loader import lint, load_text
@@ -280,4 +279,3 @@ def test_the_deployment_can_forbid_approving_your_own_oncall_step(tmp_path):
         asyncio.run(svc.engine.runner.approve(run.id, "alice"))
     approved = asyncio.run(svc.engine.runner.approve(run.id, "bob"))
     assert approved.state == "approved"
-    assert ServingPolicy is not None
