@@ -80,6 +80,10 @@ class NotFound(IncidentBotError):
     """An incident, run, playbook or drill id that does not exist."""
 
 
+class Conflict(InputError):
+    """Another request changed the same record first (a compare-and-set lost)."""
+
+
 class CommandError(InputError):
     """A command (CLI or Slack) with a bad verb or argument; the message carries usage."""
 

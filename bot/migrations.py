@@ -16,8 +16,11 @@ from collections.abc import Callable
 
 from sqlite_utils import Database
 
+from bot.core.run_states import RunState
+
 INCIDENT_STATUSES = ("open", "acknowledged", "mitigating", "mitigated", "resolved", "cancelled")
-RUN_STATES = (
+# The run states as version 1 shipped them (its CHECK); v7 adds "reverting".
+_V1_RUN_STATES = (
     "planned",
     "awaiting_approval",
     "approved",
@@ -31,6 +34,7 @@ RUN_STATES = (
     "denied",
     "expired",
 )
+RUN_STATES = tuple(s.value for s in RunState)
 
 
 def _in(values: tuple[str, ...]) -> str:
@@ -84,7 +88,7 @@ def _v1_initial(db: Database) -> None:
             verify_query TEXT,
             plan TEXT NOT NULL,
             diff TEXT NOT NULL,
-            state TEXT NOT NULL CHECK (state IN ({_in(RUN_STATES)})),
+            state TEXT NOT NULL CHECK (state IN ({_in(_V1_RUN_STATES)})),
             dry_run INTEGER NOT NULL DEFAULT 0,
             requested_by TEXT NOT NULL,
             created_at TEXT NOT NULL,
@@ -259,10 +263,72 @@ def _v6_drill_ownership(db: Database) -> None:
     )
 
 
+def _v7_claims_and_outbox(db: Database) -> None:
+    # Runs gain the "reverting" claim and an owner for both claims, so a crash inside
+    # a revert is finished by whoever comes next and a live process's claim is left
+    # alone. SQLite cannot alter a CHECK: the table is rebuilt (the caller turns
+    # foreign keys off around migrations, as SQLite's ALTER TABLE guide says).
+    columns = ("id, seq, incident_id, playbook_id, step_id, action, target, args, guard, "
+               "verify_query, plan, diff, state, dry_run, requested_by, created_at, "
+               "updated_at, error, held_at, scope")
+    db.execute(
+        f"""CREATE TABLE runs_v7 (
+            id TEXT PRIMARY KEY,
+            seq INTEGER NOT NULL UNIQUE,
+            incident_id TEXT REFERENCES incidents (id),
+            playbook_id TEXT,
+            step_id TEXT,
+            action TEXT NOT NULL,
+            target TEXT NOT NULL,
+            args TEXT NOT NULL,
+            guard TEXT NOT NULL,
+            verify_query TEXT,
+            plan TEXT NOT NULL,
+            diff TEXT NOT NULL,
+            state TEXT NOT NULL CHECK (state IN ({_in(RUN_STATES)})),
+            dry_run INTEGER NOT NULL DEFAULT 0,
+            requested_by TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            error TEXT,
+            held_at TEXT,
+            scope TEXT NOT NULL DEFAULT 'production'
+                CHECK (scope IN ('production', 'drill')),
+            claimed_by TEXT,
+            claimed_at TEXT,
+            prior_state TEXT
+        )"""
+    )
+    db.execute(f"INSERT INTO runs_v7 ({columns}) SELECT {columns} FROM runs")
+    db.execute("DROP TABLE runs")
+    db.execute("ALTER TABLE runs_v7 RENAME TO runs")
+    db.execute("CREATE INDEX idx_runs_incident ON runs (incident_id)")
+    db.execute("CREATE INDEX idx_runs_state ON runs (state)")
+    db.execute("CREATE INDEX idx_runs_scope_action ON runs (scope, action)")
+    # Work an ingest leaves for after the webhook's answer (announce a new incident,
+    # run its automatic steps), written in the alert's own transaction so a crash
+    # between the two never loses it. Claimed like a run; done_at marks it finished.
+    db.execute(
+        """CREATE TABLE outbox (
+            id INTEGER PRIMARY KEY,
+            incident_id TEXT NOT NULL REFERENCES incidents (id),
+            kind TEXT NOT NULL,
+            stage TEXT NOT NULL DEFAULT 'new',
+            created_at TEXT NOT NULL,
+            claimed_by TEXT,
+            claimed_at TEXT,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            last_error TEXT,
+            done_at TEXT
+        )"""
+    )
+    db.execute("CREATE INDEX idx_outbox_pending ON outbox (done_at, id)")
+
+
 # Append only; index + 1 is the schema version.
 MIGRATIONS: list[Callable[[Database], None]] = [
     _v1_initial, _v2_chat_messages, _v3_drills, _v4_trust, _v5_drill_scope,
-    _v6_drill_ownership,
+    _v6_drill_ownership, _v7_claims_and_outbox,
 ]
 
 LATEST_VERSION = len(MIGRATIONS)

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any, overload
 
 from actions.base import Plan
+from bot.core.run_states import RunState
 from bot.playbook.schema import Guard
 
 CLOSED_STATUSES = ("resolved", "cancelled")
@@ -108,7 +109,7 @@ class Run:
     verify_query: str | None
     plan: Plan
     diff: str
-    state: str
+    state: RunState
     dry_run: bool
     requested_by: str
     created_at: datetime
@@ -119,10 +120,20 @@ class Run:
     # "drill" for a drill incident's runs: its guards never count production's, and
     # production's never count a drill's.
     scope: str = "production"
+    # The process holding the run while it is applying or reverting (bot.core.claims),
+    # and the state a revert came from (where a failed revert goes back to).
+    claimed_by: str | None = None
+    claimed_at: datetime | None = None
+    prior_state: str | None = None
 
     @property
     def routes(self) -> list[str]:
         return self.plan.routes
+
+    @property
+    def fields(self) -> list[str]:
+        """``route.field`` for every change the plan makes (what a lock covers)."""
+        return [f"{c.route}.{c.field}" for c in self.plan.changes]
 
 
 @dataclass(frozen=True)
@@ -194,10 +205,11 @@ def run_from_row(r: dict[str, Any]) -> Run:
         id=r["id"], incident_id=r["incident_id"], playbook_id=r["playbook_id"],
         step_id=r["step_id"], action=r["action"], target=r["target"], args=json.loads(r["args"]),
         guard=Guard.model_validate_json(r["guard"]), verify_query=r["verify_query"],
-        plan=Plan.model_validate_json(r["plan"]), diff=r["diff"], state=r["state"],
+        plan=Plan.model_validate_json(r["plan"]), diff=r["diff"], state=RunState(r["state"]),
         dry_run=bool(r["dry_run"]), requested_by=r["requested_by"], error=r["error"],
-        scope=r.get("scope") or "production",
-        **_dt(r, "created_at", "updated_at", "held_at"),
+        scope=r.get("scope") or "production", claimed_by=r.get("claimed_by"),
+        prior_state=r.get("prior_state"),
+        **_dt(r, "created_at", "updated_at", "held_at", "claimed_at"),
     )
 
 

@@ -1,8 +1,13 @@
 """The runner: plan -> guards -> approval -> apply -> verify -> keep | revert; TTL -> revert.
 
-Every transition is persisted with its timeline event before the next step
-starts, so a crash leaves a record that ``reconcile()`` can finish. The store
-is the truth; ``timers()`` rebuilds the scheduler's cache from it.
+Every move follows the run state machine (``bot.core.run_states``) and is a
+compare-and-set in the store. Apply and revert first *claim* the run (``applying``
+/ ``reverting``, with this process as the holder) in the same transaction that
+re-checks the guards, so two processes sharing the store never both change the
+target; the second waits for the first and answers with its outcome. A crash
+while claimed is finished or undone once, by whoever comes next
+(``bot.recovery``). The store is the truth; ``timers()`` rebuilds the
+scheduler's cache from it.
 
 Failures never look like success: a refused step raises ``GuardRefused``
 (state unchanged, an event says why); an apply or revert that fails raises
@@ -17,6 +22,8 @@ and ``resumed``.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any, NoReturn
@@ -24,8 +31,11 @@ from typing import Any, NoReturn
 from actions.base import Action, MetricsSource, Plan, ServingDriver
 from actions.catalog import get_action
 from actions.policy import ServingPolicy
+from bot.core.claims import owner_alive
+from bot.core.run_states import ACTIVE, APPLICABLE, CLAIMED, RunState
 from bot.errors import (
     ActionFailed,
+    Conflict,
     GuardRefused,
     IncidentBotError,
     InputError,
@@ -34,7 +44,6 @@ from bot.errors import (
 )
 from bot.guards import (
     RunnerSettings,
-    TargetLocks,
     approval_state,
     check_active_cap,
     check_allowed,
@@ -51,13 +60,15 @@ from bot.guards import (
     others_only,
 )
 from bot.playbook.schema import Guard, Verify, format_duration
+from bot.records import Mitigation
 from bot.store import PAUSE_FLAG, Run, Store
 
 __all__ = ["BOT_ACTOR", "Runner", "RunnerSettings"]
 
 BOT_ACTOR = "bot"
-ACTIVE = ("applied", "verified")
-APPLICABLE = ("planned", "approved", "awaiting_approval", "expired")
+# How long a request waits for another process's apply or revert of the same run
+# (a LiteLLM reload takes up to 90 s) before answering that it is still under way.
+CLAIM_WAIT_SECONDS = 180.0
 # incident id -> (target name such as "drill:DRILL-3", its driver), or None when no
 # drill with a target of its own owns the incident.
 DrillTargets = Callable[[str], "tuple[str, ServingDriver] | None"]
@@ -82,7 +93,7 @@ class Runner:
         self.metrics = metrics
         self.settings = settings
         self.clock = clock or store.clock
-        self.locks = TargetLocks()
+        self.claim_poll = 0.05
 
     # --- plan ----------------------------------------------------------------------
 
@@ -94,7 +105,7 @@ class Runner:
         step_id: str | None,
         action: str,
         target: str,
-        args: dict,
+        args: dict[str, Any],
         guard: Guard,
         verify_query: str | None,
         requested_by: str,
@@ -170,7 +181,7 @@ class Runner:
         if spans:
             history = self.store.applied_runs(plan.action, plan.target, now - max(spans),
                                               scope=scope)
-        active = self.store.active_mitigations(scope=scope)
+        active = self._holders(scope)
         kw: dict[str, Any] = {"action": plan.action, "routes": plan.routes, "history": history,
                               "now": now}
         checks = [
@@ -183,6 +194,18 @@ class Runner:
             check_lock(plan, active, run_id=run_id),
         ]
         return [c for c in checks if c is not None]
+
+    def _holders(self, scope: str) -> list[Mitigation]:
+        """What holds fields in ``scope``: active mitigations, and runs another request
+        is applying right now (read in the claim's transaction, so two processes never
+        both pass the lock or the active cap)."""
+        held = self.store.active_mitigations(scope=scope)
+        now = self.clock()
+        for run in self.store.claimed_runs(scope=scope):
+            if run.state == RunState.APPLYING:
+                held.append(Mitigation(run.id, run.target, run.routes, run.fields, now, None,
+                                       None, None, None, None))
+        return held
 
     # --- approval ------------------------------------------------------------------
 
@@ -208,6 +231,7 @@ class Runner:
                 run_id, "approved",
                 f"approved by {user} (valid until {fmt_time(expires, self.clock())})",
                 actor=user, data={"expires_at": expires.isoformat()},
+                expect=("awaiting_approval", "approved", "expired"),
             )
 
     async def deny(self, run_id: str, user: str, reason: str = "") -> Run:
@@ -218,64 +242,115 @@ class Runner:
         with self.store.transaction():
             self.store.add_approval(run_id, user, "deny", expires_at=self.clock())
             why = f": {reason}" if reason else ""
-            return self.store.transition(run_id, "denied", f"denied by {user}{why}", actor=user)
+            return self.store.transition(run_id, "denied", f"denied by {user}{why}", actor=user,
+                                         expect=APPLICABLE)
 
     # --- apply ---------------------------------------------------------------------
 
     async def apply(self, run_id: str, *, actor: str, automatic: bool = False) -> Run:
         run = self.store.run(run_id)
+        if run.state in CLAIMED:
+            return await self._blocked(run, ("wait", GuardRefused("lock", "")), actor=actor)
         if run.state in ACTIVE:
             return run  # applying twice is a no-op
         if refusal := check_dry_run(run_id, run.dry_run):
             self._refuse(run, refusal, actor=actor)
         driver, act = self._run_driver(run), get_action(run.action)
-        async with self.locks.hold(run.target, run.routes):
-            run = self.store.run(run_id)  # another apply may have finished while we waited
+        current = await driver.read()
+        note = self._paused_note(automatic, "apply")
+        # One write transaction: re-read, check every guard against the store as it is
+        # now, and claim. A second process waits on the store's write lock, then sees
+        # the claim (and the lock guard) instead of a stale "planned".
+        with self.store.transaction():
+            run = self.store.run(run_id)
             if run.state in ACTIVE:
                 return run
-            if run.state not in APPLICABLE:
+            if run.state in CLAIMED:
+                blocker: tuple[str, GuardRefused] | None = ("wait", GuardRefused("lock", ""))
+            elif run.state not in APPLICABLE:
                 raise InputError(f"{run_id} is {run.state}; it cannot be applied",
                                  hint="plan the step again to get a new run")
-            self._check_before_apply(run, automatic=automatic, actor=actor)
-            refusals = self._refusals(run.plan, run.guard, await driver.read(), run_id=run_id,
-                                      scope=run.scope)
-            if refusals:
-                self._refuse(run, refusals[0], actor=actor)
-            note = self._paused_note(automatic, "apply")
-            run = self.store.transition(run_id, "applying",
-                                        f"applying {run.plan.summary or run.action}{note}",
-                                        actor=actor)
-            reason = " ".join(x for x in (run.id, run.incident_id, run.step_id, f"by {actor}") if x)
-            try:
-                await act.apply(run.plan, driver, reason=reason)
-                mismatch = await act.verify(run.plan, driver)
-            except PartialApplyError as exc:
-                await self._fail(run, act, driver, exc.message, actor, routes=exc.applied)
-            except Exception as exc:  # a failed write may still have changed something
-                await self._fail(run, act, driver, _why(exc), actor, routes=None)
-            if mismatch:
-                await self._fail(run, act, driver, "the change did not take effect: "
-                                 + "; ".join(mismatch), actor, routes=None)
-            return self._mark_applied(run, actor=actor, applied_at=self.clock(),
-                                      text=f"applied: {run.plan.summary or run.action}")
+            else:
+                blocker = self._apply_blocker(run, current, automatic=automatic)
+            if blocker is None:
+                run = self.store.transition(
+                    run_id, "applying", f"applying {run.plan.summary or run.action}{note}",
+                    actor=actor, expect=APPLICABLE)
+        if blocker is not None:
+            return await self._blocked(run, blocker, actor=actor)
+        reason = " ".join(x for x in (run.id, run.incident_id, run.step_id, f"by {actor}") if x)
+        try:
+            await act.apply(run.plan, driver, reason=reason)
+            mismatch = await act.verify(run.plan, driver)
+        except PartialApplyError as exc:
+            await self._fail(run, act, driver, exc.message, actor, routes=exc.applied)
+        except Exception as exc:  # a failed write may still have changed something
+            await self._fail(run, act, driver, _why(exc), actor, routes=None)
+        if mismatch:
+            await self._fail(run, act, driver, "the change did not take effect: "
+                             + "; ".join(mismatch), actor, routes=None)
+        return self._mark_applied(run, actor=actor, applied_at=self.clock(),
+                                  text=f"applied: {run.plan.summary or run.action}")
 
-    def _check_before_apply(self, run: Run, *, automatic: bool, actor: str) -> None:
+    def _apply_blocker(self, run: Run, current: ServingPolicy, *,
+                       automatic: bool) -> tuple[str, GuardRefused] | None:
+        """Why ``run`` may not be applied now, without writing anything:
+        ("hold" | "expire" | "refuse", the refusal), or None."""
         if pause := check_pause(self.store.flag(PAUSE_FLAG), automatic=automatic):
-            self._hold(run, pause)
-            raise pause
+            return "hold", pause
         now = self.clock()
         approvals = self.store.approvals(run.id)
         allow_self = self.settings.self_approval
         refusal = check_approval(run.guard, run_id=run.id, requested_by=run.requested_by,
                                  approvals=approvals, now=now, allow_self=allow_self)
-        if refusal is None:
-            return
-        state, _ = approval_state(run.guard, requested_by=run.requested_by,
-                                  approvals=approvals, now=now, allow_self=allow_self)
-        if state == "expired" and run.state != "expired":
-            self.store.transition(run.id, "expired", f"not applied: {refusal.reason}", actor=actor)
+        if refusal is not None:
+            state, _ = approval_state(run.guard, requested_by=run.requested_by,
+                                      approvals=approvals, now=now, allow_self=allow_self)
+            return ("expire" if state == "expired" and run.state != "expired"
+                    else "refuse"), refusal
+        refusals = self._refusals(run.plan, run.guard, current, run_id=run.id, scope=run.scope)
+        return ("refuse", refusals[0]) if refusals else None
+
+    async def _blocked(self, run: Run, blocker: tuple[str, GuardRefused], *,
+                       actor: str) -> Run:
+        how, refusal = blocker
+        if how == "wait":
+            # Another request claimed it between our first look and the claim.
+            settled = await self._settled(run.id)
+            if settled.state in ACTIVE:
+                return settled
+            raise ActionFailed(f"{run.id} was applied by another request and ended "
+                               f"{settled.state}: {settled.error or 'see its timeline'}",
+                               hint="see the run's timeline; the step can be planned again")
+        if how == "hold":
+            self._hold(run, refusal)
+            raise refusal
+        if how == "expire":
+            self.store.transition(run.id, "expired", f"not applied: {refusal.reason}",
+                                  actor=actor, expect=APPLICABLE)
             raise refusal
         self._refuse(run, refusal, actor=actor)
+
+    async def _settled(self, run_id: str) -> Run:
+        """Wait until no live process holds ``run_id`` (applying or reverting); a claim
+        whose holder died is reconciled here and now. Returns the run as it ends up."""
+        from bot.recovery import reconcile_run  # recovery builds on the runner
+
+        deadline = time.monotonic() + CLAIM_WAIT_SECONDS
+        while True:
+            run = self.store.run(run_id)
+            if run.state not in CLAIMED:
+                return run
+            if not self.holder_alive(run):
+                await reconcile_run(self, run)
+                continue
+            if time.monotonic() > deadline:
+                raise Conflict(f"{run_id} is still {run.state} by {run.claimed_by}",
+                               hint="try again in a minute; `show` lists its timeline")
+            await asyncio.sleep(self.claim_poll)
+
+    def holder_alive(self, run: Run) -> bool:
+        return owner_alive(run.claimed_by, claimed_at=run.claimed_at, now=self.clock())
 
     def _mark_applied(self, run: Run, *, actor: str, applied_at: datetime, text: str,
                       kind: str | None = None) -> Run:
@@ -285,7 +360,8 @@ class Runner:
         with self.store.transaction():
             self.store.record_mitigation(run, applied_at=applied_at, ttl_due_at=ttl_due,
                                          verify_due_at=verify_due)
-            return self.store.transition(run.id, "applied", text, actor=actor, kind=kind, data={
+            return self.store.transition(run.id, "applied", text, actor=actor, kind=kind,
+                                         expect=("applying",), data={
                 "diff": run.diff, "ttl_due_at": ttl_due and ttl_due.isoformat(),
                 "verify_due_at": verify_due and verify_due.isoformat()})
 
@@ -301,7 +377,7 @@ class Runner:
             applied = f"; applied before the failure: {', '.join(routes) or 'nothing'}"
         text = f"apply failed: {what}{applied}; {back}"
         self.store.transition(run.id, "failed", text, actor=actor, error=text,
-                              data={"restored": restored})
+                              data={"restored": restored}, expect=("applying",))
         raise ActionFailed(f"{run.id} failed: {what}; {back}",
                            hint="see the run's timeline; the step can be planned again")
 
@@ -332,7 +408,8 @@ class Runner:
             with self.store.transaction():
                 self.store.set_verify_state(run_id, "passed")
                 return self.store.transition(run_id, "verified", f"verification passed: {detail}",
-                                             actor=BOT_ACTOR, data={"query": run.verify_query})
+                                             actor=BOT_ACTOR, data={"query": run.verify_query},
+                                             expect=("applied",))
         if mit.verify_due_at is None or self.clock() < mit.verify_due_at:
             return run  # still inside `within`: the metric has time to recover
         if verify.on_fail == "escalate":
@@ -363,8 +440,11 @@ class Runner:
     # --- revert --------------------------------------------------------------------
 
     async def revert(self, run_id: str, *, actor: str, reason: str, automatic: bool = False) -> Run:
-        run, mit = self.store.run(run_id), self.store.mitigation(run_id)
-        if run.state == "reverted" or (mit is not None and not mit.active):
+        run = self.store.run(run_id)
+        if run.state in CLAIMED:
+            run = await self._settled(run_id)  # another request's apply or revert ends first
+        mit = self.store.mitigation(run_id)
+        if run.state == RunState.REVERTED or (mit is not None and not mit.active):
             return run  # reverting twice is a no-op
         if run.state not in ACTIVE or mit is None:
             raise InputError(f"{run_id} is {run.state}: nothing of it is applied to revert",
@@ -373,33 +453,42 @@ class Runner:
             self._hold(run, pause)
             raise pause
         driver, act = self._run_driver(run), get_action(run.action)
-        async with self.locks.hold(run.target, run.routes):
-            run, mit = self.store.run(run_id), self.store.mitigation(run_id)
-            if run.state == "reverted" or (mit is not None and not mit.active):
-                return run
-            try:
-                drifted = await act.revert(run.plan, driver, reason=f"{run_id} revert: {reason}")
-                now = await driver.read()
-            except Exception as exc:
-                self._revert_failed(run, _why(exc), actor)
-            stuck = [f"routes.{c.route}.{c.field}" for c in run.plan.changes
-                     if now.get(c.route, c.field) == c.after]
-            if stuck:
-                self._revert_failed(run, f"{', '.join(stuck)} still hold the change", actor)
-            note = self._paused_note(automatic, "revert")
-            left = f"; left as is: {'; '.join(drifted)}" if drifted else ""
-            with self.store.transaction():
-                self.store.mark_reverted(run_id, reason)
-                return self.store.transition(run_id, "reverted",
-                                             f"reverted by {actor}: {reason}{note}{left}",
-                                             actor=actor, data={"drifted": drifted})
+        note = self._paused_note(automatic, "revert")
+        try:
+            run = self.store.transition(run_id, "reverting", f"reverting: {reason}{note}",
+                                        actor=actor, expect=ACTIVE)
+        except Conflict:
+            return await self._settled(run_id)  # another request got there first
+        return await self.finish_revert(run, act, driver, actor=actor, reason=reason, note=note)
+
+    async def finish_revert(self, run: Run, act: Action, driver: ServingDriver, *,
+                            actor: str, reason: str, note: str = "", kind: str | None = None,
+                            ) -> Run:
+        """Put the target back for a run this process holds in ``reverting``."""
+        try:
+            drifted = await act.revert(run.plan, driver, reason=f"{run.id} revert: {reason}")
+            now = await driver.read()
+        except Exception as exc:
+            self._revert_failed(run, _why(exc), actor)
+        stuck = [f"routes.{c.route}.{c.field}" for c in run.plan.changes
+                 if now.get(c.route, c.field) == c.after]
+        if stuck:
+            self._revert_failed(run, f"{', '.join(stuck)} still hold the change", actor)
+        left = f"; left as is: {'; '.join(drifted)}" if drifted else ""
+        with self.store.transaction():
+            self.store.mark_reverted(run.id, reason)
+            return self.store.transition(run.id, "reverted", f"reverted by {actor}: "
+                                         f"{_without_actor(reason, actor)}{note}{left}",
+                                         actor=actor, kind=kind, data={"drifted": drifted},
+                                         expect=("reverting",))
 
     def _revert_failed(self, run: Run, why: str, actor: str) -> NoReturn:
-        self.store.add_event(run.incident_id, "revert_failed",
-                             f"revert of {run.id} failed: {why}; the change is still in place",
-                             actor=actor, run_id=run.id)
-        raise ActionFailed(f"revert of {run.id} failed: {why}; the change is still in place",
-                           hint="retry the revert; timer-driven reverts retry on their own")
+        text = f"revert of {run.id} failed: {why}; the change is still in place"
+        with self.store.transaction():
+            back = run.prior_state or "applied"
+            self.store.transition(run.id, back, text, actor=actor, kind="revert_failed",
+                                  expect=("reverting",))
+        raise ActionFailed(text, hint="retry the revert; timer-driven reverts retry on their own")
 
     # --- timers, pause, restart ----------------------------------------------------
 
@@ -425,7 +514,7 @@ class Runner:
                 if run.incident_id and not self.store.incident(run.incident_id).is_open:
                     done.append(self.store.transition(
                         run.id, "expired", "not applied: the incident closed while the bot "
-                        "was paused", actor=BOT_ACTOR))
+                        "was paused", actor=BOT_ACTOR, expect=("planned",)))
                     continue
                 try:
                     done.append(await self.apply(run.id, actor=BOT_ACTOR, automatic=True))
@@ -456,34 +545,10 @@ class Runner:
         return await self.run_due()
 
     async def reconcile(self) -> list[Run]:
-        """Finish runs a crash left in ``applying``: applied if the target holds the plan."""
-        out = []
-        for run in self.store.runs(state="applying"):
-            driver, act = self.drivers.get(run.target), get_action(run.action)
-            try:
-                if driver is None:
-                    raise InputError(f"target '{run.target}' is not configured")
-                now = await driver.read()
-            except IncidentBotError as exc:
-                self.store.add_event(run.incident_id, "reconcile_failed",
-                                     f"{run.id} left in applying: cannot read the target ({exc})",
-                                     actor=BOT_ACTOR, run_id=run.id)
-                continue
-            missing = [c for c in run.plan.changes if now.get(c.route, c.field) != c.after]
-            if not missing:
-                out.append(self._mark_applied(
-                    run, actor=BOT_ACTOR, applied_at=run.updated_at, kind="reconciled",
-                    text="found in applying after a restart; the target holds the planned "
-                    "values: marked applied"))
-                continue
-            restored, problem = await self._put_back(run, act, driver, routes=None)
-            back = f"put back {', '.join(restored)}" if restored else "nothing to put back"
-            text = (f"found in applying after a restart; the target does not hold the plan "
-                    f"({', '.join(f'routes.{c.route}.{c.field}' for c in missing)}); "
-                    f"{problem or back}: marked failed")
-            out.append(self.store.transition(run.id, "failed", text, actor=BOT_ACTOR,
-                                             kind="reconciled", error=text))
-        return out
+        """Finish or undo, once, what a dead process left applying or reverting."""
+        from bot.recovery import reconcile
+
+        return await reconcile(self)
 
     # --- helpers -------------------------------------------------------------------
 
@@ -538,6 +603,13 @@ class Runner:
         self.store.add_event(None, kind, text, actor=actor)
         for inc in self.store.open_incidents():
             self.store.add_event(inc.id, kind, text, actor=actor)
+
+
+def _without_actor(reason: str, actor: str) -> str:
+    """The revert verb's default reason is "by ACTOR"; say who reverted only once."""
+    for said in (f"reverted by {actor}", f"by {actor}"):
+        reason = reason.removeprefix(said)
+    return reason.lstrip(" ;:,") or "on request"
 
 
 def _why(exc: BaseException) -> str:

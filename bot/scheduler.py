@@ -26,6 +26,7 @@ from typing import Any
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from bot.engine import Engine
+from bot.errors import Conflict
 from bot.guards import approval_state, fmt_span, fmt_time
 from bot.lifecycle import ENGINE_ACTOR
 from bot.messages import Button, Message, Section
@@ -130,7 +131,7 @@ class Scheduler:
     async def _reconcile(self) -> list[Run]:
         runs = await self.runner.reconcile()
         for run in runs:
-            await self._report(run, ("applying", None))
+            await self._report(run, (run.prior_state or "applying", None))
         return runs
 
     async def run_due(self) -> list[Run]:
@@ -184,8 +185,12 @@ class Scheduler:
                 else:
                     continue
                 before = self._snapshot(run.id)
-                run = self.store.transition(run.id, "expired", f"not applied: {why}",
-                                            actor=ENGINE_ACTOR)
+                try:
+                    run = self.store.transition(run.id, "expired", f"not applied: {why}",
+                                                actor=ENGINE_ACTOR, expect=(state,))
+                except Conflict:
+                    continue  # applied or denied by someone else meanwhile
+
                 expired.append(run)
                 await self._report(run, before)
         return expired
@@ -220,8 +225,10 @@ class Scheduler:
     async def tick(self) -> list[Run]:
         """What `serve`'s timers and poll do, once (the `tick` verb, for cron): due reverts
         and verification deadlines, early verification passes, expired approvals, and
-        the incident status rules. Reminders stay with `serve` (they need a channel)."""
-        done = await self.run_due()
+        the incident status rules. Reminders stay with `serve` (they need a channel).
+        First, what a dead process left applying or reverting is settled."""
+        done = await self._reconcile()
+        done += await self.run_due()
         done += await self.check_verifications()
         done += await self.expire_approvals()
         await self.engine.sync_lifecycle()
@@ -229,6 +236,9 @@ class Scheduler:
 
     async def poll(self) -> None:
         """The periodic tick: each part guarded on its own, then the timers re-synced."""
+        # A CLI that died mid-apply beside a running `serve` is settled here, not only
+        # at the next start.
+        await self._guarded("reconcile", self._reconcile)
         await self._guarded("check_verifications", self.check_verifications)
         await self._guarded("run_due", self.run_due)
         await self._guarded("expire_approvals", self.expire_approvals)

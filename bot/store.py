@@ -127,6 +127,9 @@ class Store(RunRecords):
             return
         # All missing versions in one transaction: a failure leaves the old schema intact.
         version = current
+        # A migration may rebuild a table others reference (SQLite's ALTER TABLE
+        # procedure): foreign keys off for the migration, checked before the commit.
+        self.db.execute("PRAGMA foreign_keys = OFF")
         try:
             with self.transaction():
                 for version in range(current + 1, LATEST_VERSION + 1):
@@ -135,12 +138,17 @@ class Store(RunRecords):
                         "INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)",
                         [version, to_text(self.now())],
                     )
+                broken = self.db.execute("PRAGMA foreign_key_check").fetchall()
+                if broken:
+                    raise sqlite3.IntegrityError(f"foreign keys broken: {broken[:3]}")
         except StoreError as exc:
             raise StoreError(
                 f"migrating the store at {where} to version {version} failed ({exc.__cause__}); "
                 f"it stays at version {current}",
                 hint="report this with the database's schema_migrations table",
             ) from exc
+        finally:
+            self.db.execute("PRAGMA foreign_keys = ON")
 
     def probe_write(self) -> None:
         """Write one row and commit: raises ``StoreError`` when the store takes no writes

@@ -7,6 +7,7 @@ A mixin of ``bot.store.Store`` (which provides ``db``, ``transaction``,
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -14,8 +15,16 @@ from typing import TYPE_CHECKING, Any
 from sqlite_utils import Database
 
 from actions.base import Plan
-from bot.errors import InputError, NotFound
-from bot.migrations import RUN_STATES
+from bot.core.claims import this_process
+from bot.core.run_states import (
+    CLAIMED,
+    INITIAL,
+    IllegalTransition,
+    RunState,
+    check_move,
+    parse_state,
+)
+from bot.errors import Conflict, NotFound
 from bot.playbook.schema import Guard
 from bot.records import (
     Approval,
@@ -61,7 +70,9 @@ class RunRecords:
         scope: str = "production",
     ) -> Run:
         """Persist a planned run (plan and diff included) and its first timeline event."""
-        _check_state(state)
+        if parse_state(state) not in INITIAL:
+            raise IllegalTransition(f"a run cannot start as {state}",
+                                    hint=f"one of: {', '.join(sorted(INITIAL))}")
         now = to_text(self.now())
         with self.transaction():
             run_id, seq = self._next_id("runs", "RUN")
@@ -93,7 +104,7 @@ class RunRecords:
             clauses.append("incident_id = ?")
             params.append(incident_id)
         if state is not None:
-            _check_state(state)
+            parse_state(state)
             clauses.append("state = ?")
             params.append(state)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
@@ -110,19 +121,60 @@ class RunRecords:
         kind: str | None = None,
         error: str | None = None,
         data: dict[str, Any] | None = None,
+        expect: Iterable[str] | None = None,
+        owner: str | None = None,
     ) -> Run:
-        """Move a run to ``state`` and add the timeline event, atomically (clears held_at)."""
-        _check_state(state)
+        """Move a run to ``state`` and add its timeline event, in one transaction.
+
+        The move must be in the state machine's table (``IllegalTransition`` names
+        both states), and it is a compare-and-set on the state read inside the
+        transaction: ``expect`` narrows which states the caller believes the run is
+        in (``Conflict`` when another process moved it first). Entering ``applying``
+        or ``reverting`` records ``owner`` as the claim holder; leaving them clears it.
+        """
         with self.transaction():
             before = self.run(run_id)
-            self.db.execute(
-                "UPDATE runs SET state = ?, error = ?, updated_at = ?, held_at = NULL "
-                "WHERE id = ?",
-                [state, error, to_text(self.now()), run_id],
+            if expect is not None and before.state not in set(expect):
+                raise Conflict(
+                    f"{run_id} is {before.state} now (another request moved it first)",
+                    hint=f"see `show {before.incident_id or run_id}` for what happened")
+            to = check_move(run_id, before.state, state)
+            now = to_text(self.now())
+            claim: list[Any] = [None, None, before.prior_state]
+            if to in CLAIMED:
+                claim = [owner or this_process(), now,
+                         before.state if to == RunState.REVERTING else None]
+            cur = self.db.execute(
+                "UPDATE runs SET state = ?, error = ?, updated_at = ?, held_at = NULL, "
+                "claimed_by = ?, claimed_at = ?, prior_state = ? WHERE id = ? AND state = ?",
+                [to.value, error, now, *claim, run_id, before.state.value],
             )
-            self.add_event(before.incident_id, kind or state, text, actor=actor, run_id=run_id,
-                           data={"from": before.state, "state": state, **(data or {})})
+            if cur.rowcount != 1:
+                raise Conflict(f"{run_id} changed under this request (it was {before.state})",
+                               hint="run the command again to see where it is now")
+            self.add_event(before.incident_id, kind or to.value, text, actor=actor,
+                           run_id=run_id,
+                           data={"from": before.state.value, "state": to.value, **(data or {})})
         return self.run(run_id)
+
+    def claimed_runs(self, *, scope: str | None = None) -> list[Run]:
+        """Runs some process is applying or reverting right now (or was, if it died)."""
+        sql = "SELECT * FROM runs WHERE state IN ('applying', 'reverting')"
+        params: list[Any] = []
+        if scope is not None:
+            sql += " AND scope = ?"
+            params.append(scope)
+        return [run_from_row(r) for r in self._rows(sql + " ORDER BY seq", params)]
+
+    def take_over(self, run_id: str, *, dead_owner: str | None, owner: str) -> bool:
+        """Compare-and-set the claim of a run whose holder died: True for the one
+        process that gets it (it then finishes or undoes the work exactly once)."""
+        with self.transaction():
+            cur = self.db.execute(
+                "UPDATE runs SET claimed_by = ?, claimed_at = ? WHERE id = ? "
+                "AND state IN ('applying', 'reverting') AND claimed_by IS ?",
+                [owner, to_text(self.now()), run_id, dead_owner])
+            return cur.rowcount == 1
 
     def mark_held(self, run_id: str, held: bool) -> None:
         with self.transaction():
@@ -210,7 +262,3 @@ class RunRecords:
                 [to_text(self.now()), reason, run_id],
             )
 
-
-def _check_state(state: str) -> None:
-    if state not in RUN_STATES:
-        raise InputError(f"unknown run state '{state}'", hint=f"one of: {', '.join(RUN_STATES)}")

@@ -123,3 +123,14 @@ class RecordingNotifier:
     def clear(self) -> None:
         self.messages.clear()
         self.times.clear()
+
+
+def dead_owner() -> str:
+    """A claim holder that is no longer running: a child process that exited and was reaped
+    (what a `kill -9`'d CLI looks like to the store)."""
+    import socket
+    import subprocess
+
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return f"{socket.gethostname()}:{child.pid}:1"

@@ -94,7 +94,7 @@ async def deny_verb(ctx: Context, cmd: Command) -> Result:
 
 
 async def revert_verb(ctx: Context, cmd: Command) -> Result:
-    reason = cmd.opt("--reason") or f"reverted by {ctx.actor}"
+    reason = cmd.opt("--reason") or "on request"
     return _one(await ctx.engine.runner.revert(cmd.args["run"], actor=ctx.actor, reason=reason))
 
 

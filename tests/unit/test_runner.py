@@ -6,7 +6,7 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from fakes import FakeMetrics, InMemoryDriver
+from fakes import FakeMetrics, InMemoryDriver, dead_owner
 from freezegun import freeze_time
 
 from actions.base import Sample
@@ -91,7 +91,7 @@ def test_happy_path_plan_approve_apply_verify_revert():
         done = run(env.runner.revert(r.id, actor="alice", reason="recovered"))
         assert done.state == "reverted" and env.tokens() == 1024
     assert env.kinds(r.id) == ["awaiting_approval", "approved", "applying", "applied",
-                               "verified", "reverted"]
+                               "verified", "reverting", "reverted"]
     assert env.store.active_mitigations() == [] and env.runner.timers() == []
     assert all(e.incident_id == env.incident for e in env.store.run_events(r.id))
 
@@ -415,12 +415,16 @@ def test_reconcile_after_a_crash_in_applying():
     with freeze_time(T0):
         done = env.cap(256, approval="none", ttl="1h")
         lost = env.cap(300, route="chat-small", approval="none")
+        live = env.cap(128, approval="none")
         for r in (done, lost):
-            env.store.transition(r.id, "applying", "applying", actor="alice")
+            env.store.transition(r.id, "applying", "applying", actor="alice", owner=dead_owner())
+        env.store.transition(live.id, "applying", "applying", actor="bob")  # this process
         # The crash happened after the first write reached the target, before the second.
         env.driver.policy = env.driver.policy.with_values({"chat": {"max_output_tokens": 256}})
         result = {r.id: r.state for r in run(env.runner.reconcile())}
     assert result == {done.id: "applied", lost.id: "failed"}
+    # A claim whose holder is alive is never second-guessed.
+    assert env.store.run(live.id).state == "applying"
     assert env.store.mitigation(done.id).ttl_due_at == datetime(2026, 11, 29, 11, tzinfo=UTC)
     assert env.kinds(done.id)[-1] == env.kinds(lost.id)[-1] == "reconciled"
     assert "does not hold the plan" in env.store.run(lost.id).error
