@@ -89,6 +89,24 @@ class ServingDriver(Protocol):
     ) -> None: ...
 
 
+@runtime_checkable
+class KeepsVersions(Protocol):
+    """A target that keeps its exact content from before each change (a file's bytes,
+    comments and layout included), so a revert can put back exactly what was there.
+
+    ``change_id`` is the run id. ``restore_version`` puts the "before" bytes back
+    only when the target is still exactly as that change left it, and says so;
+    otherwise it changes nothing and the caller reverts values instead.
+    """
+
+    async def write_versioned(self, updates: dict[str, dict[str, Any]], *, reason: str,
+                              action: str, change_id: str) -> None: ...
+
+    async def restore_version(self, change_id: str, *, reason: str) -> bool: ...
+
+    async def forget_version(self, change_id: str) -> None: ...
+
+
 class Sample(BaseModel):
     """One element of a PromQL instant-query result."""
 
@@ -165,8 +183,14 @@ class Action(ABC):
             named=sorted(params.routes),  # type: ignore[attr-defined]  # every Params has routes
         )
 
-    async def apply(self, plan: Plan, driver: ServingDriver, *, reason: str) -> None:
-        if not plan.noop:
+    async def apply(self, plan: Plan, driver: ServingDriver, *, reason: str,
+                    change_id: str | None = None) -> None:
+        if plan.noop:
+            return
+        if change_id and isinstance(driver, KeepsVersions):
+            await driver.write_versioned(plan.updates("after"), reason=reason, action=self.name,
+                                         change_id=change_id)
+        else:
             await driver.write(plan.updates("after"), reason=reason, action=self.name)
 
     async def verify(self, plan: Plan, driver: ServingDriver) -> list[str]:
@@ -179,12 +203,26 @@ class Action(ABC):
             if now.get(c.route, c.field) != c.after
         ]
 
-    async def revert(self, plan: Plan, driver: ServingDriver, *, reason: str) -> list[str]:
-        """Put ``before`` back where the field still holds our ``after``.
+    async def revert(self, plan: Plan, driver: ServingDriver, *, reason: str,
+                     change_id: str | None = None) -> list[str]:
+        """Put back what was there before ``plan``.
 
-        Returns the fields left alone because someone changed them since; the
-        runner records them so a human can decide.
+        A target that kept its version from before this change, and has not changed
+        since, gets those exact bytes back. Otherwise ``before`` goes back where a
+        field still holds our ``after``, and the fields someone changed since are
+        left alone and returned, so the runner records them for a human to decide.
         """
+        versions = driver if change_id and isinstance(driver, KeepsVersions) else None
+        if versions is not None and change_id and await versions.restore_version(
+                change_id, reason=reason):
+            return []
+        drifted = await self._revert_values(plan, driver, reason=reason)
+        if versions is not None and change_id:
+            await versions.forget_version(change_id)
+        return drifted
+
+    async def _revert_values(self, plan: Plan, driver: ServingDriver, *,
+                             reason: str) -> list[str]:
         now = await driver.read()
         restore: dict[str, dict[str, Any]] = {}
         drifted: list[str] = []

@@ -372,6 +372,32 @@ class Engine:
         await self.publish(self._timeline(inc, f"{incident_id} commander: {commander}", text))
         return inc
 
+    # --- run use cases: every front end calls these, never the runner directly ------
+
+    async def apply(self, run_id: str, actor: str) -> Run:
+        return await self._settle(await self.runner.apply(run_id, actor=actor))
+
+    async def approve(self, run_id: str, actor: str, *, apply: bool = False) -> Run:
+        run = self.store.run(run_id)
+        if apply and run.incident_id:
+            inc = self.store.incident(run.incident_id)
+            if not inc.is_open:
+                raise InputError(f"{inc.id} is {inc.status}; apply {run_id} is refused",
+                                 hint="a closed incident takes no new mitigation")
+        if apply:
+            return await self._settle(await self.runner.approve_and_apply(run_id, actor))
+        return await self._settle(await self.runner.approve(run_id, actor))
+
+    async def deny(self, run_id: str, actor: str, reason: str = "") -> Run:
+        return await self._settle(await self.runner.deny(run_id, actor, reason))
+
+    async def revert(self, run_id: str, actor: str, reason: str) -> Run:
+        return await self._settle(await self.runner.revert(run_id, actor=actor, reason=reason))
+
+    async def _settle(self, run: Run) -> Run:
+        await self.after_run(run)
+        return run
+
     async def after_run(self, run: Run) -> None:
         """Call after a run changed outside ``handle_alerts`` (a command, a timer):
         applies the run rules of the lifecycle and tells the listeners (the scheduler)."""

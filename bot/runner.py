@@ -209,8 +209,27 @@ class Runner:
 
     # --- approval ------------------------------------------------------------------
 
+    async def approve_and_apply(self, run_id: str, user: str) -> Run:
+        """``approve --apply``: when two people do it at once, one change, both told so."""
+        for _ in range(3):
+            run = self.store.run(run_id)
+            if run.state in CLAIMED:
+                run = await self._settled(run_id)
+            if run.state in ACTIVE:
+                return run  # another approver applied it a moment ago
+            try:
+                await self.approve(run_id, user)
+            except Conflict:
+                continue  # it moved under us: look again
+            return await self.apply(run_id, actor=user)
+        raise Conflict(f"{run_id} keeps changing under this request",
+                       hint=f"see `show {run_id}` and try again")
+
     async def approve(self, run_id: str, user: str) -> Run:
         run = self.store.run(run_id)
+        if run.state in CLAIMED or run.state in ACTIVE:
+            raise Conflict(f"{run_id} is {run.state} already; there is nothing left to approve",
+                           hint=f"to undo it, revert {run_id}")
         if run.state not in ("awaiting_approval", "approved", "expired"):
             raise InputError(
                 f"{run_id} is {run.state}; only a run awaiting approval can be approved",
@@ -280,7 +299,7 @@ class Runner:
             return await self._blocked(run, blocker, actor=actor)
         reason = " ".join(x for x in (run.id, run.incident_id, run.step_id, f"by {actor}") if x)
         try:
-            await act.apply(run.plan, driver, reason=reason)
+            await act.apply(run.plan, driver, reason=reason, change_id=run.id)
             mismatch = await act.verify(run.plan, driver)
         except PartialApplyError as exc:
             await self._fail(run, act, driver, exc.message, actor, routes=exc.applied)
@@ -389,7 +408,8 @@ class Runner:
             ours = [c for c in changes if now.get(c.route, c.field) == c.after]
             if ours:
                 sub = run.plan.model_copy(update={"changes": ours})
-                await act.revert(sub, driver, reason=f"{run.id} put back after a failed apply")
+                await act.revert(sub, driver, reason=f"{run.id} put back after a failed apply",
+                                 change_id=run.id)
         except Exception as exc:
             return [], _why(exc)
         return [f"routes.{c.route}.{c.field}" for c in ours], None
@@ -466,7 +486,8 @@ class Runner:
                             ) -> Run:
         """Put the target back for a run this process holds in ``reverting``."""
         try:
-            drifted = await act.revert(run.plan, driver, reason=f"{run.id} revert: {reason}")
+            drifted = await act.revert(run.plan, driver, reason=f"{run.id} revert: {reason}",
+                                       change_id=run.id)
             now = await driver.read()
         except Exception as exc:
             self._revert_failed(run, _why(exc), actor)

@@ -77,12 +77,11 @@ class ScriptedResponder:
             self.log("planned", f"scripted responder ({SCRIPTED_1}) planned {playbook} "
                      f"step {run.step_id} as {run.id}:\n{run.plan.diff()}")
             if run.state == "awaiting_approval":
-                run = await self.engine.runner.approve(run.id, SCRIPTED_2)
+                run = await self.engine.approve(run.id, SCRIPTED_2)
                 self.log("approved", f"scripted second responder ({SCRIPTED_2}) approved {run.id}")
             if run.state in ("refused", "dry_run"):
                 raise GuardRefused("plan", run.error or f"{run.id} is {run.state}")
-            run = await self.engine.runner.apply(run.id, actor=SCRIPTED_1)
-            await self.engine.after_run(run)
+            run = await self.engine.apply(run.id, SCRIPTED_1)
         except IncidentBotError as exc:
             out.problem = f"the scripted responder could not apply {playbook}/{step}: {exc}"
             self.log("failed", out.problem)

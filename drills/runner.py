@@ -410,7 +410,7 @@ async def undo_injection(engine: Engine, client: httpx.AsyncClient, d: Drill, *,
         for run in engine.store.runs(incident_id=d.incident_id):
             if run.state in ("applied", "verified"):
                 try:
-                    await engine.runner.revert(run.id, actor=actor, reason=f"drill {d.id} over")
+                    await engine.revert(run.id, actor, f"drill {d.id} over")
                 except IncidentBotError as exc:
                     problems.append(f"revert {run.id}: {exc}")
     try:

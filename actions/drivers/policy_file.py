@@ -4,7 +4,12 @@ The sandbox gateway and the LiteLLM pre-call hook read this file on every
 request, so a write must never expose a half-written file: we write a temp file
 in the same directory, fsync it, keep the previous version as ``<name>.prev``,
 ``os.replace`` it into place and fsync the directory. Readers therefore see the
-old policy or the new one, never a mix. Writers (only the bot, but possibly
+old policy or the new one, never a mix.
+
+Each change the bot makes keeps its own version (``<name>.versions/RUN-7.before``
+and ``.after``): its revert puts the exact bytes back, comments and layout
+included, when the file is still exactly as that change left it; otherwise the
+runner reverts values and reports what it left alone. Writers (only the bot, but possibly
 several processes of it) are serialised by an exclusive ``flock`` on a sidecar
 ``<name>.lock`` file, so two read-modify-write cycles cannot lose an update.
 """
@@ -65,6 +70,16 @@ class PolicyFileDriver:
         return self.path.with_name(self.path.name + ".prev")
 
     @property
+    def versions_dir(self) -> Path:
+        return self.path.with_name(self.path.name + ".versions")
+
+    def _version(self, change_id: str, which: str) -> Path:
+        if not change_id.replace("-", "").isalnum():
+            raise DriverError(f"bad change id {change_id!r} for a policy file version",
+                              hint="a run id such as RUN-7")
+        return self.versions_dir / f"{change_id}.{which}"
+
+    @property
     def lock_path(self) -> Path:
         return self.path.with_name(self.path.name + ".lock")
 
@@ -76,6 +91,36 @@ class PolicyFileDriver:
 
     async def write(self, updates: dict[str, dict[str, Any]], *, reason: str, action: str) -> None:
         await asyncio.to_thread(self._write, updates, reason, action)
+
+    # -- the KeepsVersions capability ---------------------------------------------------
+
+    async def write_versioned(self, updates: dict[str, dict[str, Any]], *, reason: str,
+                              action: str, change_id: str) -> None:
+        await asyncio.to_thread(self._write, updates, reason, action, change_id)
+
+    async def restore_version(self, change_id: str, *, reason: str) -> bool:
+        return await asyncio.to_thread(self._restore, change_id)
+
+    async def forget_version(self, change_id: str) -> None:
+        await asyncio.to_thread(self._forget, change_id)
+
+    def _restore(self, change_id: str) -> bool:
+        before, after = self._version(change_id, "before"), self._version(change_id, "after")
+        with self._locked():
+            try:
+                if self.path.read_bytes() != after.read_bytes():
+                    return False  # changed since (by a person or another run): values only
+                old = before.read_bytes()
+            except FileNotFoundError:
+                return False
+            atomic_replace(self.path, old, keep=self.prev_path)
+        self._forget(change_id)
+        return True
+
+    def _forget(self, change_id: str) -> None:
+        for which in ("before", "after"):
+            with contextlib.suppress(FileNotFoundError):
+                self._version(change_id, which).unlink()
 
     # -- implementation (runs in a worker thread) -------------------------------------
 
@@ -107,7 +152,8 @@ class PolicyFileDriver:
             ) from None
         return parse_policy(raw, source=str(self.path))
 
-    def _write(self, updates: dict[str, dict[str, Any]], reason: str, action: str) -> None:
+    def _write(self, updates: dict[str, dict[str, Any]], reason: str, action: str,
+               change_id: str | None = None) -> None:
         directory = self.path.parent
         if not directory.is_dir():
             raise DriverError(
@@ -137,7 +183,14 @@ class PolicyFileDriver:
             new = new.model_copy(
                 update={"updated_at": self._clock(), "updated_by": reason.strip() or self.actor}
             )
-            self._replace(dump_policy(new))
+            data = dump_policy(new)
+            if change_id is not None and self.path.exists():
+                # Both versions are on disk before the file changes: a crash after
+                # this leaves versions nobody uses, never a change without them.
+                self.versions_dir.mkdir(exist_ok=True)
+                atomic_replace(self._version(change_id, "before"), self.path.read_bytes())
+                atomic_replace(self._version(change_id, "after"), data)
+            self._replace(data)
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:

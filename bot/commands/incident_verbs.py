@@ -79,23 +79,20 @@ async def plan_verb(ctx: Context, cmd: Command) -> Result:
 
 
 async def apply_verb(ctx: Context, cmd: Command) -> Result:
-    run = await ctx.engine.runner.apply(cmd.args["run"], actor=ctx.actor)
-    await ctx.engine.after_run(run)  # incident -> mitigating, scheduler picks up the timers
-    return _one(run)
+    return _one(await ctx.engine.apply(cmd.args["run"], ctx.actor))
 
 
 async def approve_verb(ctx: Context, cmd: Command) -> Result:
-    return _one(await ctx.engine.runner.approve(cmd.args["run"], ctx.actor))
+    return _one(await ctx.engine.approve(cmd.args["run"], ctx.actor))
 
 
 async def deny_verb(ctx: Context, cmd: Command) -> Result:
-    run = await ctx.engine.runner.deny(cmd.args["run"], ctx.actor, cmd.opt("--reason") or "")
-    return _one(run)
+    return _one(await ctx.engine.deny(cmd.args["run"], ctx.actor, cmd.opt("--reason") or ""))
 
 
 async def revert_verb(ctx: Context, cmd: Command) -> Result:
     reason = cmd.opt("--reason") or "on request"
-    return _one(await ctx.engine.runner.revert(cmd.args["run"], actor=ctx.actor, reason=reason))
+    return _one(await ctx.engine.revert(cmd.args["run"], ctx.actor, reason))
 
 
 async def mitigations_verb(ctx: Context, cmd: Command) -> Result:

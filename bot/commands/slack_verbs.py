@@ -121,8 +121,7 @@ async def run_verb(ctx: Context, cmd: Command) -> Result:
                 return _run_result(r, f"{r.id} already plans this step ({r.state})")
     run = await engine.plan_step(inc.id, playbook.id, step_id, actor=ctx.actor, dry_run=dry)
     if run.state == "planned" and run.held_at is None:
-        run = await engine.runner.apply(run.id, actor=ctx.actor)
-        await engine.after_run(run)
+        run = await engine.apply(run.id, ctx.actor)
     return _run_result(run)
 
 
@@ -130,14 +129,15 @@ async def approve_verb(ctx: Context, cmd: Command) -> Result:
     """``approve RUN [--apply]``: with --apply, apply right after a valid approval."""
     if not cmd.flag("--apply"):
         return await _approve_only(ctx, cmd)
-    engine = ctx.engine
-    run = engine.store.run(cmd.args["run"])
+    run = ctx.engine.store.run(cmd.args["run"])
     if run.incident_id:
-        _open_incident(engine, run.incident_id, f"apply {run.id}")
-    approved = await _approve_only(ctx, cmd)
-    run = await engine.runner.apply(run.id, actor=ctx.actor)
-    await engine.after_run(run)
-    return _run_result(run, approved.text.splitlines()[0])
+        _open_incident(ctx.engine, run.incident_id, f"apply {run.id}")
+    before = len(ctx.engine.store.approvals(run.id))
+    run = await ctx.engine.approve(run.id, ctx.actor, apply=True)
+    if len(ctx.engine.store.approvals(run.id)) > before:
+        return _run_result(run, f"{run.id} approved by {ctx.actor} and {run.state}")
+    # Someone else's approve --apply got there first: the change is in, once.
+    return _run_result(run, f"{run.id} is {run.state} already; nothing left to approve")
 
 
 def _param(pair: str) -> tuple[str, object]:

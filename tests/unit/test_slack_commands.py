@@ -93,7 +93,10 @@ def test_approve_apply_applies_and_offers_revert(env):
     assert env.driver.policy.routes["chat"].max_output_tokens == 256
     assert [b.action for b in run_buttons(res.data)] == ["revert"]
     twice = cmd(env, f"approve {planned} --apply", actor="U0BOB")
-    assert twice.exit_code == 2 and "only a run awaiting approval" in twice.text
+    # A second click (or a second approver a moment late) is told it is done; no new change.
+    assert twice.ok and "applied already; nothing left to approve" in twice.text
+    assert len(env.store.approvals(planned)) == 1
+    assert [e.kind for e in env.store.run_events(planned)].count("applied") == 1
 
 
 def test_two_person_step_refuses_self_approval(env):
