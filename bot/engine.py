@@ -34,7 +34,7 @@ from bot.playbook_loading import LoadResult
 from bot.playbook_loading import reload as reload_playbooks
 from bot.runner import Runner
 from bot.store import PAUSE_FLAG, Incident, Run, Store, group_key_for
-from bot.suggestions import auto_result_message, build_suggestion
+from bot.suggestions import auto_result_message
 
 log = logging.getLogger(__name__)
 
@@ -133,85 +133,101 @@ class Engine:
         return (alert.alertname, route) in self._drilling
 
     def ingest(self, alerts: Iterable[Alert], *, is_drill: bool = False) -> list[Ingested]:
+        """Record a webhook body's alerts in one transaction, with the work they leave
+        (announce, automatic steps, recovery) in the outbox: committed together, or
+        nothing at all. ``drain_outbox`` does that work; the webhook answers first."""
         out = []
-        for alert in alerts:
-            known = self.store.alert_by_key(alert.fingerprint, alert.starts_at)
-            matches = self.matcher.match(alert)
-            top = matches[0].playbook if matches else None
-            klass = top.class_ if top else alert.labels.get("incident_class", UNCLASSIFIED)
-            incident_id, created, reopened = self.store.record_alert(
-                alert,
-                group_key=group_key_for(alert, klass),
-                title=_title(alert, top),
-                klass=klass,
-                severity=top.severity if top else alert.labels.get("severity", "warning"),
-                is_drill=is_drill or self._is_drill(alert),
-                reopen_within=self.flap_window,
-            )
-            if created and top is not None:
-                self.store.add_event(
-                    incident_id,
-                    "suggested",
-                    f"suggested playbook {top.id} ({top.title})",
-                    actor="llm-incident",
-                    data={
-                        "playbook": top.id,
-                        "why": [r.why for r in matches[0].matched],
-                        "others": [m.playbook.id for m in matches[1:]],
-                    },
-                )
-            if reopened:
-                outcome = "reopened"
-            elif known is None:
-                outcome = "opened" if created else "joined"
-            elif alert.status == "resolved" and known.status != "resolved":
-                outcome = "resolved"
-            else:
-                outcome = "duplicate"
-            out.append(Ingested(alert, incident_id, created, matches, outcome))
+        with self.store.transaction():
+            resolved: set[str] = set()
+            for alert in alerts:
+                item = self._ingest_one(alert, is_drill=is_drill)
+                out.append(item)
+                if item.created and alert.status == "firing":
+                    self.store.add_outbox(item.incident_id, "opened")
+                if item.outcome == "reopened":
+                    self.store.add_outbox(item.incident_id, "reopened")
+                if alert.status == "resolved" and item.outcome != "duplicate":
+                    resolved.add(item.incident_id)
+            for incident_id in sorted(resolved):
+                self.store.add_outbox(incident_id, "resolved")
         return out
+
+    def _ingest_one(self, alert: Alert, *, is_drill: bool) -> Ingested:
+        known = self.store.alert_by_key(alert.fingerprint, alert.starts_at)
+        if known is not None and (alert.status == known.status or alert.status == "firing"):
+            # The fast path for repeats (Alertmanager re-sends every group on each
+            # repeat_interval): nothing to match, nothing to write.
+            return Ingested(alert, known.incident_id, False, [], "duplicate")
+        matches = self.matcher.match(alert)
+        top = matches[0].playbook if matches else None
+        klass = top.class_ if top else alert.labels.get("incident_class", UNCLASSIFIED)
+        incident_id, created, reopened = self.store.record_alert(
+            alert,
+            group_key=group_key_for(alert, klass),
+            title=_title(alert, top),
+            klass=klass,
+            severity=top.severity if top else alert.labels.get("severity", "warning"),
+            is_drill=is_drill or self._is_drill(alert),
+            reopen_within=self.flap_window,
+        )
+        if created and top is not None:
+            self.store.add_event(
+                incident_id,
+                "suggested",
+                f"suggested playbook {top.id} ({top.title})",
+                actor="llm-incident",
+                data={
+                    "playbook": top.id,
+                    "why": [r.why for r in matches[0].matched],
+                    "others": [m.playbook.id for m in matches[1:]],
+                },
+            )
+        if reopened:
+            outcome = "reopened"
+        elif known is None:
+            outcome = "opened" if created else "joined"
+        elif alert.status == "resolved" and known.status != "resolved":
+            outcome = "resolved"
+        else:
+            outcome = "duplicate"
+        return Ingested(alert, incident_id, created, matches, outcome)
 
     async def handle_alerts(
         self, alerts: Iterable[Alert], *, is_drill: bool = False
     ) -> list[Ingested]:
-        """Ingest, suggest for new incidents, run auto steps, apply the recovery rules.
+        """Ingest, then do the work it left at once (suggest for new incidents, run
+        auto steps, apply the recovery rules). ``serve``'s webhook calls ``ingest``
+        and answers before draining; the CLI, drills and channel alerts call this.
 
         A duplicate publishes nothing. A new alert joining an open incident is
         recorded on its timeline without a message (grouping exists to cut noise).
         """
         ingested = self.ingest(alerts, is_drill=is_drill)
-        recovering: dict[str, None] = {}  # ordered set
-        for item in ingested:
-            if item.created and item.alert.status == "firing":
-                try:
-                    await self._open(item)
-                except Exception:  # the alert is stored; never fail the webhook over a message
-                    log.exception("suggesting for %s failed", item.incident_id)
-            if item.outcome == "reopened":
-                # One update of the live message, no new suggestion and no automatic
-                # steps: a flapping alert must not open (or act) a hundred times.
-                inc = self.store.incident(item.incident_id)
-                why = f"{item.alert.alertname or 'its alert'} fired again soon after resolving"
-                await self.publish(self.lifecycle.update_message(
-                    Change(inc, "resolved", item.alert.source, f"{why} (flapping)")))
-            if item.alert.status == "resolved" and item.outcome != "duplicate":
-                recovering[item.incident_id] = None
-        for incident_id in recovering:
-            await self._publish_changes(self.lifecycle.on_alerts_resolved(incident_id))
+        await self.drain_outbox()
         if any(i.outcome != "duplicate" for i in ingested):
             self._changed()
         return ingested
 
-    async def _open(self, item: Ingested) -> None:
-        inc = self.store.incident(item.incident_id)
-        msg = await build_suggestion(inc, item.alert, item.matches, diagnose=self.diagnose,
-                                     metrics=self.runner.metrics, timeout=self.diagnose_timeout)
-        await self.publish(msg)
-        if item.suggestion is not None:
-            await self._run_auto_steps(inc, item.suggestion)
+    async def accept_alerts(self, alerts: Iterable[Alert]) -> list[Ingested]:
+        """The webhook's use case: commit the body's alerts (and their outbox work) and
+        return; ``drain_outbox`` runs after the answer."""
+        ingested = self.ingest(alerts)
+        if any(i.outcome != "duplicate" for i in ingested):
+            self._changed()
+        return ingested
 
-    async def _run_auto_steps(self, inc: Incident, playbook: Playbook) -> None:
+    async def drain_outbox(self) -> int:
+        """Do the pending outbox work this process can claim (``bot.outbox``)."""
+        from bot.outbox import drain
+
+        return await drain(self)
+
+    async def run_auto_steps(self, inc: Incident, playbook: Playbook) -> None:
+        done = {r.step_id for r in self.store.runs(incident_id=inc.id)
+                if r.playbook_id == playbook.id and r.requested_by == ENGINE_ACTOR}
         for step in (s for s in playbook.steps if s.guard.auto):
+            if step.id in done:
+                continue  # a retried outbox item acts at most once per step
             run: Run | None = None
             try:
                 run = await self.plan_step(inc.id, playbook.id, step.id, actor=ENGINE_ACTOR,
@@ -229,7 +245,7 @@ class Engine:
                 run = self.store.run(run.id) if run else None
                 outcome, detail = "failed", str(exc)
             await self.publish(auto_result_message(inc, step, outcome, detail, run))
-        await self._publish_changes(self.lifecycle.sync_runs(inc.id))
+        await self.publish_changes(self.lifecycle.sync_runs(inc.id))
 
     def _auto_outcome(self, run: Run) -> tuple[str, str]:
         if run.state == "applied":
@@ -402,7 +418,7 @@ class Engine:
         """Call after a run changed outside ``handle_alerts`` (a command, a timer):
         applies the run rules of the lifecycle and tells the listeners (the scheduler)."""
         if run.incident_id:
-            await self._publish_changes(self.lifecycle.sync_runs(run.incident_id))
+            await self.publish_changes(self.lifecycle.sync_runs(run.incident_id))
         self._changed()
 
     async def sync_lifecycle(self) -> list[Change]:
@@ -410,12 +426,12 @@ class Engine:
         changes: list[Change] = []
         for inc in self.store.open_incidents():
             changes += self.lifecycle.sync_runs(inc.id)
-        await self._publish_changes(changes)
+        await self.publish_changes(changes)
         return changes
 
     async def _move(self, incident_id: str, wanted: str, actor: str, reason: str = "") -> Incident:
         change = self.lifecycle.move(incident_id, wanted, actor=actor, reason=reason)
-        await self._publish_changes([change])
+        await self.publish_changes([change])
         return change.incident
 
     # --- publishing -----------------------------------------------------------
@@ -424,7 +440,7 @@ class Engine:
         """Hand a message to the notifier; failures are logged, never raised."""
         await publish_safely(self.notifier, msg)
 
-    async def _publish_changes(self, changes: list[Change]) -> None:
+    async def publish_changes(self, changes: list[Change]) -> None:
         for change in changes:
             await self.publish(self.lifecycle.update_message(change))
 

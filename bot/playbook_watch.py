@@ -15,6 +15,7 @@ import signal
 from collections.abc import Callable
 from pathlib import Path
 
+from bot.core_loop import Inline
 from bot.engine import Engine
 from bot.playbook_loading import LoadResult
 
@@ -39,8 +40,12 @@ def directory_state(path: Path) -> tuple[tuple[str, int, int], ...]:
 
 class PlaybookWatcher:
     def __init__(self, engine: Engine, *, interval: float = 2.0,
-                 on_result: Callable[[LoadResult], None] | None = None) -> None:
+                 on_result: Callable[[LoadResult], None] | None = None,
+                 core: Inline | None = None) -> None:
         self.engine = engine
+        # The watch (and SIGHUP, which only the main thread's loop can take) lives on
+        # the caller's loop; the reload itself runs on the core.
+        self.core = core or Inline()
         self.interval = interval
         self.on_result = on_result
         self._wake = asyncio.Event()
@@ -81,8 +86,8 @@ class PlaybookWatcher:
                 continue
             seen = now
             try:
-                result = await self.engine.reload_playbooks(
-                    "SIGHUP" if asked else WATCH_ACTOR)
+                result = await self.core.call(self.engine.reload_playbooks,
+                                              "SIGHUP" if asked else WATCH_ACTOR)
             except Exception:  # noqa: BLE001 - the watcher must outlive any one reload
                 log.exception("playbook reload failed")
                 continue

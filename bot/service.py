@@ -1,7 +1,10 @@
-"""`llm-incident serve`: one asyncio process with the webhooks, the scheduler and the store.
+"""`llm-incident serve`: the webhooks, Slack, the scheduler and the store in one process.
 
 The composition of the long-running service: settings -> engine (``bot.wiring``),
-notifier, scheduler, FastAPI app, and a ``uvicorn.Server`` in the same event loop.
+notifier, scheduler, FastAPI app and a ``uvicorn.Server``. Two event loops: the
+main one serves HTTP (webhooks, Slack, health, metrics); the core's, in its own
+thread (``bot.core_loop``), runs the engine, the scheduler, drills and the
+notifier, so a store write waiting on a lock never delays an ack or /healthz.
 
 Shutdown on SIGTERM or SIGINT: uvicorn stops accepting, finishes the requests in
 flight (bounded by ``GRACEFUL_SECONDS``), then the scheduler shuts down and the
@@ -21,6 +24,7 @@ from collections.abc import Iterator
 
 import uvicorn
 
+from bot.core_loop import CoreLoop
 from bot.engine import Engine
 from bot.notifier import ConsoleNotifier, Notifier, publish_safely
 from bot.playbook_watch import PlaybookWatcher
@@ -100,16 +104,19 @@ class Service:
         self.scheduler = scheduler or build_scheduler(self.engine, settings)
         self.drills = drill_service(self.engine, settings)
         self.metrics = ServiceMetrics(self.engine.store)
+        self.core = CoreLoop()
         self.app = create_app(self.engine, settings, metrics=self.metrics,
-                              scheduler=self.scheduler)
+                              scheduler=self.scheduler, core=self.core)
         # POST /slack/events and/or Socket Mode, as far as the Slack settings say.
         self.slack = attach_slack(
             self.engine, settings, self.app,
-            on_ignored=lambda reason: self.metrics.channel_messages_ignored.labels(reason).inc())
+            on_ignored=lambda reason: self.metrics.channel_messages_ignored.labels(reason).inc(),
+            core=self.core)
         self.playbook_watch = PlaybookWatcher(
             self.engine,
             on_result=lambda r: self.metrics.playbook_reloads.labels(
-                "ok" if r.ok else "refused").inc())
+                "ok" if r.ok else "refused").inc(),
+            core=self.core)
         config = uvicorn.Config(
             self.app,
             host=host or settings.host,
@@ -141,46 +148,58 @@ class Service:
         self.server.should_exit = True
 
     async def run(self) -> None:
+        self.core.start()
         try:
-            # Before listening: start() settles what a crash left and runs overdue reverts.
-            await self.scheduler.start()
-            # A drill killed half way still has its fault injected: roll it back first.
-            await self.drills.recover(log.info)
-            attach_drill_schedule(
-                self.scheduler,
-                run_drill=lambda klass: self.drills.run(klass, say=log.info),
-                choose_class=lambda: next_class(self.drills),
-                notifier=self.engine.notifier,
-                cron=self.settings.drill_cron,
-                tz=self.settings.drill_tz,
-                # Every process sharing the store schedules the drill; the store decides
-                # which one runs each firing, and which firings nobody was up for.
-                claim=lambda when, missed: self.drills.drills.claim_firing(
-                    when, MISSED if missed else this_process()),
-                is_claimed=self.drills.drills.is_claimed,
-                since=self.engine.store.created_at(),
-            )
+            # Before listening: settle what a crash left (claims, the outbox), run
+            # overdue reverts, roll back a drill killed half way.
+            await self.core.call(self._start_core)
             await self.slack.start()
             await self.playbook_watch.start()
-            load = self.engine.playbook_load
-            if load is not None and not load.ok:
-                # Loud, and where people look: the bot runs on an older good set (or none).
-                await publish_safely(self.engine.notifier,
-                                     load.message(self.engine.registry.source))
             await self.server.serve()
             if not self.server.started:
                 raise SystemExit(1)  # uvicorn logged why (port in use...)
         finally:
             await self.playbook_watch.stop()
             await self.slack.stop()
-            if aclose := getattr(self.engine.notifier, "aclose", None):
-                await aclose()  # the Slack notifier flushes what it still holds
             try:
-                await self.scheduler.shutdown()
-            except Exception:  # noqa: BLE001 - the store must still be closed
-                log.exception("scheduler shutdown failed")
-            self.engine.store.close()
+                await self.core.call(self._stop_core)
+            finally:
+                self.core.stop()
+                self.engine.store.close()
             log.info("llm-incident stopped")
+
+    async def _start_core(self) -> None:
+        """On the core's loop: the scheduler's jobs bind to the loop that starts them."""
+        await self.scheduler.start()
+        await self.engine.drain_outbox()  # announced and stepped once, even after a crash
+        await self.drills.recover(log.info)
+        attach_drill_schedule(
+            self.scheduler,
+            run_drill=lambda klass: self.drills.run(klass, say=log.info),
+            choose_class=lambda: next_class(self.drills),
+            notifier=self.engine.notifier,
+            cron=self.settings.drill_cron,
+            tz=self.settings.drill_tz,
+            # Every process sharing the store schedules the drill; the store decides
+            # which one runs each firing, and which firings nobody was up for.
+            claim=lambda when, missed: self.drills.drills.claim_firing(
+                when, MISSED if missed else this_process()),
+            is_claimed=self.drills.drills.is_claimed,
+            since=self.engine.store.created_at(),
+        )
+        load = self.engine.playbook_load
+        if load is not None and not load.ok:
+            # Loud, and where people look: the bot runs on an older good set (or none).
+            await publish_safely(self.engine.notifier, load.message(self.engine.registry.source))
+
+    async def _stop_core(self) -> None:
+        await self.core.drain_here()  # background work in flight finishes (it is short)
+        if aclose := getattr(self.engine.notifier, "aclose", None):
+            await aclose()  # the Slack notifier flushes what it still holds
+        try:
+            await self.scheduler.shutdown()
+        except Exception:  # noqa: BLE001 - the store must still be closed
+            log.exception("scheduler shutdown failed")
 
 
 async def serve(settings: Settings, host: str | None = None, port: int | None = None) -> None:

@@ -41,6 +41,7 @@ from bot.records import (
     to_text,
     utc_now,
 )
+from bot.store_outbox import OutboxRecords
 from bot.store_runs import RunRecords
 
 __all__ = [
@@ -73,7 +74,7 @@ def group_key_for(alert: Alert, klass: str) -> str:
     return f"{klass}|{route}|{model}"
 
 
-class Store(RunRecords):
+class Store(RunRecords, OutboxRecords):
     """Open (and migrate) the database at ``path``; ``None`` or ``":memory:"`` = in memory."""
 
     def __init__(

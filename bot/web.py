@@ -31,6 +31,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
 from bot import web_schemas
+from bot.core_loop import Inline
 from bot.engine import Engine
 from bot.errors import InputError, StoreError
 from bot.intake import parse_body
@@ -91,6 +92,7 @@ def create_app(
     metrics: ServiceMetrics,
     scheduler: Any | None = None,
     clock: Callable[[], float] = time.time,
+    core: Inline | None = None,
 ) -> FastAPI:
     """The app. ``scheduler`` (anything with a ``running`` attribute) is checked by
     /readyz when given; ``clock`` (epoch seconds) judges Grafana's signed timestamps."""
@@ -102,6 +104,10 @@ def create_app(
         redoc_url=None,
     )
     app.state.engine, app.state.metrics, app.state.scheduler = engine, metrics, scheduler
+    # Where the engine runs (bot.core_loop): its own thread in `serve`, so a slow store
+    # write never stalls this loop's health checks and acks.
+    core = core or Inline()
+    app.state.core = core
 
     async def webhook(request: Request, source: str) -> Response:
         started = time.perf_counter()
@@ -134,7 +140,7 @@ def create_app(
         except ValidationError as err:  # intake checks first; this is a last line
             raise Rejected(400, "invalid", f"invalid alert: {err.errors()[0]['msg']}") from None
         try:
-            ingested = await engine.handle_alerts(alerts)
+            ingested = await core.call(engine.accept_alerts, alerts)
         except (StoreError, sqlite3.Error) as err:
             # A raw sqlite3 error is a read outside the store's transaction wrapper:
             # the same "could not store, retry" for the sender.
@@ -142,6 +148,10 @@ def create_app(
             raise Rejected(503, "store_unavailable", "the alert could not be stored; retry",
                            hint=getattr(err, "hint", None) or "check the database file and disk",
                            headers={"Retry-After": RETRY_AFTER_SECONDS}) from None
+        # Committed: answer now. Suggestions and automatic steps follow on the core,
+        # supervised; a crash before they finish leaves them in the outbox.
+        if any(i.outcome != "duplicate" for i in ingested):
+            core.spawn("outbox", engine.drain_outbox)
         for alert in alerts:
             metrics.alerts_received.labels(source, alert.status).inc()
         return JSONResponse({"alerts": [
@@ -176,7 +186,7 @@ def create_app(
     @app.get("/readyz", summary="Store (read and write), playbooks and scheduler are ready",
              responses={503: {"description": "Not ready; the body says why"}})
     async def readyz() -> JSONResponse:
-        checks = await _readiness(engine, scheduler)
+        checks = await _readiness(engine, scheduler)  # store work in a thread
         failed = [f"{name}: {c['detail']}" for name, c in checks.items() if not c["ok"]]
         body: dict[str, Any] = {"ready": not failed, "checks": checks,
                                 "playbooks": len(engine.registry)}
@@ -187,7 +197,8 @@ def create_app(
 
     @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
     async def prometheus_metrics() -> Response:
-        return Response(metrics.render(), media_type=CONTENT_TYPE)
+        # Reads the store: off this loop, so a held write lock never stalls it.
+        return Response(await asyncio.to_thread(metrics.render), media_type=CONTENT_TYPE)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:

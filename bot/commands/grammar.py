@@ -35,6 +35,9 @@ class Result:
     # The answer as a Markdown document (reports, postmortems, timelines), for the CLI:
     # rendered for a terminal, printed as is when piped. Chat shows ``text``.
     markdown: str | None = None
+    # False when a verb that changes things found the change already made (a double
+    # click, a second approver a moment late): chat tells only the asker.
+    changed: bool = True
 
     @property
     def ok(self) -> bool:

@@ -7,6 +7,7 @@ and applies, every guard still checked at apply).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 
 import yaml
@@ -137,7 +138,8 @@ async def approve_verb(ctx: Context, cmd: Command) -> Result:
     if len(ctx.engine.store.approvals(run.id)) > before:
         return _run_result(run, f"{run.id} approved by {ctx.actor} and {run.state}")
     # Someone else's approve --apply got there first: the change is in, once.
-    return _run_result(run, f"{run.id} is {run.state} already; nothing left to approve")
+    done = _run_result(run, f"{run.id} is {run.state} already; nothing left to approve")
+    return replace(done, changed=False)
 
 
 def _param(pair: str) -> tuple[str, object]:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
+    from bot.core_loop import Inline
     from bot.engine import Engine
     from bot.settings import Settings
     from bot.slack.socket_mode import SocketMode
@@ -39,7 +40,8 @@ class SlackParts:
 
 
 def attach_slack(engine: Engine, settings: Settings, web_app: FastAPI, *,
-                 on_ignored: Callable[[str], None] | None = None) -> SlackParts:
+                 on_ignored: Callable[[str], None] | None = None,
+                 core: Inline | None = None) -> SlackParts:
     """With SLACK_BOT_TOKEN plus SLACK_SIGNING_SECRET, mount ``POST /slack/events`` on
     ``web_app``; with SLACK_APP_TOKEN, prepare Socket Mode (started by ``start()``)."""
     parts = SlackParts()
@@ -48,7 +50,7 @@ def attach_slack(engine: Engine, settings: Settings, web_app: FastAPI, *,
         return parts
     from bot.slack.app import create_slack_app
 
-    parts.app = create_slack_app(engine, settings, on_ignored=on_ignored)
+    parts.app = create_slack_app(engine, settings, on_ignored=on_ignored, core=core)
     if settings.slack_signing_secret:
         from bot.replay_store import RequestReplays
         from bot.slack.http_mode import SLACK_PATH, ReplayGuard, mount_slack

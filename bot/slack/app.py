@@ -19,6 +19,7 @@ from slack_bolt.async_app import AsyncApp
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.commands import VERBS, Context, Result, execute, parse, split
+from bot.core_loop import Inline
 from bot.engine import Engine
 from bot.errors import IncidentBotError, InputError
 from bot.messages import Button, Message, Section, parse_value
@@ -111,8 +112,11 @@ class SlackHandlers:
     """The listeners, kept as methods so tests can reach the pieces."""
 
     def __init__(self, engine: Engine, settings: Settings, authorizer: OncallAuthorizer,
-                 channel_alerts: ChannelAlerts) -> None:
+                 channel_alerts: ChannelAlerts, core: Inline | None = None) -> None:
         self.engine = engine
+        # Everything that touches the engine or the store runs on the core (its own
+        # thread in `serve`): acks never wait behind a store write.
+        self.core = core or Inline()
         self.settings = settings
         self.authorizer = authorizer
         self.channel_alerts = channel_alerts
@@ -145,7 +149,7 @@ class SlackHandlers:
             if changes and not (decision := await self.authorizer.check(user)).allowed:
                 await respond(**notice(f"refused: {decision.reason}"))
                 return
-            result = await execute(tokens, self.context(user))
+            result = await self.core.call(execute, tokens, self.context(user))
             title = f"{SLASH_COMMAND} {cmd.verb.name}" + ("" if result.ok else " (refused)")
             msg = result_message(result, title, _incident_of(result, None))
             # A change done is news for the channel; reads and failures stay with the asker.
@@ -170,7 +174,7 @@ class SlackHandlers:
                 await respond(**notice(f"refused: {decision.reason}"))
                 return
             tokens = BUTTON_COMMANDS[name](parts)
-            result = await execute(tokens, self.context(user))
+            result = await self.core.call(execute, tokens, self.context(user))
             await self._button_result(name, parts, user, result, respond)
         except Exception:  # noqa: BLE001
             log.exception("button %s failed", name)
@@ -178,8 +182,8 @@ class SlackHandlers:
 
     async def _button_result(self, name: str, parts: Sequence[str], user: str, result: Result,
                              respond: Any) -> None:
-        incident_id = _incident_of(result, self._incident_for(name, parts))
-        if not result.ok and result.exit_code != 3:
+        incident_id = _incident_of(result, await self.core.call(self._incident_for, name, parts))
+        if (not result.ok and result.exit_code != 3) or not result.changed:
             # A stale or double click, a closed incident: tell the clicker, not the channel.
             await respond(**notice(f"{BUTTON_WORDS[name]}: {result.text}"))
             return
@@ -187,11 +191,12 @@ class SlackHandlers:
         title = f"{incident_id + ' ' if incident_id else ''}{BUTTON_WORDS[name]}{verdict} ({user})"
         msg = result_message(result, title, incident_id)
         if incident_id:
-            await self.engine.publish(msg)  # the incident thread: the audit trail people read
+            # The incident thread: the audit trail people read.
+            await self.core.call(self.engine.publish, msg)
         else:
             await respond(**reply(msg, in_channel=True) | {"replace_original": False})
 
-    def _incident_for(self, name: str, parts: Sequence[str]) -> str | None:
+    async def _incident_for(self, name: str, parts: Sequence[str]) -> str | None:
         if name not in ("approve", "deny", "revert"):
             return parts[0]
         try:  # a refusal's Result carries no run data: find the run's incident
@@ -200,8 +205,8 @@ class SlackHandlers:
             return None
 
     async def message(self, event: dict[str, Any], context: Any) -> None:
-        await self.channel_alerts.handle(event, bot_user_id=context.get("bot_user_id"),
-                                         bot_id=context.get("bot_id"))
+        await self.core.call(self.channel_alerts.handle, event,
+                             bot_user_id=context.get("bot_user_id"), bot_id=context.get("bot_id"))
 
 
 def create_slack_app(
@@ -211,6 +216,7 @@ def create_slack_app(
     client: AsyncWebClient | None = None,
     authorizer: OncallAuthorizer | None = None,
     on_ignored: Callable[[str], None] | None = None,
+    core: Inline | None = None,
 ) -> AsyncApp:
     """The bolt app. ``client`` defaults to one on ``settings.slack_api_url``."""
     if not settings.slack_bot_token:
@@ -227,7 +233,8 @@ def create_slack_app(
     )
     handlers = SlackHandlers(engine, settings, authorizer,
                              ChannelAlerts(engine, settings.alert_channels,
-                                           settings.alert_posters, on_ignored=on_ignored))
+                                           settings.alert_posters, on_ignored=on_ignored),
+                             core=core)
     app.command(SLASH_COMMAND)(handlers.command)
     app.action(BUTTON_RE)(handlers.button)
     app.event("message")(handlers.message)

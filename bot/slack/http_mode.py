@@ -14,6 +14,7 @@ than ``MAX_SLACK_BODY``.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 SLACK_PATH = "/slack/events"
 WINDOW_SECONDS = 300  # bolt's own timestamp window
 MAX_REMEMBERED = 50_000  # signatures; at Slack's request rates far more than 5 minutes' worth
+STORE_WAIT = 1.0  # seconds the replay check waits on the store before memory decides
 MAX_SLACK_BODY = 256 * 1024  # Slack's payloads are a few KB
 
 
@@ -66,6 +68,22 @@ class ReplayGuard(AsyncMiddleware):
             return self.memory.seen(signature)
         return self._seen_here(signature)
 
+    async def seen_async(self, signature: str) -> bool:
+        """``seen`` without blocking the loop: the store is asked in a thread, and if it
+        cannot answer within ``STORE_WAIT`` seconds (another process holds its write
+        lock) this process's own table decides, so Slack's 3-second ack never waits
+        on a disk. The store still records the signature when the lock frees."""
+        if self.memory is None:
+            return self._seen_here(signature)
+        here = self._seen_here(signature)
+        task = asyncio.ensure_future(asyncio.to_thread(self.memory.seen, signature))
+        try:
+            return await asyncio.wait_for(asyncio.shield(task), STORE_WAIT) or here
+        except TimeoutError:
+            log.warning("the store did not answer the replay check within %ss; "
+                        "checked against this process's memory only", STORE_WAIT)
+            return here
+
     def _seen_here(self, signature: str) -> bool:
         """Record ``signature``; True when it was already recorded within the window."""
         now = self.clock()
@@ -84,7 +102,7 @@ class ReplayGuard(AsyncMiddleware):
         if req.mode == "socket_mode":
             return await next()  # no signatures there; the websocket is authenticated
         signature = req.headers.get("x-slack-signature", [""])[0]
-        if not signature or self.seen(signature):
+        if not signature or await self.seen_async(signature):
             return BoltResponse(status=401, body='{"error": "replayed request"}',
                                 headers={"content-type": "application/json"})
         return await next()

@@ -182,14 +182,14 @@ def test_stop_finishes_the_request_in_flight_then_closes_the_store(
     bot = running()
     engine = bot.service.engine
     entered = threading.Event()
-    real_handle = engine.handle_alerts
+    real_accept = engine.accept_alerts
 
-    async def slow_handle(alerts: Any, **kwargs: Any) -> Any:
+    async def slow_accept(alerts: Any, **kwargs: Any) -> Any:
         entered.set()
         await asyncio.sleep(0.5)  # the stop arrives while this request is in flight
-        return await real_handle(alerts, **kwargs)
+        return await real_accept(alerts, **kwargs)
 
-    engine.handle_alerts = slow_handle  # type: ignore[method-assign]
+    engine.accept_alerts = slow_accept  # type: ignore[method-assign]
     body = (Path(__file__).parents[1] / "fixtures/alerts/alertmanager_firing.json").read_bytes()
     result: dict[str, Any] = {}
 

@@ -309,7 +309,9 @@ def test_two_person_step_by_buttons_self_approval_refused_double_click_harmless(
             assert s.env.store.run(run_id).state == "applied"
             assert not s.env.driver.policy.routes["chat"].enabled
             _, url = await s.click("approve", run_id, user="U0BOB")  # clicked twice
-            assert "only a run awaiting approval" in (await s.reply(url))["text"]
+            again = await s.reply(url)  # to the clicker only; the change is not made twice
+            assert "applied already; nothing left to approve" in again["text"]
+            assert again["response_type"] == "ephemeral"
             assert len(s.env.store.approvals(run_id)) == 1
             await s.click("revert", run_id, user="U0BOB")
             await until(lambda: s.env.store.run(run_id).state == "reverted", "the revert")

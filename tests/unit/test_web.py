@@ -380,7 +380,7 @@ def test_unexpected_errors_are_500_without_a_traceback(
     async def boom(*args: Any, **kwargs: Any) -> Any:
         raise ZeroDivisionError("secret internals at /srv/app.py")
 
-    monkeypatch.setattr(bot.engine, "handle_alerts", boom)
+    monkeypatch.setattr(bot.engine, "accept_alerts", boom)
     res = bot.post(AM, fixture("alertmanager_firing.json"))
     assert res.status_code == 500
     assert "secret internals" not in res.text and "Traceback" not in res.text
