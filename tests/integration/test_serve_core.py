@@ -198,8 +198,7 @@ def test_kill_9_of_serve_loses_no_alert_and_leaves_none_unannounced(tmp_path: Pa
         doc["alerts"][0]["labels"]["model"] = f"m{trial}"  # its own incident each time
         # The kill lands right after the alert's commit (the window where an incident
         # used to be stored but never announced), a little later as trials go on.
-        result: dict[str, Any] = {}
-        sender = threading.Thread(target=lambda d=doc: result.update(r=_try_post(bot.url, d)))
+        sender = threading.Thread(target=_try_post, args=(bot.url, doc))
         sender.start()
         poll(lambda fp=fingerprint: rows(db, f"SELECT 1 FROM alerts WHERE fingerprint = '{fp}'"),
              what="the alert committed", interval=0.001)
@@ -232,6 +231,7 @@ def test_kill_9_of_serve_loses_no_alert_and_leaves_none_unannounced(tmp_path: Pa
 
 
 def _try_post(url: str, doc: dict[str, Any]) -> int | None:
+    """What Alertmanager's first attempt sees (None: the process died under it)."""
     try:
         return post(url, doc, timeout=10).status_code
     except httpx.HTTPError:
