@@ -22,6 +22,7 @@ from bot.alert import Alert
 from bot.errors import DriverError, InputError, PlaybookError, TemplateError
 from bot.playbook.loader import lint, load_text
 from bot.playbook.render import render_query
+from bot.playbook.schema import Guard
 from bot.service_metrics import ServiceMetrics
 from bot.settings import Settings
 from bot.web import create_app
@@ -49,8 +50,10 @@ class Service:
         async def go() -> httpx.Response:
             transport = httpx.ASGITransport(app=self.app)
             async with httpx.AsyncClient(transport=transport, base_url="http://bot") as c:
-                return await c.post(path, content=body,
+                resp = await c.post(path, content=body,
                                     headers={"content-type": "application/json"})
+            await self.app.state.core.drain()  # the work that follows the answer
+            return resp
 
         return asyncio.run(go())
 
@@ -279,3 +282,35 @@ def test_the_deployment_can_forbid_approving_your_own_oncall_step(tmp_path):
         asyncio.run(svc.engine.runner.approve(run.id, "alice"))
     approved = asyncio.run(svc.engine.runner.approve(run.id, "bob"))
     assert approved.state == "approved"
+
+
+def test_a_hundred_flapping_incidents_act_only_as_often_as_the_guards_allow(tmp_path):
+    # Damping off: each flap is a new incident with its own automatic fallback step
+    # (cooldown 30m, max_runs 2 per 6h on route chat).
+    from datetime import timedelta
+
+    svc = Service(tmp_path, flap_window=timedelta(0))
+    svc.policy.write_bytes(POLICY.replace(b"    fallback: chat-small\n", b""))
+    for i in range(100):
+        starts = f"2026-11-29T10:{i // 60:02d}:{i % 60:02d}Z"
+        assert svc.post(am_body(PROVIDER, starts=starts)).status_code == 200
+        svc.post(am_body(PROVIDER, status="resolved", starts=starts))
+        if i % 2:  # half the time someone puts the route back between flaps
+            svc.policy.write_bytes(POLICY.replace(b"    fallback: chat-small\n", b""))
+    store = svc.engine.store
+    assert len(store.incidents(limit=1000)) == 100
+    applied = [r for r in store.runs() if r.action == "fallback" and
+               store.mitigation(r.id) is not None]
+    assert len(applied) == 1  # the cooldown allows one in 30 minutes
+    assert len(store.active_mitigations()) <= 1
+
+    # A real mitigation on another route is not refused by the flaps.
+    async def cap() -> Any:
+        return await svc.engine.runner.plan(
+            incident_id=None, playbook_id=None, step_id=None, action="cap_output_length",
+            target="default", args={"route": "chat-long", "max_output_tokens": 256},
+            guard=Guard(approval="none"), verify_query=None, requested_by="alice")
+
+    run = asyncio.run(cap())
+    assert run.state == "planned", run.error
+    assert asyncio.run(svc.engine.apply(run.id, "alice")).state == "applied"
