@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 SLACK_PATH = "/slack/events"
 WINDOW_SECONDS = 300  # bolt's own timestamp window
 MAX_REMEMBERED = 50_000  # signatures; at Slack's request rates far more than 5 minutes' worth
-STORE_WAIT = 1.0  # seconds the replay check waits on the store before memory decides
+STORE_WAIT = 0.5  # seconds the replay check waits on the store before memory decides
 MAX_SLACK_BODY = 256 * 1024  # Slack's payloads are a few KB
 
 
