@@ -54,6 +54,13 @@ class Inline:
         """Wait for spawned work (tests, shutdown)."""
         await self.drain_here()
 
+    async def cancel_here(self) -> None:
+        """Stop background work (shutdown): what it had not finished stays in the
+        outbox, claimed by this process, and the next start takes it over."""
+        for task in list(self._tasks):
+            task.cancel()
+        await self.drain_here()
+
     async def drain_here(self) -> None:
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)

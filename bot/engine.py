@@ -23,6 +23,7 @@ from datetime import UTC, datetime, timedelta
 
 from bot.alert import Alert
 from bot.errors import GuardRefused, IncidentBotError, InputError, NotFound, NothingToDo
+from bot.known_alerts import KnownAlerts
 from bot.lifecycle import ENGINE_ACTOR, Change, Lifecycle, LifecyclePolicy
 from bot.matcher import Matcher, MatchResult
 from bot.messages import Message
@@ -87,6 +88,9 @@ class Engine:
         self._drilling: Counter[tuple[str, str]] = Counter()
         self._matcher: Matcher | None = None
         self._matcher_for: object = None
+        self._draining = self._drain_again = False
+        # Committed alerts by dedup key: repeats skip the store (bot.known_alerts).
+        self.known = KnownAlerts()
         # How the playbooks in force were loaded (set by the composition root).
         self.playbook_load: LoadResult | None = None
 
@@ -139,6 +143,7 @@ class Engine:
         out = []
         with self.store.transaction():
             resolved: set[str] = set()
+            alerts = list(alerts)
             for alert in alerts:
                 item = self._ingest_one(alert, is_drill=is_drill)
                 out.append(item)
@@ -150,9 +155,21 @@ class Engine:
                     resolved.add(item.incident_id)
             for incident_id in sorted(resolved):
                 self.store.add_outbox(incident_id, "resolved")
+        self.known.remember((i.alert, i.incident_id) for i in out)  # committed now
         return out
 
+    def answer_repeats(self, alerts: list[Alert]) -> list[Ingested] | None:
+        """A body made only of repeats of committed alerts, answered from memory (any
+        thread, no transaction); None when anything in it needs the store."""
+        incidents = self.known.repeats(alerts)
+        if incidents is None:
+            return None
+        return [Ingested(a, i, False, [], "duplicate") for a, i in zip(alerts, incidents,
+                                                                         strict=True)]
+
     def _ingest_one(self, alert: Alert, *, is_drill: bool) -> Ingested:
+        if (incident_id := self.known.incident_of_repeat(alert)) is not None:
+            return Ingested(alert, incident_id, False, [], "duplicate")
         known = self.store.alert_by_key(alert.fingerprint, alert.starts_at)
         if known is not None and (alert.status == known.status or alert.status == "firing"):
             # The fast path for repeats (Alertmanager re-sends every group on each
@@ -217,10 +234,24 @@ class Engine:
         return ingested
 
     async def drain_outbox(self) -> int:
-        """Do the pending outbox work this process can claim (``bot.outbox``)."""
+        """Do the pending outbox work this process can claim (``bot.outbox``).
+
+        One drain at a time: a call while one runs asks it to look again when it is
+        done, so a storm of webhooks makes one pass over the outbox, not one each."""
         from bot.outbox import drain
 
-        return await drain(self)
+        if self._draining:
+            self._drain_again = True
+            return 0
+        self._draining, done = True, 0
+        try:
+            while True:
+                self._drain_again = False
+                done += await drain(self)
+                if not self._drain_again:
+                    return done
+        finally:
+            self._draining = False
 
     async def run_auto_steps(self, inc: Incident, playbook: Playbook) -> None:
         done = {r.step_id for r in self.store.runs(incident_id=inc.id)

@@ -32,10 +32,9 @@ log = logging.getLogger(__name__)
 async def drain(engine: Engine) -> int:
     """Do every pending item this process can claim; returns how many were done."""
     done = 0
-    for item in engine.store.pending_outbox():
-        claimed = engine.store.claim_outbox(item)
-        if claimed is None:
-            continue  # in hand elsewhere (a live process), or taken a moment ago
+    # One transaction claims the whole pending batch (not one per item): in a storm of
+    # new incidents the commits, not the work, were the cost.
+    for claimed in engine.store.claim_outbox_batch(engine.store.pending_outbox()):
         try:
             await _do(engine, claimed)
         except Exception as exc:  # supervised: logged, on the timeline, retried
@@ -78,11 +77,13 @@ async def _do(engine: Engine, item: OutboxItem) -> None:
                                          metrics=engine.runner.metrics,
                                          timeout=engine.diagnose_timeout)
             await engine.publish(msg)
-            store.outbox_stage(item.id, "announced")
         top = matches[0].playbook if matches else None
         playbook = top if top is not None and top.id == suggested else None
-        if playbook is not None and store.incident(inc.id).is_open:
-            await engine.run_auto_steps(store.incident(inc.id), playbook)
+        if playbook is not None and any(s.guard.auto for s in playbook.steps):
+            if item.stage == "new":
+                store.outbox_stage(item.id, "announced")  # a retry does not announce again
+            if store.incident(inc.id).is_open:
+                await engine.run_auto_steps(store.incident(inc.id), playbook)
     elif item.kind == "reopened":
         # One update of the live message, no new suggestion and no automatic steps:
         # a flapping alert must not open (or act) a hundred times.

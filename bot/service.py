@@ -193,7 +193,9 @@ class Service:
             await publish_safely(self.engine.notifier, load.message(self.engine.registry.source))
 
     async def _stop_core(self) -> None:
-        await self.core.drain_here()  # background work in flight finishes (it is short)
+        # Background work stops here; the outbox keeps what it had not done, and the
+        # next start (or another process) does it, once.
+        await self.core.cancel_here()
         if aclose := getattr(self.engine.notifier, "aclose", None):
             await aclose()  # the Slack notifier flushes what it still holds
         try:

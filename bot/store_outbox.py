@@ -54,6 +54,27 @@ class OutboxRecords:
         rows = self._rows("SELECT * FROM outbox WHERE done_at IS NULL ORDER BY id")
         return [_item(r) for r in rows]
 
+    def claim_outbox_batch(self, items: list[OutboxItem]) -> list[OutboxItem]:
+        """Claim every item of ``items`` no live process holds, in one transaction."""
+        me, now = this_process(), to_text(self.now())
+        free = [i for i in items if not i.claimed_by or (
+            i.claimed_by != me and not owner_alive(i.claimed_by, claimed_at=i.claimed_at,
+                                                   now=self.now()))]
+        won: list[int] = []
+        with self.transaction():
+            for item in free:
+                cur = self.db.execute(
+                    "UPDATE outbox SET claimed_by = ?, claimed_at = ?, attempts = attempts + 1 "
+                    "WHERE id = ? AND done_at IS NULL AND claimed_by IS ?",
+                    [me, now, item.id, item.claimed_by])
+                if cur.rowcount == 1:
+                    won.append(item.id)
+        if not won:
+            return []
+        marks = ", ".join("?" for _ in won)
+        rows = self._rows(f"SELECT * FROM outbox WHERE id IN ({marks}) ORDER BY id", won)
+        return [_item(r) for r in rows]
+
     def claim_outbox(self, item: OutboxItem) -> OutboxItem | None:
         """Take ``item`` for this process unless a live process holds it."""
         if item.claimed_by and (item.claimed_by == this_process() or owner_alive(

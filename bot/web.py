@@ -32,7 +32,7 @@ from pydantic import ValidationError
 
 from bot import web_schemas
 from bot.core_loop import Inline
-from bot.engine import Engine
+from bot.engine import Engine, Ingested
 from bot.errors import InputError, StoreError
 from bot.intake import parse_body
 from bot.service_metrics import CONTENT_TYPE, ServiceMetrics
@@ -139,6 +139,13 @@ def create_app(
             raise Rejected(400, "invalid", message, field=field, hint=err.hint) from None
         except ValidationError as err:  # intake checks first; this is a last line
             raise Rejected(400, "invalid", f"invalid alert: {err.errors()[0]['msg']}") from None
+        # A body of repeats (most of a storm) is answered from memory: those alerts
+        # are committed already, and the core is not asked at all.
+        repeats = engine.answer_repeats(alerts)
+        if repeats is not None:
+            for alert in alerts:
+                metrics.alerts_received.labels(source, alert.status).inc()
+            return _accepted(repeats)
         try:
             ingested = await core.call(engine.accept_alerts, alerts)
         except (StoreError, sqlite3.Error) as err:
@@ -154,11 +161,7 @@ def create_app(
             core.spawn("outbox", engine.drain_outbox)
         for alert in alerts:
             metrics.alerts_received.labels(source, alert.status).inc()
-        return JSONResponse({"alerts": [
-            {"fingerprint": i.alert.fingerprint, "status": i.alert.status,
-             "incident_id": i.incident_id, "new_incident": i.created, "outcome": i.outcome}
-            for i in ingested
-        ]})
+        return _accepted(ingested)
 
     accepted = {200: {"content": {"application/json": {"schema": web_schemas.ACCEPTED}}}}
     routes = (
@@ -206,6 +209,14 @@ def create_app(
         return Rejected(500, "internal", "internal error; the failure was logged").response()
 
     return app
+
+
+def _accepted(ingested: list[Ingested]) -> JSONResponse:
+    return JSONResponse({"alerts": [
+        {"fingerprint": i.alert.fingerprint, "status": i.alert.status,
+         "incident_id": i.incident_id, "new_incident": i.created, "outcome": i.outcome}
+        for i in ingested
+    ]})
 
 
 def _bind(

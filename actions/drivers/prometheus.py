@@ -8,6 +8,10 @@ vector and scalar results. NaN is kept as a float NaN: the runner decides what
 
 from __future__ import annotations
 
+import asyncio
+import ssl
+from functools import cache
+
 import httpx
 
 from actions.base import Sample
@@ -27,6 +31,20 @@ class PrometheusSource:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self._transport = transport
+        # One client per event loop (a client cannot outlive its loop): a storm of new
+        # incidents runs a few diagnose queries each, and a new client per query was
+        # most of an announcement's cost.
+        self._client: httpx.AsyncClient | None = None
+        self._client_loop: asyncio.AbstractEventLoop | None = None
+
+    def _client_here(self) -> httpx.AsyncClient:
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._client_loop is not loop or self._client.is_closed:
+            # trust_env=False: no proxy settings picked up from the process environment.
+            self._client = httpx.AsyncClient(timeout=self.timeout, transport=self._transport,
+                                             trust_env=False, verify=_tls_context())
+            self._client_loop = loop
+        return self._client
 
     @property
     def query_url(self) -> str:
@@ -35,23 +53,18 @@ class PrometheusSource:
     async def query(self, promql: str) -> list[Sample]:
         if not promql.strip():
             raise DriverError("empty PromQL query", hint="give the verification query to run")
-        # One client per query: verification is occasional, and nothing outlives a loop.
-        # trust_env=False: no proxy settings picked up from the process environment.
-        async with httpx.AsyncClient(
-            timeout=self.timeout, transport=self._transport, trust_env=False
-        ) as client:
-            try:
-                resp = await client.get(self.query_url, params={"query": promql})
-            except httpx.TimeoutException:
-                raise DriverError(
-                    f"Prometheus at {self.query_url} did not answer within {self.timeout:g}s",
-                    hint="check that Prometheus is healthy, or simplify the query",
-                ) from None
-            except httpx.HTTPError as exc:
-                raise DriverError(
-                    f"cannot reach Prometheus at {self.query_url}: {exc}",
-                    hint="is Prometheus running, and is the configured URL right?",
-                ) from None
+        try:
+            resp = await self._client_here().get(self.query_url, params={"query": promql})
+        except httpx.TimeoutException:
+            raise DriverError(
+                f"Prometheus at {self.query_url} did not answer within {self.timeout:g}s",
+                hint="check that Prometheus is healthy, or simplify the query",
+            ) from None
+        except httpx.HTTPError as exc:
+            raise DriverError(
+                f"cannot reach Prometheus at {self.query_url}: {exc}",
+                hint="is Prometheus running, and is the configured URL right?",
+            ) from None
         try:
             doc = resp.json()
         except ValueError:
@@ -73,6 +86,11 @@ class PrometheusSource:
                 hint="check the PromQL (try it in the Prometheus UI)",
             )
         return _samples(doc.get("data"), promql)
+
+
+@cache  # building a TLS context takes ~5 ms; one serves every client
+def _tls_context() -> ssl.SSLContext:
+    return ssl.create_default_context()
 
 
 def _samples(data: object, promql: str) -> list[Sample]:
