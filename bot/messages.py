@@ -28,6 +28,7 @@ CLI command for each button, so every button can also be typed.
 from __future__ import annotations
 
 import shlex
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -101,16 +102,26 @@ def parse_value(action: str, value: str) -> tuple[str, ...]:
     return parts
 
 
+# The one table of what each button does, as command tokens: Slack runs these, and
+# the console prints them as the command to type. A button means the same thing
+# wherever it is shown ("Run" runs the step: applied at once when it needs no
+# approval, as a human asked for it).
+BUTTON_COMMANDS: dict[str, Callable[[tuple[str, ...]], list[str]]] = {
+    "run_step": lambda p: ["run", p[0], p[2], "--playbook", p[1]],
+    "dry_run": lambda p: ["run", p[0], p[2], "--playbook", p[1], "--dry-run"],
+    "approve": lambda p: ["approve", p[0], "--apply"],
+    "deny": lambda p: ["deny", p[0], "--reason", "denied by button"],
+    "revert": lambda p: ["revert", p[0]],
+    "ack": lambda p: ["ack", p[0]],
+    "not_this_playbook": lambda p: ["reject", p[0], p[1]],
+}
+
+
+def button_tokens(button: Button) -> list[str]:
+    """The command tokens a button runs (``BUTTON_COMMANDS``)."""
+    return BUTTON_COMMANDS[button.action](parse_value(button.action, button.value))
+
+
 def button_command(button: Button) -> str:
     """The CLI / slash command that does what the button does."""
-    parts = parse_value(button.action, button.value)
-    q = shlex.quote
-    if button.action in ("run_step", "dry_run"):
-        incident, playbook, step = parts
-        dry = " --dry-run" if button.action == "dry_run" else ""
-        return f"plan {q(playbook)} --incident {q(incident)} --step {q(step)}{dry}"
-    if button.action == "not_this_playbook":
-        incident, playbook = parts
-        return f"reject {q(incident)} {q(playbook)}"
-    verb = {"approve": "approve", "deny": "deny", "revert": "revert", "ack": "ack"}
-    return f"{verb[button.action]} {q(parts[0])}"
+    return shlex.join(button_tokens(button))

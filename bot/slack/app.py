@@ -22,7 +22,7 @@ from bot.commands import VERBS, Context, Result, execute, parse, split
 from bot.core_loop import Inline
 from bot.engine import Engine
 from bot.errors import IncidentBotError, InputError
-from bot.messages import Button, Message, Section, parse_value
+from bot.messages import BUTTON_COMMANDS, Button, Message, Section, parse_value
 from bot.settings import Settings
 from bot.slack.auth import OncallAuthorizer, needs_oncall
 from bot.slack.blocks import action_of, escape_mrkdwn, render
@@ -37,16 +37,6 @@ BUTTON_RE = re.compile(rf"^({'|'.join(BUTTON_ACTIONS)})(#\d+)?$")
 READ_ONLY_BUTTONS = ("dry_run",)  # plans and records, can never be applied
 MAX_REPLY_TEXT = 2800  # inside one section with the code fence (Slack's limit is 3000)
 
-# What each button runs, from the parts of its value (bot.messages documents them).
-BUTTON_COMMANDS: dict[str, Callable[[tuple[str, ...]], list[str]]] = {
-    "run_step": lambda p: ["run", p[0], p[2], "--playbook", p[1]],
-    "dry_run": lambda p: ["run", p[0], p[2], "--playbook", p[1], "--dry-run"],
-    "approve": lambda p: ["approve", p[0], "--apply"],
-    "deny": lambda p: ["deny", p[0], "--reason", "denied in Slack"],
-    "revert": lambda p: ["revert", p[0]],
-    "ack": lambda p: ["ack", p[0]],
-    "not_this_playbook": lambda p: ["reject", p[0], p[1]],
-}
 BUTTON_WORDS = {
     "run_step": "run", "dry_run": "dry run", "approve": "approve", "deny": "deny",
     "revert": "revert", "ack": "acknowledge", "not_this_playbook": "not this playbook",

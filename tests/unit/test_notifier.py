@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import shlex
 from datetime import UTC, datetime
 
 import pytest
@@ -38,9 +39,8 @@ def test_console_renders_a_readable_block():
     text = out.getvalue()
     assert "-- Alert" in text and "Route: chat" in text and "Model: gpt-x" in text
     assert "<b>*now*</b>" in text  # plain: escaping is the chat renderer's job
-    assert ("[Run cap-output]  llm-incident plan runaway-cost --incident INC-3 "
-            "--step cap-output") in text
-    assert "[Approve RUN-3]  llm-incident approve RUN-3" in text
+    assert "[Run cap-output]  llm-incident run INC-3 cap-output --playbook runaway-cost" in text
+    assert "[Approve RUN-3]  llm-incident approve RUN-3 --apply" in text
     assert "[Acknowledge]  llm-incident ack INC-3" in text
 
 
@@ -99,15 +99,20 @@ def test_publish_safely_reports_failure_without_raising():
 @pytest.mark.parametrize(
     "action, value, command",
     [("run_step", "INC-3:runaway-cost:cap-output",
-      "plan runaway-cost --incident INC-3 --step cap-output"),
+      "run INC-3 cap-output --playbook runaway-cost"),
      ("dry_run", "INC-3:runaway-cost:cap-output",
-      "plan runaway-cost --incident INC-3 --step cap-output --dry-run"),
-     ("approve", "RUN-3", "approve RUN-3"), ("deny", "RUN-3", "deny RUN-3"),
+      "run INC-3 cap-output --playbook runaway-cost --dry-run"),
+     ("approve", "RUN-3", "approve RUN-3 --apply"),
+     ("deny", "RUN-3", "deny RUN-3 --reason 'denied by button'"),
      ("revert", "RUN-3", "revert RUN-3"), ("ack", "INC-3", "ack INC-3"),
      ("not_this_playbook", "INC-3:runaway-cost", "reject INC-3 runaway-cost")],
 )
 def test_button_values_and_commands(action, value, command):
     assert button_command(Button(action, "x", value)) == command
+    # One table: what the console prints is exactly what a Slack click runs.
+    from bot.slack.app import BUTTON_COMMANDS as SLACK
+
+    assert shlex.split(command) == SLACK[action](parse_value(action, value))
 
 
 @pytest.mark.parametrize(

@@ -202,6 +202,6 @@ def test_every_button_has_a_cli_equivalent():
     env = Env()
     run(env.engine.handle_alerts([alert()]))
     cmds = [button_command(b) for b in env.published[0].buttons]
-    assert "plan runaway-cost --incident INC-1 --step cap-output" in cmds
-    assert "plan runaway-cost --incident INC-1 --step cap-output --dry-run" in cmds
+    assert "run INC-1 cap-output --playbook runaway-cost" in cmds
+    assert "run INC-1 cap-output --playbook runaway-cost --dry-run" in cmds
     assert "ack INC-1" in cmds
