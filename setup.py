@@ -3,7 +3,7 @@
 The shipped playbooks live in the top-level ``playbooks/`` directory (the owner's
 layout), which is not a Python package. ``build_py`` copies it into the wheel as
 ``bot/shipped/playbooks`` so an installed llm-incident finds its playbooks, their
-tests and schema, and the alert rules pack from any folder (``bot.shipped``).
+tests and schema, and the alert rules pack from any folder (``bot.playbook.shipped``).
 """
 
 import shutil

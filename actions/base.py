@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from actions.policy import ROUTE_FIELDS, ServingPolicy, UnknownRoute
-from bot.errors import InputError
+from bot.base.errors import InputError
 
 
 class FieldChange(BaseModel):

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from actions.base import Action
 from actions.policy import ServingPolicy
-from bot.errors import InputError
+from bot.base.errors import InputError
 
 
 class _RouteParams(BaseModel):

@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from actions.drivers.policy_file import PolicyFileDriver, dump_policy  # noqa: E402
 from actions.policy import ServingPolicy  # noqa: E402
+from bot.core.runner import Runner  # noqa: E402
 from bot.playbook.schema import Guard  # noqa: E402
-from bot.runner import Runner  # noqa: E402
 from bot.store import Store  # noqa: E402
 
 BASE = ServingPolicy.model_validate(

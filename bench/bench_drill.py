@@ -32,10 +32,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import httpx  # noqa: E402
 
 from actions.drivers.policy_file import PolicyFileDriver  # noqa: E402
-from bot.engine import Engine  # noqa: E402
+from bot.adapters.settings import SHIPPED_PLAYBOOKS  # noqa: E402
+from bot.core.engine import Engine  # noqa: E402
+from bot.core.runner import Runner  # noqa: E402
 from bot.playbook.registry import PlaybookRegistry  # noqa: E402
-from bot.runner import Runner  # noqa: E402
-from bot.settings import SHIPPED_PLAYBOOKS  # noqa: E402
 from bot.store import Store  # noqa: E402
 from drills.detector import PrometheusObserver  # noqa: E402
 from drills.harness import sandbox_app, serve_sandbox  # noqa: E402

@@ -123,7 +123,7 @@ def start_bot(work: Path) -> tuple[subprocess.Popen[bytes], str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LLM_INCIDENT_", "SLACK_"))}
     env |= {"LLM_INCIDENT_DB": str(work / "bot.db"), "LLM_INCIDENT_POLICY": str(work / "policy.yaml"),
             "LLM_INCIDENT_PROMETHEUS_URL": "http://127.0.0.1:1"}
-    argv = [sys.executable, "-m", "bot.cli", "serve", "--port", str(port)]
+    argv = [sys.executable, "-m", "bot.adapters.cli", "serve", "--port", str(port)]
     proc = subprocess.Popen(argv, env=env, cwd=work, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"

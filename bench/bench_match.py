@@ -17,8 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bot.alert import Alert  # noqa: E402
-from bot.matcher import Matcher  # noqa: E402
+from bot.intake.alert import Alert  # noqa: E402
+from bot.playbook.matcher import Matcher  # noqa: E402
 from bot.playbook.schema import INCIDENT_CLASSES, Playbook  # noqa: E402
 
 SIZES = (10, 100, 1000)

@@ -50,9 +50,9 @@ SENDERS = 4
 
 
 def run_server(port: int, db: Path, notes: Path, http: str, loop: str) -> None:
-    from bot.messages import Message
-    from bot.service import Service
-    from bot.settings import Settings
+    from bot.adapters.service import Service
+    from bot.adapters.settings import Settings
+    from bot.core.messages import Message
 
     class FileNotifier:
         def __init__(self, path: Path) -> None:
@@ -184,7 +184,7 @@ async def storm_phase(url: str, total: int, fingerprints: int) -> tuple[float, i
 
 def start_to_ready(workdir: Path, runs: int = 3) -> list[float]:
     exe = shutil.which("llm-incident")
-    argv = [exe] if exe else [sys.executable, "-m", "bot.cli"]
+    argv = [exe] if exe else [sys.executable, "-m", "bot.adapters.cli"]
     times = []
     for i in range(runs):
         port = free_port()

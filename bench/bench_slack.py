@@ -38,12 +38,12 @@ from slack_sdk.web.async_client import AsyncWebClient  # noqa: E402
 from slack_webapi_stub import StubCall, WebApiStub  # noqa: E402
 
 from actions.policy import ServingPolicy  # noqa: E402
-from bot.alert import Alert  # noqa: E402
-from bot.engine import Engine  # noqa: E402
+from bot.adapters.slack.notifier import SlackNotifier  # noqa: E402
+from bot.adapters.slack.thread_store import ChatMessages  # noqa: E402
+from bot.core.engine import Engine  # noqa: E402
+from bot.core.runner import Runner, RunnerSettings  # noqa: E402
+from bot.intake.alert import Alert  # noqa: E402
 from bot.playbook.registry import PlaybookRegistry  # noqa: E402
-from bot.runner import Runner, RunnerSettings  # noqa: E402
-from bot.slack.notifier import SlackNotifier  # noqa: E402
-from bot.slack_store import ChatMessages  # noqa: E402
 from bot.store import Store  # noqa: E402
 
 PLAYBOOKS = Path(__file__).resolve().parents[1] / "playbooks"

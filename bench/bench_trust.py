@@ -28,13 +28,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # fakes,
 import httpx  # noqa: E402
 from fakes import RecordingNotifier  # noqa: E402
 
+from bot.adapters.service_metrics import ServiceMetrics  # noqa: E402
+from bot.adapters.settings import Settings  # noqa: E402
+from bot.adapters.web import create_app  # noqa: E402
+from bot.adapters.wiring import build_engine  # noqa: E402
 from bot.playbook.loader import lint  # noqa: E402
-from bot.records import to_text  # noqa: E402
-from bot.service_metrics import ServiceMetrics  # noqa: E402
-from bot.settings import Settings  # noqa: E402
 from bot.store import Store  # noqa: E402
-from bot.web import create_app  # noqa: E402
-from bot.wiring import build_engine  # noqa: E402
+from bot.store.records import to_text  # noqa: E402
 
 SHIPPED = Path(__file__).resolve().parents[1] / "playbooks"
 

@@ -25,8 +25,8 @@ from typing import Any
 
 import yaml
 
-from bot.errors import InputError
-from bot.shipped import shipped_dir
+from bot.base.errors import InputError
+from bot.playbook.shipped import shipped_dir
 
 ALERTS_DIR = shipped_dir("playbooks") / "alerts"
 RULES_PATH = ALERTS_DIR / "rules.yaml"

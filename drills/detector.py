@@ -25,8 +25,8 @@ from typing import Any, Protocol
 
 import httpx
 
-from bot.alert import Alert
-from bot.errors import DriverError, InputError
+from bot.base.errors import DriverError, InputError
+from bot.intake.alert import Alert
 from drills.alert_rules import RULES_PATH, alert_rules, load_rules, threshold_of
 from drills.signals import Scrapes, evaluate, parse_scrape, signal
 

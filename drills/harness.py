@@ -5,7 +5,7 @@ than real time (no simulated waiting; its clock runs at drill speed, so gauges t
 expire after N seconds expire after N drill seconds). ``serve_sandbox`` runs it under
 uvicorn on a free loopback port in the current event loop.
 
-``DrillService`` is what the ``drill`` verbs call (``bot.commands.drill_verbs``):
+``DrillService`` is what the ``drill`` verbs call (``bot.adapters.commands.drill_verbs``):
 list, run, history, report. A drill on the sandbox gets its own serving-policy file
 and an engine whose ``default`` target writes that file, sharing the bot's store,
 playbooks and notifier: the drill's incident, runs and timeline are the bot's,
@@ -28,9 +28,9 @@ from pathlib import Path
 import httpx
 
 from actions.drivers.policy_file import PolicyFileDriver
-from bot.engine import Engine
-from bot.errors import InputError, NotFound
-from bot.runner import Runner
+from bot.base.errors import InputError, NotFound
+from bot.core.engine import Engine
+from bot.core.runner import Runner
 from drills.detector import Observer, PrometheusObserver, StandInDetector
 from drills.report import render_report
 from drills.runner import DrillOptions, DrillRunner, recover_interrupted
@@ -192,7 +192,7 @@ class DrillService:
 
 
 def drill_service(engine: Engine, settings) -> DrillService:
-    """The service for ``bot.settings.Settings`` (the CLI's and `serve`'s composition roots)."""
+    """The service for ``bot.adapters.settings.Settings`` (the CLI's and `serve`'s composition roots)."""
     from datetime import UTC
     from datetime import datetime as _dt
 

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 import httpx
 import yaml
 
-from bot.errors import InputError
+from bot.base.errors import InputError
 from drills.alert_rules import engine_route_relabel, write_rules
 
 READY_TIMEOUT_S = 60.0

@@ -2,7 +2,7 @@
 
 Markdown, rendered from ``drills/templates/drill_report.md.j2``. Alert text reaches
 the report through the incident timeline; every such value goes through the
-postmortem's Markdown escaping (``bot.postmortem``), and is only ever template
+postmortem's Markdown escaping (``bot.core.postmortem``), and is only ever template
 *data*.
 """
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
-from bot.postmortem import _code, _ts, md_escape
+from bot.core.postmortem import _code, _ts, md_escape
 from drills.scenario import Scenario
 from drills.scoring import went_well_and_badly
 from drills.store import Drill, DrillStore

@@ -16,9 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from bot.engine import Engine
-from bot.errors import GuardRefused, IncidentBotError
-from bot.records import Run
+from bot.base.errors import GuardRefused, IncidentBotError
+from bot.core.engine import Engine
+from bot.store.records import Run
 
 SCRIPTED_1 = "scripted-responder-1"
 SCRIPTED_2 = "scripted-responder-2"

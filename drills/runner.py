@@ -40,8 +40,8 @@ from typing import Any
 
 import httpx
 
-from bot.engine import Engine
-from bot.errors import DriverError, IncidentBotError, InputError
+from bot.base.errors import DriverError, IncidentBotError, InputError
+from bot.core.engine import Engine
 from drills.detector import STAND_IN_NOTE, Observer, StandInDetector
 from drills.responders import Response, ScriptedResponder, observe
 from drills.sandbox.traffic import generate, require_loopback

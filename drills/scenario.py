@@ -37,7 +37,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from actions.policy import RoutePolicy
-from bot.errors import PlaybookError, Problem
+from bot.base.errors import PlaybookError, Problem
 from bot.playbook.promql_check import parse_error
 from bot.playbook.schema import Duration, IncidentClass, format_duration
 from bot.playbook.yamlsource import parse_yaml, suggest, validation_problems

@@ -23,9 +23,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from apscheduler.triggers.cron import CronTrigger
 
-from bot.errors import InputError
-from bot.messages import Message
-from bot.notifier import Notifier, publish_safely
+from bot.base.errors import InputError
+from bot.core.messages import Message
+from bot.core.notifier import Notifier, publish_safely
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ def attach_drill_schedule(
 ) -> CronTrigger:
     """Add the monthly drill and its announcements to ``scheduler``.
 
-    ``scheduler`` is an APScheduler scheduler, or ``bot.scheduler.Scheduler`` (its
+    ``scheduler`` is an APScheduler scheduler, or ``bot.adapters.scheduler.Scheduler`` (its
     APScheduler is used). ``run_drill(class)`` runs one drill (e.g. ``DrillService.run``);
     ``choose_class()`` names the class (e.g. via ``pick_class``). Returns the trigger.
 

@@ -27,7 +27,7 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from bot.errors import InputError
+from bot.base.errors import InputError
 
 Labels = tuple[tuple[str, str], ...]
 Series = dict[Labels, float]

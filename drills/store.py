@@ -1,6 +1,6 @@
 """Drill records in the bot's SQLite store (tables ``drills`` and ``drill_events``).
 
-Uses ``bot.store.Store``'s connection and transactions: a drill, its incident and
+Uses ``bot.store.sqlite.Store``'s connection and transactions: a drill, its incident and
 its timeline live in the one database. Records come back as frozen dataclasses.
 """
 
@@ -13,9 +13,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from bot.errors import NotFound
-from bot.records import from_text, to_text
+from sqlite_utils import Database
+
+from bot.base.errors import NotFound
 from bot.store import Store
+from bot.store.records import from_text, to_text
 
 TIME_FIELDS = ("started_at", "injected_at", "detected_at", "acknowledged_at", "mitigated_at",
                "recovered_at", "rolled_back_at", "finished_at")
@@ -82,9 +84,86 @@ def _drill(row: dict[str, Any]) -> Drill:
 STALE_AFTER = timedelta(minutes=5)
 
 
+# --- the drills tables: owned here, applied by ``Store.ensure_schema`` --------------
+# (Written to accept a database whose core migrations 3 and 6 created them before
+# they moved here.)
+
+
+def _d1_drills(db: Database) -> None:
+    # One row per drill run (drills/runner.py); `injection` holds what must be undone
+    # while `injection_active` is 1, so a drill killed half way is rolled back on the
+    # next start. Times are real UTC; `speed` says how much faster than real time the
+    # drill ran (timings in reports are drill time = real elapsed x speed).
+    db.execute(
+        """CREATE TABLE IF NOT EXISTS drills (
+            id TEXT PRIMARY KEY,
+            seq INTEGER NOT NULL UNIQUE,
+            scenario_id TEXT NOT NULL,
+            class TEXT NOT NULL,
+            target TEXT NOT NULL,
+            mode TEXT NOT NULL CHECK (mode IN ('auto', 'humans')),
+            detector TEXT NOT NULL,
+            speed REAL NOT NULL DEFAULT 1,
+            status TEXT NOT NULL CHECK (status IN ('running', 'completed', 'failed', 'aborted')),
+            phase TEXT NOT NULL,
+            incident_id TEXT,
+            started_at TEXT NOT NULL,
+            injected_at TEXT,
+            detected_at TEXT,
+            acknowledged_at TEXT,
+            mitigated_at TEXT,
+            recovered_at TEXT,
+            rolled_back_at TEXT,
+            finished_at TEXT,
+            suggested_playbook TEXT,
+            injection TEXT NOT NULL DEFAULT '{}',
+            injection_active INTEGER NOT NULL DEFAULT 0,
+            score INTEGER,
+            breakdown TEXT NOT NULL DEFAULT '[]',
+            reason TEXT
+        )"""
+    )
+    db.execute("CREATE INDEX IF NOT EXISTS idx_drills_class ON drills (class, seq)")
+    db.execute(
+        """CREATE TABLE IF NOT EXISTS drill_events (
+            id INTEGER PRIMARY KEY,
+            drill_id TEXT NOT NULL REFERENCES drills (id),
+            at TEXT NOT NULL,
+            phase TEXT NOT NULL,
+            text TEXT NOT NULL,
+            data TEXT NOT NULL DEFAULT '{}'
+        )"""
+    )
+    db.execute("CREATE INDEX IF NOT EXISTS idx_drill_events ON drill_events (drill_id, id)")
+
+
+
+def _d2_ownership(db: Database) -> None:
+    # Which process runs a drill, and when it last said so: a drill is "interrupted"
+    # only when that process is gone, never because another process started.
+    have = {c.name for c in db["drills"].columns}
+    if "owner" not in have:  # a database from before the move has them from core v6
+        db.execute("ALTER TABLE drills ADD COLUMN owner TEXT")
+    if "heartbeat_at" not in have:
+        db.execute("ALTER TABLE drills ADD COLUMN heartbeat_at TEXT")
+    # One row per scheduled drill time: the first process to insert it runs the drill;
+    # `claimed_by` "missed" records a firing no process was up for.
+    db.execute(
+        """CREATE TABLE IF NOT EXISTS drill_firings (
+            fire_at TEXT PRIMARY KEY,
+            claimed_by TEXT NOT NULL,
+            claimed_at TEXT NOT NULL
+        )"""
+    )
+
+
+DRILL_SCHEMA = [_d1_drills, _d2_ownership]
+
+
 class DrillStore:
     def __init__(self, store: Store) -> None:
         self.store = store
+        store.ensure_schema("drills", DRILL_SCHEMA)
 
     def now(self) -> datetime:
         return self.store.now()

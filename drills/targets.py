@@ -21,6 +21,9 @@ from bot.store import Store
 
 def drill_targets(store: Store) -> Callable[[str], tuple[str, ServingDriver] | None]:
     """A resolver for ``Runner(drill_targets=...)`` over the drills table of ``store``."""
+    from drills.store import DRILL_SCHEMA
+
+    store.ensure_schema("drills", DRILL_SCHEMA)  # this reads the drills' own table
 
     def resolve(incident_id: str) -> tuple[str, ServingDriver] | None:
         row = store.db.execute(

@@ -15,8 +15,8 @@ from pydantic import ValidationError
 
 from actions.base import Sample
 from actions.policy import ServingPolicy, UnknownRoute
-from bot.errors import DriverError, PartialApplyError
-from bot.messages import Message
+from bot.base.errors import DriverError, PartialApplyError
+from bot.core.messages import Message
 
 
 class InMemoryDriver:

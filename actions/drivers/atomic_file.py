@@ -15,7 +15,7 @@ import stat
 import tempfile
 from pathlib import Path
 
-from bot.errors import DriverError
+from bot.base.errors import DriverError
 
 STILL_IN_FORCE = "the previous file is still in force; check disk space and permissions"
 

@@ -24,8 +24,8 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from actions.policy import ServingPolicy
-from bot.errors import DriverError, PartialApplyError
-from bot.playbook.schema import Duration
+from bot.base.durations import Duration
+from bot.base.errors import DriverError, PartialApplyError
 
 Method = Literal["GET", "PUT", "POST", "PATCH", "DELETE"]
 # Repeating these cannot apply a change twice, so they are the only ones retried.

@@ -34,7 +34,7 @@ from actions.drivers import litellm_config as lc
 from actions.drivers.atomic_file import atomic_replace
 from actions.drivers.policy_file import PolicyFileDriver
 from actions.policy import ServingPolicy, UnknownRoute
-from bot.errors import DriverError
+from bot.base.errors import DriverError
 
 Reload = Callable[[], Awaitable[None]]
 

@@ -26,7 +26,7 @@ from typing import Any
 import yaml
 
 from actions.drivers.policy_file import yaml_problem
-from bot.errors import DriverError
+from bot.base.errors import DriverError
 
 Config = dict[str, Any]
 Stash = dict[str, Any]

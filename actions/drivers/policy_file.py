@@ -30,7 +30,7 @@ from pydantic import ValidationError
 
 from actions.drivers.atomic_file import atomic_replace
 from actions.policy import ServingPolicy, UnknownRoute
-from bot.errors import DriverError
+from bot.base.errors import DriverError
 
 # libyaml's C loader/dumper are several times faster than the pure-Python ones,
 # and the file is read on every apply, verify and revert.

@@ -15,7 +15,7 @@ from functools import cache
 import httpx
 
 from actions.base import Sample
-from bot.errors import DriverError
+from bot.base.errors import DriverError
 
 
 class PrometheusSource:

@@ -1,7 +1,10 @@
-"""The application core's shared rules: the run state machine and cross-process claims.
+"""The application core: the use cases, over the store and the playbooks.
 
-Everything here is pure and strictly typed (mypy --strict): no store, no driver,
-no front end. The use cases that apply these rules live in ``bot.runner``
-(runs), ``bot.engine`` (alerts, incidents) and ``bot.core.outbox`` (the work an
-ingest leaves for after the webhook's answer).
+``engine`` (alerts in, incidents, suggestions, the run use cases every front end
+calls), ``runner`` (plan, approve, apply, verify, revert over the run state
+machine in ``bot.base.run_states``), ``guards``, ``lifecycle`` (incident
+statuses), ``recovery`` (crash-left claims), ``outbox`` (work after the webhook's
+answer), ``messages`` and ``notifier`` (neutral messages out), ``suggestions``,
+``postmortem``. No Slack, web framework or gateway driver is imported here
+(import contracts check it); drivers arrive injected.
 """

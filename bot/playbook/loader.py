@@ -19,7 +19,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from actions.catalog import CATALOG
-from bot.errors import PlaybookError, Problem, TemplateError
+from bot.base.errors import PlaybookError, Problem, TemplateError
 from bot.playbook.promql_check import promql_errors
 from bot.playbook.render import (
     TemplateLineError,

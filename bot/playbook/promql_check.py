@@ -14,7 +14,7 @@ from typing import Any
 
 import promql_parser
 
-from bot.errors import IncidentBotError
+from bot.base.errors import IncidentBotError
 from bot.playbook.render import _Annotations, _Labels, _render_value, render_string
 from bot.playbook.schema import Playbook
 

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bot.errors import NotFound, PlaybookError, Problem
+from bot.base.errors import NotFound, PlaybookError, Problem
 from bot.playbook.loader import load_dir, load_sources, read_sources
 from bot.playbook.schema import Playbook
 

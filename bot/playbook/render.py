@@ -27,8 +27,8 @@ from jinja2 import TemplateError as JinjaError
 from jinja2.filters import FILTERS
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
-from bot.alert import Alert
-from bot.errors import TemplateError
+from bot.base.errors import TemplateError
+from bot.intake.alert import Alert
 from bot.playbook.schema import Playbook, Step
 
 MAX_OUTPUT = 4096

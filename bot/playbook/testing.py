@@ -12,7 +12,7 @@ File format (``playbooks/tests/*.test.yaml``)::
         chat: {max_output_tokens: 1024, max_concurrency: 32}
     tests:
       - name: cost burn on the chat route       # required, shown in the report
-        alert:                                  # the generic alert shape (bot.intake)
+        alert:                                  # the generic alert shape (bot.intake.parse)
           labels: {alertname: LLMCostBurnRateHigh, route: chat}
           annotations: {hourly_budget_usd: "40"}
         policy: {...}                           # optional: replaces the file's policy
@@ -47,10 +47,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from actions.catalog import get_action
 from actions.policy import ServingPolicy
-from bot.errors import InputError, PlaybookError, Problem
-from bot.intake import parse_generic
-from bot.matcher import Matcher
+from bot.base.errors import InputError, PlaybookError, Problem
+from bot.intake.parse import parse_generic
 from bot.playbook.loader import playbook_files
+from bot.playbook.matcher import Matcher
 from bot.playbook.render import render_params, render_step_args
 from bot.playbook.schema import Playbook, Step
 from bot.playbook.yamlsource import YamlDocument, parse_yaml, validation_problems

@@ -19,7 +19,7 @@ from typing import Annotated, Any, Union, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from bot.errors import PlaybookError, Problem
+from bot.base.errors import PlaybookError, Problem
 
 KeyPath = tuple[str | int, ...]
 # A shipped playbook has about 150 nodes. The pure-Python composer takes ~40 us a

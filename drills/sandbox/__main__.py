@@ -8,7 +8,7 @@ import random
 import sys
 from pathlib import Path
 
-from bot.errors import InputError
+from bot.base.errors import InputError
 from drills.sandbox.app import create_app
 from drills.sandbox.shape import load_config
 

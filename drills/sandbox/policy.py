@@ -20,7 +20,7 @@ from pathlib import Path
 
 from actions.drivers.policy_file import parse_policy
 from actions.policy import ServingPolicy
-from bot.errors import DriverError
+from bot.base.errors import DriverError
 
 log = logging.getLogger("drills.sandbox.policy")
 

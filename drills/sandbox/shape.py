@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from bot.errors import InputError
+from bot.base.errors import InputError
 
 DEFAULT_CONFIG_PATH = Path(__file__).with_name("config.yaml")
 

@@ -13,7 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from bot.errors import InputError
+from bot.base.errors import InputError
 from drills.alert_rules import render_rules
 
 

@@ -56,7 +56,11 @@ def test_the_installed_package_finds_its_files_from_any_folder(installed: Path, 
 
 def test_test_scaffolding_is_not_installed(installed: Path):
     site = next(installed.parent.parent.glob("lib/python3*/site-packages"))
-    assert (site / "bot" / "notifier.py").is_file()
-    for leftover in ("bot/slack/webapi_stub.py", "actions/drivers/fakes.py", "tests"):
+    notifier = site / "bot" / "core" / "notifier.py"
+    assert notifier.is_file()
+    for leftover in ("bot/adapters/slack/webapi_stub.py", "actions/drivers/fakes.py", "tests"):
         assert not (site / leftover).exists(), leftover
-    assert "RecordingNotifier" not in (site / "bot" / "notifier.py").read_text()
+    assert "RecordingNotifier" not in notifier.read_text()
+    # The layers' packages and their data ship: the postmortem templates, the playbooks.
+    assert list((site / "bot" / "core" / "templates").glob("*.j2"))
+    assert (site / "bot" / "shipped" / "playbooks" / "runaway-cost.yaml").is_file()

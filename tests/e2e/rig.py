@@ -11,7 +11,7 @@
 * a real Prometheus scraping the sandbox every second, evaluating the *fast*
   copy of the rules pack (``drills.alert_rules.render_rules``) and notifying
   that Alertmanager;
-* the bot: ``bot.service.Service`` built from an environment mapping through
+* the bot: ``bot.adapters.service.Service`` built from an environment mapping through
   ``Settings.from_env`` (tmp SQLite store, policy-file target = the sandbox's
   policy file, Prometheus for verification, Slack in HTTP mode with a signing
   secret, Web API = the stub, two on-call users), its scheduler polling every
@@ -62,13 +62,13 @@ from integration.services import (
 from slack_webapi_stub import StubMessage, WebApiStub
 
 from actions.policy import RoutePolicy, ServingPolicy
-from bot.engine import Engine
-from bot.records import Incident, Run
-from bot.scheduler import Scheduler
-from bot.service import Service
-from bot.settings import SHIPPED_PLAYBOOKS, Settings
+from bot.adapters.scheduler import Scheduler
+from bot.adapters.service import Service
+from bot.adapters.settings import SHIPPED_PLAYBOOKS, Settings
+from bot.adapters.wiring import build_engine
+from bot.core.engine import Engine
 from bot.store import Store
-from bot.wiring import build_engine
+from bot.store.records import Incident, Run
 from drills.alert_rules import (
     alert_rules,
     engine_route_relabel,

@@ -45,12 +45,12 @@ class Rig:
                      "LLM_INCIDENT_USER": "alice", "LLM_INCIDENT_MAX_ACTIVE": "1000"}
 
     def start(self, *argv: str) -> subprocess.Popen[str]:
-        return subprocess.Popen([sys.executable, "-m", "bot.cli", *argv], env=self.env,
+        return subprocess.Popen([sys.executable, "-m", "bot.adapters.cli", *argv], env=self.env,
                                 cwd=self.tmp, text=True, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE)
 
     def cli(self, *argv: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "bot.cli", *argv], env=self.env,
+        return subprocess.run([sys.executable, "-m", "bot.adapters.cli", *argv], env=self.env,
                               cwd=self.tmp, text=True, capture_output=True, timeout=120)
 
     def planned(self, tokens: int, *, approve: bool = True) -> str:

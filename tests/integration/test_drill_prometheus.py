@@ -17,10 +17,10 @@ from fakes import RecordingNotifier
 from integration.services import PROMETHEUS_BIN, require_binary
 
 from actions.drivers.policy_file import PolicyFileDriver
-from bot.engine import Engine
+from bot.adapters.settings import SHIPPED_PLAYBOOKS
+from bot.core.engine import Engine
+from bot.core.runner import Runner
 from bot.playbook.registry import PlaybookRegistry
-from bot.runner import Runner
-from bot.settings import SHIPPED_PLAYBOOKS
 from bot.store import Store
 from drills.detector import PrometheusObserver
 from drills.harness import sandbox_app, serve_sandbox

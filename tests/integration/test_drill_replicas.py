@@ -33,7 +33,7 @@ def test_two_serves_run_one_drill_and_responders_never_touch_production(tmp_path
             "LLM_INCIDENT_DRILL_CRON": "* * * * *", "LLM_INCIDENT_DRILL_SPEED": "60"}
 
     def cli(*argv: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "bot.cli", *argv], capture_output=True,
+        return subprocess.run([sys.executable, "-m", "bot.adapters.cli", *argv], capture_output=True,
                               text=True, env=env, cwd=tmp_path, timeout=120)
 
     assert cli("reload").returncode == 0  # the store exists before both replicas start
@@ -41,7 +41,7 @@ def test_two_serves_run_one_drill_and_responders_never_touch_production(tmp_path
     try:
         for name in ("serve-a", "serve-b"):
             port = free_port()
-            serves.append(spawn(name, [sys.executable, "-m", "bot.cli", "serve", "--port",
+            serves.append(spawn(name, [sys.executable, "-m", "bot.adapters.cli", "serve", "--port",
                                        str(port)], tmp_path, f"http://127.0.0.1:{port}",
                                 ready_path="/readyz", env=env))
 

@@ -41,7 +41,7 @@ def test_after_a_drill_a_real_incident_applies_with_no_drill_guard_in_the_way(tm
             "LLM_INCIDENT_USER": "alice"}
 
     def cli(*argv: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "bot.cli", *argv], capture_output=True,
+        return subprocess.run([sys.executable, "-m", "bot.adapters.cli", *argv], capture_output=True,
                               text=True, env=env, cwd=tmp_path, timeout=300)
 
     drill = cli("drill", "run", "quality_degradation", "--auto-respond")

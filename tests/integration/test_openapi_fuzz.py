@@ -17,10 +17,10 @@ from fakes import RecordingNotifier
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 
-from bot.service_metrics import ServiceMetrics
-from bot.settings import Settings
-from bot.web import create_app
-from bot.wiring import build_engine
+from bot.adapters.service_metrics import ServiceMetrics
+from bot.adapters.settings import Settings
+from bot.adapters.web import create_app
+from bot.adapters.wiring import build_engine
 
 pytestmark = pytest.mark.integration
 

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from actions.drivers.prometheus import PrometheusSource
-from bot.errors import DriverError
+from bot.base.errors import DriverError
 
 pytestmark = pytest.mark.integration
 

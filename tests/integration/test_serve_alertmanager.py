@@ -25,9 +25,9 @@ import httpx
 import pytest
 from fakes import RecordingNotifier
 
-from bot.errors import StoreError
-from bot.service import Service
-from bot.settings import Settings
+from bot.adapters.service import Service
+from bot.adapters.settings import Settings
+from bot.base.errors import StoreError
 
 pytestmark = pytest.mark.integration
 
@@ -216,7 +216,7 @@ def test_llm_incident_serve_stops_cleanly_on_sigterm(
            "LLM_INCIDENT_POLICY": str(tmp_path / "policy.yaml")}
     log = tmp_path / "serve.log"
     with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "bot.cli", "serve", "--port", str(port)],
+        proc = subprocess.Popen([sys.executable, "-m", "bot.adapters.cli", "serve", "--port", str(port)],
                                 stdout=out, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
     try:
         def ready() -> bool:

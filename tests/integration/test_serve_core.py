@@ -99,7 +99,7 @@ def serve(tmp: Path, name: str = "serve", **extra: str) -> Service:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LLM_INCIDENT_", "SLACK_"))}
     env |= {"LLM_INCIDENT_DB": str(tmp / "bot.db"), "LLM_INCIDENT_POLICY": str(tmp / "policy.yaml"),
             "LLM_INCIDENT_PROMETHEUS_URL": "http://127.0.0.1:1", **extra}
-    return spawn(name, [sys.executable, "-m", "bot.cli", "serve", "--port", str(port)], tmp,
+    return spawn(name, [sys.executable, "-m", "bot.adapters.cli", "serve", "--port", str(port)], tmp,
                  f"http://127.0.0.1:{port}", ready_path="/healthz", env=env)
 
 

@@ -25,7 +25,7 @@ def _break(path: Path) -> None:
 def test_serve_starts_on_the_last_good_set_and_reloads(tmp_path: Path) -> None:
     playbooks = tmp_path / "playbooks"
     shutil.copytree(SHIPPED, playbooks)
-    base = [sys.executable, "-m", "bot.cli", "--db", str(tmp_path / "bot.db"),
+    base = [sys.executable, "-m", "bot.adapters.cli", "--db", str(tmp_path / "bot.db"),
             "--playbooks", str(playbooks), "--policy", str(tmp_path / "policy.yaml")]
     # A clean load first (it creates the store): the store keeps this set as the last good one.
     subprocess.run([*base, "reload"], check=True, capture_output=True, cwd=tmp_path)

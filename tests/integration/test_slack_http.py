@@ -1,6 +1,6 @@
 """Slack over HTTP through bolt's real request path.
 
-The service's FastAPI app (``bot.web.create_app``) with ``POST /slack/events``
+The service's FastAPI app (``bot.adapters.web.create_app``) with ``POST /slack/events``
 mounted, driven through httpx's ASGI transport (bolt's own handler, signature
 check and ack machinery run as in production). Requests are signed like
 Slack's (``v0=`` HMAC-SHA256 of ``v0:{ts}:{body}``); the Web API is the local
@@ -28,12 +28,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from slack_webapi_stub import WebApiStub
 
-from bot.replay_store import RequestReplays
-from bot.service_metrics import ServiceMetrics
-from bot.settings import Settings
-from bot.slack.app import create_slack_app
-from bot.slack.http_mode import MAX_SLACK_BODY, ReplayGuard, mount_slack
-from bot.web import create_app
+from bot.adapters.service_metrics import ServiceMetrics
+from bot.adapters.settings import Settings
+from bot.adapters.slack.app import create_slack_app
+from bot.adapters.slack.http_mode import MAX_SLACK_BODY, ReplayGuard, mount_slack
+from bot.adapters.slack.replay_store import RequestReplays
+from bot.adapters.web import create_app
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))

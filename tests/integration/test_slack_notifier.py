@@ -20,9 +20,9 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_webapi_stub import StubCall, WebApiStub
 
-from bot.messages import Button, Field, Message, Section
-from bot.slack.notifier import SlackNotifier
-from bot.slack_store import ChatMessages
+from bot.adapters.slack.notifier import SlackNotifier
+from bot.adapters.slack.thread_store import ChatMessages
+from bot.core.messages import Button, Field, Message, Section
 from bot.store import Store
 
 # The engine-on-fakes helper of the unit tier, for the end-to-end case below.

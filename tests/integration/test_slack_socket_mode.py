@@ -19,10 +19,10 @@ from typing import Any
 import pytest
 from slack_webapi_stub import WebApiStub
 
-from bot.errors import IncidentBotError
-from bot.settings import Settings
-from bot.slack.app import create_slack_app
-from bot.slack.socket_mode import SocketMode
+from bot.adapters.settings import Settings
+from bot.adapters.slack.app import create_slack_app
+from bot.adapters.slack.socket_mode import SocketMode
+from bot.base.errors import IncidentBotError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -125,8 +125,8 @@ def test_socket_mode_refuses_a_bot_token_as_app_token():
 def test_serve_mounts_slack_events_and_starts_socket_mode(tmp_path):
     from fakes import RecordingNotifier
 
-    from bot.service import Service
-    from bot.slack.notifier import SlackNotifier
+    from bot.adapters.service import Service
+    from bot.adapters.slack.notifier import SlackNotifier
 
     async def main() -> None:
         async with SocketModeStub() as sock, WebApiStub(

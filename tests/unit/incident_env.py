@@ -12,12 +12,12 @@ from pathlib import Path
 from fakes import FakeMetrics, InMemoryDriver, RecordingNotifier
 
 from actions.policy import ServingPolicy
-from bot.alert import Alert
-from bot.engine import Engine
-from bot.lifecycle import LifecyclePolicy
-from bot.notifier import Notifier
+from bot.core.engine import Engine
+from bot.core.lifecycle import LifecyclePolicy
+from bot.core.notifier import Notifier
+from bot.core.runner import Runner, RunnerSettings
+from bot.intake.alert import Alert
 from bot.playbook.registry import PlaybookRegistry
-from bot.runner import Runner, RunnerSettings
 from bot.store import Store
 
 PLAYBOOKS = Path(__file__).resolve().parents[2] / "playbooks"

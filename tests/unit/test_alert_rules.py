@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bot.errors import InputError
+from bot.base.errors import InputError
 from bot.playbook.loader import load_dir
 from bot.playbook.schema import INCIDENT_CLASSES
 from drills.alert_rules import (

@@ -16,13 +16,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bot.cli import main
-from bot.errors import PlaybookError
+from bot.adapters.cli import main
+from bot.adapters.settings import Settings
+from bot.adapters.wiring import build_engine
+from bot.base.errors import PlaybookError
+from bot.core.playbook_loading import reload
 from bot.playbook.loader import MAX_FILE_BYTES, lint, load_dir
 from bot.playbook.registry import PlaybookRegistry
-from bot.playbook_loading import reload
-from bot.settings import Settings
-from bot.wiring import build_engine
 
 SHIPPED = Path(__file__).resolve().parents[2] / "playbooks"
 CAP_ALERT = {

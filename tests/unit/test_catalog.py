@@ -15,7 +15,7 @@ from actions.base import Sample, ServingDriver
 from actions.catalog import CATALOG, get_action
 from actions.drivers.policy_file import PolicyFileDriver, dump_policy
 from actions.policy import ServingPolicy
-from bot.errors import DriverError, InputError, PartialApplyError
+from bot.base.errors import DriverError, InputError, PartialApplyError
 
 BASE = ServingPolicy.model_validate(
     {

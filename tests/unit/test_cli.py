@@ -8,9 +8,9 @@ import pytest
 import yaml
 from freezegun import freeze_time
 
-from bot.cli import main, make_context
-from bot.commands import execute
-from bot.settings import Settings
+from bot.adapters.cli import main, make_context
+from bot.adapters.commands import execute
+from bot.adapters.settings import Settings
 
 PLAYBOOKS = Path(__file__).resolve().parents[2] / "playbooks"
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"

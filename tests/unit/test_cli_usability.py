@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from bot.alert import Alert
-from bot.cli import main, show
-from bot.commands.grammar import Result
+from bot.adapters.cli import main, show
+from bot.adapters.commands.grammar import Result
+from bot.intake.alert import Alert
 from bot.store import Store
 
 PLAYBOOKS = Path(__file__).resolve().parents[2] / "playbooks"
@@ -117,7 +117,7 @@ def test_a_closed_pipe_is_not_a_traceback(db):
     import sys
 
     # The reader is gone before the CLI writes a byte (as `| head` is after its lines).
-    proc = subprocess.Popen([sys.executable, "-m", "bot.cli", "--db", str(db), "incidents"],
+    proc = subprocess.Popen([sys.executable, "-m", "bot.adapters.cli", "--db", str(db), "incidents"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stdout is not None and proc.stderr is not None
     proc.stdout.close()

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import yaml
 
-from bot.demo import run_demo
-from bot.settings import Settings
+from bot.adapters.demo import run_demo
+from bot.adapters.settings import Settings
 
 
 def test_demo_runs_a_scored_drill_and_restores_everything(tmp_path):

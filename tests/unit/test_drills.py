@@ -18,14 +18,14 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from fakes import RecordingNotifier
 
 from actions.drivers.policy_file import PolicyFileDriver
-from bot.alert import Alert
-from bot.commands import execute
-from bot.commands.context import Context
-from bot.engine import Engine
-from bot.errors import InputError
+from bot.adapters.commands import execute
+from bot.adapters.commands.context import Context
+from bot.adapters.settings import SHIPPED_PLAYBOOKS, Settings
+from bot.base.errors import InputError
+from bot.core.engine import Engine
+from bot.core.runner import Runner
+from bot.intake.alert import Alert
 from bot.playbook.registry import PlaybookRegistry
-from bot.runner import Runner
-from bot.settings import SHIPPED_PLAYBOOKS, Settings
 from bot.store import Store
 from drills import scoring
 from drills.detector import STAND_IN_NOTE, render_annotation
@@ -442,7 +442,7 @@ def test_drill_metrics_by_class_outcome_last_score_and_time(tmp_path):
     import shutil
     import subprocess
 
-    from bot.service_metrics import ServiceMetrics
+    from bot.adapters.service_metrics import ServiceMetrics
 
     d, engine, *_ = asyncio.run(drill(SCENARIOS["runaway-cost"], tmp_path))
     text = ServiceMetrics(engine.store).render().decode()

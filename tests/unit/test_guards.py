@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from actions.base import Sample
 from actions.catalog import get_action
 from actions.policy import ServingPolicy
-from bot.guards import (
+from bot.core.guards import (
     RunnerSettings,
     TargetLocks,
     approval_state,
@@ -26,7 +26,7 @@ from bot.guards import (
     fmt_time,
 )
 from bot.playbook.schema import Guard, Verify
-from bot.records import Approval, Flag, Mitigation
+from bot.store.records import Approval, Flag, Mitigation
 
 NOW = datetime(2026, 11, 29, 10, 32, tzinfo=UTC)
 POLICY = ServingPolicy.model_validate(

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from actions.base import ServingDriver
 from actions.drivers.http import HttpDriver, HttpTargetConfig
-from bot.errors import DriverError, PartialApplyError
+from bot.base.errors import DriverError, PartialApplyError
 
 TOKEN = "s3cr3t-token-value"
 CONFIG = """

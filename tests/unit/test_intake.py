@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from freezegun import freeze_time
 
-from bot.errors import AlertParseError
-from bot.intake import (
+from bot.base.errors import AlertParseError
+from bot.intake.parse import (
     MAX_LABELS,
     MAX_VALUE_CHARS,
     detect_source,

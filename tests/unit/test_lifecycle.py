@@ -7,10 +7,10 @@ import asyncio
 import pytest
 from incident_env import PLAYBOOKS, T0, Env, alert
 
-from bot.commands import Context, execute
-from bot.errors import InputError, NotFound
-from bot.lifecycle import LifecyclePolicy, check_transition
-from bot.records import Incident
+from bot.adapters.commands import Context, execute
+from bot.base.errors import InputError, NotFound
+from bot.core.lifecycle import LifecyclePolicy, check_transition
+from bot.store.records import Incident
 
 
 def run(coro):

@@ -13,7 +13,7 @@ from actions.catalog import get_action
 from actions.drivers.litellm import LiteLLMDriver, LiteLLMTargetConfig
 from actions.drivers.litellm_config import expected_deployments
 from actions.drivers.policy_file import PolicyFileDriver
-from bot.errors import DriverError, InputError
+from bot.base.errors import DriverError, InputError
 
 BASE_CONFIG: dict[str, Any] = {
     "model_list": [
@@ -242,8 +242,8 @@ def test_a_proxy_reporting_stale_state_is_not_confirmed(setup) -> None:
 
 
 def test_wiring_builds_the_litellm_driver(tmp_path: Path) -> None:
-    from bot.settings import Settings
-    from bot.wiring import build_driver
+    from bot.adapters.settings import Settings
+    from bot.adapters.wiring import build_driver
 
     cfg = {
         "driver": "litellm",

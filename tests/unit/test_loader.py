@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from freezegun import freeze_time
 
-from bot.errors import NotFound, PlaybookError, Problem
+from bot.base.errors import NotFound, PlaybookError, Problem
 from bot.playbook.loader import lint, load_dir, load_file, load_text
 from bot.playbook.registry import PlaybookRegistry
 

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 import yaml
 
-from bot.alert import Alert
-from bot.errors import InputError
-from bot.matcher import Matcher, explanation_to_json
+from bot.base.errors import InputError
+from bot.intake.alert import Alert
+from bot.playbook.matcher import Matcher, explanation_to_json
 from bot.playbook.schema import Playbook
 
 PLAYBOOKS = Path(__file__).resolve().parents[2] / "playbooks"

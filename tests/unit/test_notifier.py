@@ -11,9 +11,9 @@ from datetime import UTC, datetime
 import pytest
 from fakes import RecordingNotifier
 
-from bot.errors import InputError
-from bot.messages import Button, Field, Message, Section, button_command, parse_value
-from bot.notifier import ConsoleNotifier, FanoutNotifier, LogNotifier, publish_safely
+from bot.base.errors import InputError
+from bot.core.messages import Button, Field, Message, Section, button_command, parse_value
+from bot.core.notifier import ConsoleNotifier, FanoutNotifier, LogNotifier, publish_safely
 
 
 def run(coro):
@@ -110,7 +110,7 @@ def test_publish_safely_reports_failure_without_raising():
 def test_button_values_and_commands(action, value, command):
     assert button_command(Button(action, "x", value)) == command
     # One table: what the console prints is exactly what a Slack click runs.
-    from bot.slack.app import BUTTON_COMMANDS as SLACK
+    from bot.adapters.slack.app import BUTTON_COMMANDS as SLACK
 
     assert shlex.split(command) == SLACK[action](parse_value(action, value))
 
@@ -129,8 +129,8 @@ def test_bad_button_values_are_refused_clearly(action, value, problem):
 
 def test_every_button_command_is_a_valid_command():
     # The console shows these as "what to type"; each must parse with the shared grammar.
-    from bot.commands import VERBS, parse, split
-    from bot.messages import Button, button_command
+    from bot.adapters.commands import VERBS, parse, split
+    from bot.core.messages import Button, button_command
 
     for action, value in [("run_step", "INC-3:runaway-cost:cap-output"),
                           ("dry_run", "INC-3:runaway-cost:cap-output"), ("approve", "RUN-7"),
@@ -141,7 +141,7 @@ def test_every_button_command_is_a_valid_command():
 
 
 def test_drill_messages_go_to_the_drill_notifier_and_nothing_else_does():
-    from bot.notifier import DrillRouter
+    from bot.core.notifier import DrillRouter
 
     real, drill = RecordingNotifier(), RecordingNotifier()
     router = DrillRouter(real, drill)
@@ -155,9 +155,9 @@ def test_drill_messages_go_to_the_drill_notifier_and_nothing_else_does():
 
 
 def test_slack_notifier_routes_drills_to_the_drill_channel(tmp_path):
-    from bot.notifier import DrillRouter
-    from bot.settings import Settings
-    from bot.slack import build_slack_notifier
+    from bot.adapters.settings import Settings
+    from bot.adapters.slack import build_slack_notifier
+    from bot.core.notifier import DrillRouter
     from bot.store import Store
 
     class E:

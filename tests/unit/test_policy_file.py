@@ -16,7 +16,7 @@ from actions.base import ServingDriver
 from actions.drivers import policy_file
 from actions.drivers.policy_file import PolicyFileDriver
 from actions.policy import ServingPolicy
-from bot.errors import DriverError
+from bot.base.errors import DriverError
 
 POLICY = """\
 version: 1

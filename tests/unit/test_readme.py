@@ -3,8 +3,8 @@
 from pathlib import Path
 
 from actions.catalog import CATALOG
-from bot.commands import VERBS
-from bot.settings import ENV_VARS
+from bot.adapters.commands import VERBS
+from bot.adapters.settings import ENV_VARS
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 

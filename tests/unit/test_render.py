@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from bot.alert import Alert
-from bot.errors import TemplateError
+from bot.base.errors import TemplateError
+from bot.intake.alert import Alert
 from bot.playbook.loader import load_file
 from bot.playbook.render import (
     MAX_OUTPUT,

@@ -6,8 +6,8 @@ import asyncio
 from pathlib import Path
 
 from actions.drivers.policy_file import PolicyFileDriver
+from bot.core.runner import Runner
 from bot.playbook.schema import Guard
-from bot.runner import Runner
 from bot.store import Store
 
 TEXT = """\

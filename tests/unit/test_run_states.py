@@ -7,7 +7,8 @@ import itertools
 import pytest
 
 from actions.base import FieldChange, Plan
-from bot.core.run_states import (
+from bot.base.errors import Conflict, InputError
+from bot.base.run_states import (
     ACTIVE,
     APPLICABLE,
     CLAIMED,
@@ -18,7 +19,6 @@ from bot.core.run_states import (
     RunState,
     check_move,
 )
-from bot.errors import Conflict, InputError
 from bot.playbook.schema import Guard
 from bot.store import Store
 

@@ -11,10 +11,10 @@ from freezegun import freeze_time
 
 from actions.base import Sample
 from actions.policy import ServingPolicy
-from bot.alert import Alert
-from bot.errors import ActionFailed, GuardRefused, InputError
+from bot.base.errors import ActionFailed, GuardRefused, InputError
+from bot.core.runner import Runner, RunnerSettings
+from bot.intake.alert import Alert
 from bot.playbook.schema import Guard
-from bot.runner import Runner, RunnerSettings
 from bot.store import Store
 
 T0 = "2026-11-29 10:00:00"

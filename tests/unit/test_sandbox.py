@@ -14,7 +14,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from bot.errors import InputError
+from bot.base.errors import InputError
 from drills.sandbox import create_app, load_config
 from drills.sandbox.traffic import generate
 

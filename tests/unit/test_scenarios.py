@@ -11,7 +11,7 @@ import yaml
 from pydantic import BaseModel
 
 from actions.policy import ServingPolicy
-from bot.errors import PlaybookError
+from bot.base.errors import PlaybookError
 from bot.playbook.loader import load_dir
 from bot.playbook.schema import INCIDENT_CLASSES
 from drills.alert_rules import ALERTS_DIR, alert_rules, load_rules

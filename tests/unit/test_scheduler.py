@@ -9,7 +9,7 @@ from pathlib import Path
 
 from incident_env import Env, alert, provider_alert
 
-from bot.scheduler import Scheduler
+from bot.adapters.scheduler import Scheduler
 
 
 def run(coro):
@@ -166,14 +166,14 @@ def test_a_failing_job_is_logged_and_the_others_still_run(caplog):
 
     env.runner.run_due = broken
     env.clock.advance(minutes=11)
-    with caplog.at_level(logging.ERROR, logger="bot.scheduler"):
+    with caplog.at_level(logging.ERROR, logger="bot.adapters.scheduler"):
         run(sched.poll())
     assert "run_due failed" in caplog.text and "database on fire" in caplog.text
     assert "reminder" in [e.kind for e in env.store.timeline("INC-1")]
 
 
 def test_tick_does_what_the_timers_do_incident_status_included():
-    from bot.commands import Context, execute
+    from bot.adapters.commands import Context, execute
 
     env = Env()
     item = run(env.engine.handle_alerts([provider_alert()]))[0]

@@ -6,9 +6,9 @@ import pytest
 
 from actions.drivers.http import HttpDriver
 from actions.drivers.policy_file import PolicyFileDriver
-from bot.errors import InputError
-from bot.settings import Settings
-from bot.wiring import build_driver
+from bot.adapters.settings import Settings
+from bot.adapters.wiring import build_driver
+from bot.base.errors import InputError
 
 
 def test_defaults_work_with_an_empty_environment():

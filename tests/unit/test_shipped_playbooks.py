@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from bot.intake import parse_generic
-from bot.matcher import Matcher
+from bot.intake.parse import parse_generic
 from bot.playbook.loader import lint, load_dir
+from bot.playbook.matcher import Matcher
 from bot.playbook.schema import INCIDENT_CLASSES
 from bot.playbook.testing import run_tests
 

@@ -10,9 +10,9 @@ import pytest
 from incident_env import Env, alert
 from slack_sdk.models.blocks import Block
 
-from bot.messages import Button, Field, Message, Section
-from bot.slack import blocks as bk
-from bot.slack.blocks import action_of, escape_mrkdwn, render, render_text, truncate
+from bot.adapters.slack import blocks as bk
+from bot.adapters.slack.blocks import action_of, escape_mrkdwn, render, render_text, truncate
+from bot.core.messages import Button, Field, Message, Section
 
 HOSTILE = "<!channel> <!here> <@U123> <http://evil.example|click me> & {{ 7*7 }}"
 
@@ -201,8 +201,8 @@ def test_every_kind_renders(kind: str) -> None:
 
 
 def test_the_stored_form_of_a_message_round_trips_and_damage_is_named() -> None:
-    from bot.errors import StoreError
-    from bot.slack_store import ChatMessages, message_from_json, message_to_json
+    from bot.adapters.slack.thread_store import ChatMessages, message_from_json, message_to_json
+    from bot.base.errors import StoreError
     from bot.store import Store
 
     msg = huge_message()

@@ -10,11 +10,11 @@ import pytest
 from incident_env import PLAYBOOKS, Env, alert
 from slack_sdk.errors import SlackApiError
 
-from bot.commands import VERBS, Context, execute, parse, split
-from bot.slack.app import BUTTON_COMMANDS, BUTTON_RE, result_message, run_buttons
-from bot.slack.auth import OncallAuthorizer, needs_oncall
-from bot.slack.channel_alerts import ChannelAlerts, parse_message, parse_text
-from bot.slack.http_mode import ReplayGuard
+from bot.adapters.commands import VERBS, Context, execute, parse, split
+from bot.adapters.slack.app import BUTTON_COMMANDS, BUTTON_RE, result_message, run_buttons
+from bot.adapters.slack.auth import OncallAuthorizer, needs_oncall
+from bot.adapters.slack.channel_alerts import ChannelAlerts, parse_message, parse_text
+from bot.adapters.slack.http_mode import ReplayGuard
 
 
 def run(coro):
@@ -182,8 +182,8 @@ def test_arguments_with_quotes_unicode_and_10kb(env):
 
 
 def test_results_escape_slack_markup():
-    from bot.commands import Result
-    from bot.slack.app import reply
+    from bot.adapters.commands import Result
+    from bot.adapters.slack.app import reply
 
     out = reply(result_message(Result("INC-1 <!channel> & <@U1> <http://x|y>"), "t"))
     flat = str(out)

@@ -10,11 +10,10 @@ from freezegun import freeze_time
 
 from actions.catalog import get_action
 from actions.policy import ServingPolicy
-from bot import migrations
-from bot.alert import Alert
-from bot.errors import InputError, NotFound, StoreError
+from bot.base.errors import InputError, NotFound, StoreError
+from bot.intake.alert import Alert
 from bot.playbook.schema import Guard
-from bot.store import Store, group_key_for
+from bot.store import Store, group_key_for, migrations
 
 T0 = datetime(2026, 11, 29, 10, 0, tzinfo=UTC)
 
@@ -196,8 +195,8 @@ def test_a_failing_migration_leaves_the_old_schema(tmp_path, monkeypatch):
         db.execute("THIS IS NOT SQL")
 
     monkeypatch.setattr(migrations, "MIGRATIONS", [*migrations.MIGRATIONS, broken])
-    monkeypatch.setattr("bot.store.MIGRATIONS", migrations.MIGRATIONS)
-    monkeypatch.setattr("bot.store.LATEST_VERSION", len(migrations.MIGRATIONS))
+    monkeypatch.setattr("bot.store.sqlite.MIGRATIONS", migrations.MIGRATIONS)
+    monkeypatch.setattr("bot.store.sqlite.LATEST_VERSION", len(migrations.MIGRATIONS))
     old = migrations.LATEST_VERSION
     with pytest.raises(StoreError, match=f"to version {old + 1} failed .*stays at version {old}"):
         Store(path)

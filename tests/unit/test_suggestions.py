@@ -8,8 +8,8 @@ from fakes import FakeMetrics, RecordingNotifier
 from incident_env import Env, alert, provider_alert
 
 from actions.base import Sample
-from bot.messages import button_command
-from bot.notifier import FanoutNotifier, render_text
+from bot.core.messages import button_command
+from bot.core.notifier import FanoutNotifier, render_text
 
 
 def run(coro):

@@ -18,15 +18,15 @@ from actions.base import FieldChange, Plan
 from actions.catalog import get_action
 from actions.drivers.http import HttpDriver, HttpTargetConfig
 from actions.drivers.policy_file import PolicyFileDriver
-from bot.alert import Alert
-from bot.errors import DriverError, InputError, PlaybookError, TemplateError
+from bot.adapters.service_metrics import ServiceMetrics
+from bot.adapters.settings import Settings
+from bot.adapters.web import create_app
+from bot.adapters.wiring import build_engine
+from bot.base.errors import DriverError, InputError, PlaybookError, TemplateError
+from bot.intake.alert import Alert
 from bot.playbook.loader import lint, load_text
 from bot.playbook.render import render_query
 from bot.playbook.schema import Guard
-from bot.service_metrics import ServiceMetrics
-from bot.settings import Settings
-from bot.web import create_app
-from bot.wiring import build_engine
 
 AM = "/v1/alerts/alertmanager"
 POLICY = (b"version: 1\nroutes:\n  chat:\n    max_concurrency: 16\n    fallback: chat-small\n"
@@ -272,7 +272,7 @@ def test_flap_damping_is_a_setting(tmp_path):
 
 
 def test_the_deployment_can_forbid_approving_your_own_oncall_step(tmp_path):
-    from bot.errors import GuardRefused
+    from bot.base.errors import GuardRefused
 
     svc = Service(tmp_path, self_approval=False)
     svc.post(am_body({"alertname": "LLMCostBurnRateHigh", "route": "chat",

@@ -19,13 +19,13 @@ import httpx
 import pytest
 from fakes import RecordingNotifier
 
-from bot.errors import InputError, StoreError
+from bot.adapters.service_metrics import ServiceMetrics
+from bot.adapters.settings import Settings
+from bot.adapters.web import create_app
+from bot.adapters.wiring import build_engine
+from bot.base.errors import InputError, StoreError
 from bot.playbook.registry import PlaybookRegistry
-from bot.service_metrics import ServiceMetrics
-from bot.settings import Settings
 from bot.store import Store
-from bot.web import create_app
-from bot.wiring import build_engine
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "alerts"
 AM, GRAFANA, GENERIC = "/v1/alerts/alertmanager", "/v1/alerts/grafana", "/v1/alerts"
@@ -497,8 +497,8 @@ def test_serve_settings_from_env() -> None:
 
 
 def test_serve_arguments() -> None:
-    from bot.cli import parse_serve_args
-    from bot.errors import IncidentBotError
+    from bot.adapters.cli import parse_serve_args
+    from bot.base.errors import IncidentBotError
 
     assert parse_serve_args(["--host", "0.0.0.0", "--port=9001"]) == {"host": "0.0.0.0",
                                                                        "port": 9001}

@@ -18,10 +18,10 @@ from fakes import RecordingNotifier
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bot.service_metrics import ServiceMetrics
-from bot.settings import Settings
-from bot.web import create_app
-from bot.wiring import build_engine
+from bot.adapters.service_metrics import ServiceMetrics
+from bot.adapters.settings import Settings
+from bot.adapters.web import create_app
+from bot.adapters.wiring import build_engine
 
 PATHS = ("/v1/alerts/alertmanager", "/v1/alerts/grafana", "/v1/alerts")
 _APP: dict[str, Any] = {}

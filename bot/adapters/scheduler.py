@@ -1,0 +1,296 @@
+"""The scheduler: TTL reverts, verification checks, approval expiry and reminders.
+
+The store is the truth and the scheduler only a cache of it. ``start()``
+finishes what a crash left (``runner.reconcile``), does at once what fell due
+while the bot was down (``runner.run_due``: overdue reverts), then builds one
+date job per timer from ``runner.timers()``. ``refresh()`` re-syncs those jobs
+with the store; the engine calls it after anything that may add timers, and
+every poll tick calls it too, so a run applied from any path is picked up.
+
+The periodic poll (``poll_interval``) records early verification passes,
+retries what is due (a revert that failed, held runs after ``resume``), expires
+stale approvals, reminds about unacknowledged incidents and applies the
+lifecycle's run rules. Each job catches and logs its own errors: a failing job
+never stops the scheduler. Every job is a plain coroutine method, so tests call
+them directly with a frozen clock instead of waiting on real time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from bot.base.errors import Conflict
+from bot.core.engine import Engine
+from bot.core.guards import approval_state, fmt_span, fmt_time
+from bot.core.lifecycle import ENGINE_ACTOR
+from bot.core.messages import Button, Message, Section
+from bot.store.records import Incident, Run
+
+log = logging.getLogger(__name__)
+
+TIMER_PREFIX = "timer:"
+WATCH_SECONDS = 1.0
+# What a run's change looks like before/after a job: (state, verify_state).
+Snapshot = tuple[str, str | None]
+
+
+class Scheduler:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        poll_interval: timedelta = timedelta(seconds=15),
+        reminder_every: timedelta = timedelta(minutes=10),
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        self.engine = engine
+        self.store = engine.store
+        self.runner = engine.runner
+        self.poll_interval = poll_interval
+        self.reminder_every = reminder_every
+        self.clock = clock or engine.clock
+        # misfire_grace_time=None: a job the loop could not start on time still runs late.
+        self._aps = AsyncIOScheduler(
+            timezone=UTC,
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
+        )
+        self._timers: dict[str, datetime] = {}
+        self._seen_event: int | None = None
+        engine.add_change_listener(self.refresh)
+
+    # --- start / stop ------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self._guarded("reconcile", self._reconcile)
+        await self._guarded("run_due", self.run_due)
+        self._aps.add_job(self._guarded, "interval", args=("poll", self.poll),
+                          seconds=self.poll_interval.total_seconds(), id="poll",
+                          replace_existing=True)
+        # Another process (the CLI, a second `serve`) may apply a change with a short TTL:
+        # a cheap look at the newest timeline event each second picks it up at once.
+        self._aps.add_job(self._guarded, "interval", args=("watch", self.watch_store),
+                          seconds=WATCH_SECONDS, id="watch", replace_existing=True)
+        self.refresh()
+        self._aps.start()
+
+    async def shutdown(self) -> None:
+        if not self._aps.running:
+            return
+        self._aps.shutdown(wait=False)
+        # AsyncIOScheduler stops on the loop's next turn; wait for it, with a deadline.
+        deadline = asyncio.get_running_loop().time() + 5
+        while self._aps.running and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
+
+    @property
+    def running(self) -> bool:
+        return self._aps.running
+
+    def jobs(self) -> dict[str, datetime | None]:
+        """Scheduled job ids and their next run times (for `status` and tests)."""
+        # Before start() a job has no next_run_time yet; a date job still knows its date.
+        return {j.id: getattr(j, "next_run_time", None) or getattr(j.trigger, "run_date", None)
+                for j in self._aps.get_jobs()}
+
+    def refresh(self) -> None:
+        """Make the date jobs match ``runner.timers()``: add new ones, drop finished ones.
+
+        Only future timers get a job. One already due is the poll tick's (``run_due``):
+        a revert that keeps failing must be retried at the poll pace, not re-fired
+        at once in a loop.
+        """
+        now = self.clock()
+        wanted = {f"{TIMER_PREFIX}{kind}:{run_id}": due
+                  for run_id, kind, due in self.runner.timers() if due > now}
+        for job_id in [j for j in self._timers if j not in wanted]:
+            if self._aps.get_job(job_id) is not None:
+                self._aps.remove_job(job_id)
+            del self._timers[job_id]
+        for job_id, due in wanted.items():
+            if self._timers.get(job_id) == due and self._aps.get_job(job_id) is not None:
+                continue
+            self._aps.add_job(self._guarded, "date", run_date=due, id=job_id,
+                              args=(job_id, self.run_due), replace_existing=True)
+            self._timers[job_id] = due
+
+    # --- jobs ----------------------------------------------------------------------
+
+    async def _guarded(self, name: str, job: Callable[[], Awaitable[Any]]) -> Any:
+        try:
+            return await job()
+        except Exception:
+            log.exception("scheduler job %s failed; it runs again on the next tick", name)
+            return None
+
+    async def _reconcile(self) -> list[Run]:
+        runs = await self.runner.reconcile()
+        for run in runs:
+            await self._report(run, (run.prior_state or "applying", None))
+        return runs
+
+    async def run_due(self) -> list[Run]:
+        """TTL reverts, verification deadlines and resumed held runs that are due now."""
+        before = self._snapshots()
+        done = await self.runner.run_due()
+        for run in done:
+            await self._report(run, before.get(run.id))
+        if done:
+            await self.engine.sync_lifecycle()
+        self.refresh()
+        return done
+
+    async def check_verifications(self) -> list[Run]:
+        """Query every pending verification now, so an early pass is recorded early."""
+        changed = []
+        for m in self.store.active_mitigations():
+            if m.verify_state != "pending":
+                continue
+            before = self._snapshot(m.run_id)
+            try:
+                run = await self.runner.check_verification(m.run_id)
+            except Exception:
+                log.exception("checking the verification of %s failed", m.run_id)
+                continue
+            if self._snapshot(run.id) != before:
+                changed.append(run)
+                await self._report(run, before)
+        return changed
+
+    async def expire_approvals(self) -> list[Run]:
+        """Runs whose approval window passed become ``expired`` (approve again to use them).
+
+        ``approved``: every approval that counts has expired. ``awaiting_approval``:
+        an approval expired, or nobody approved within the approval TTL of planning.
+        """
+        now, ttl = self.clock(), self.runner.settings.approval_ttl
+        expired = []
+        for state in ("awaiting_approval", "approved"):
+            for run in self.store.runs(state=state):
+                approvals = self.store.approvals(run.id)
+                verdict, which = approval_state(
+                    run.guard, requested_by=run.requested_by, approvals=approvals, now=now,
+                    allow_self=self.runner.settings.self_approval)
+                if verdict == "expired":
+                    last = max(which, key=lambda a: a.expires_at)
+                    why = (f"the approval by {last.user} expired at "
+                           f"{fmt_time(last.expires_at, now)}")
+                elif verdict == "missing" and run.created_at + ttl <= now:
+                    why = f"nobody approved it within {fmt_span(ttl)} of planning"
+                else:
+                    continue
+                before = self._snapshot(run.id)
+                try:
+                    run = self.store.transition(run.id, "expired", f"not applied: {why}",
+                                                actor=ENGINE_ACTOR, expect=(state,))
+                except Conflict:
+                    continue  # applied or denied by someone else meanwhile
+
+                expired.append(run)
+                await self._report(run, before)
+        return expired
+
+    async def send_reminders(self) -> list[Message]:
+        """A ``reminder`` for each incident still ``open`` for ``reminder_every`` since it
+        opened or since its last reminder (kept on the timeline, so restarts do not spam)."""
+        now, sent = self.clock(), []
+        for inc in (i for i in self.store.open_incidents() if i.status == "open"):
+            reminders = [e.at for e in self.store.timeline(inc.id) if e.kind == "reminder"]
+            last = max(reminders, default=inc.created_at)
+            if now - last < self.reminder_every:
+                continue
+            age = fmt_span(now - inc.created_at)
+            self.store.add_event(inc.id, "reminder", f"reminder: unacknowledged for {age}",
+                                 actor=ENGINE_ACTOR)
+            msg = reminder_message(inc, age)
+            await self.engine.publish(msg)
+            sent.append(msg)
+        return sent
+
+    async def watch_store(self) -> bool:
+        """Refresh the timers when anything was written since the last look (any process:
+        every change adds a timeline event). True when it refreshed."""
+        newest = self.store.newest_event_id()
+        if newest == self._seen_event:
+            return False
+        self._seen_event = newest
+        self.refresh()
+        return True
+
+    async def tick(self) -> list[Run]:
+        """What `serve`'s timers and poll do, once (the `tick` verb, for cron): due reverts
+        and verification deadlines, early verification passes, expired approvals, and
+        the incident status rules. Reminders stay with `serve` (they need a channel).
+        First, what a dead process left applying or reverting is settled."""
+        done = await self._reconcile()
+        done += await self.run_due()
+        done += await self.check_verifications()
+        done += await self.expire_approvals()
+        await self.engine.sync_lifecycle()
+        return done
+
+    async def poll(self) -> None:
+        """The periodic tick: each part guarded on its own, then the timers re-synced."""
+        # A CLI that died mid-apply beside a running `serve` is settled here, not only
+        # at the next start.
+        await self._guarded("reconcile", self._reconcile)
+        await self._guarded("check_verifications", self.check_verifications)
+        await self._guarded("run_due", self.run_due)
+        await self._guarded("expire_approvals", self.expire_approvals)
+        await self._guarded("send_reminders", self.send_reminders)
+        await self._guarded("sync_lifecycle", self.engine.sync_lifecycle)
+        self.refresh()
+
+    # --- reporting -------------------------------------------------------------------
+
+    def _snapshot(self, run_id: str) -> Snapshot:
+        mit = self.store.mitigation(run_id)
+        return self.store.run(run_id).state, mit.verify_state if mit else None
+
+    def _snapshots(self) -> dict[str, Snapshot]:
+        out = {}
+        for m in self.store.active_mitigations():
+            out[m.run_id] = self._snapshot(m.run_id)
+        for run in self.store.runs(state="planned"):
+            out[run.id] = (run.state, None)
+        return out
+
+    async def _report(self, run: Run, before: Snapshot | None) -> None:
+        after = self._snapshot(run.id)
+        if before == after:
+            return
+        await self.engine.publish(self.run_message(run))
+
+    def run_message(self, run: Run) -> Message:
+        """A ``result`` Message for a run a timer changed: the latest run event says how."""
+        events = self.store.run_events(run.id)
+        last = events[-1].text if events else run.state
+        mit = self.store.mitigation(run.id)
+        buttons: tuple[Button, ...] = ()
+        if run.state == "expired":
+            buttons = (Button("approve", f"Approve {run.id}", run.id, "primary"),
+                       Button("deny", f"Deny {run.id}", run.id))
+        elif mit is not None and mit.active:
+            buttons = (Button("revert", f"Revert {run.id}", run.id, "danger"),)
+        inc = self.store.incident(run.incident_id) if run.incident_id else None
+        where = f"{inc.id} " if inc else ""
+        title = f"{where}{run.id} {run.state}"
+        if mit is not None and mit.verify_state == "failed" and run.state == "applied":
+            title = f"{where}{run.id} verification failed: escalated"
+        return Message("result", run.incident_id, title, f"{title}: {last}",
+                       severity=inc.severity if inc else None,
+                       sections=(Section(run.diff, title=f"{run.action} on {run.target}"),),
+                       buttons=buttons, is_drill=inc.is_drill if inc else False)
+
+
+def reminder_message(inc: Incident, age: str) -> Message:
+    text = f"{inc.id} {inc.title} has been open for {age} and nobody acknowledged it"
+    return Message("reminder", inc.id, f"{inc.id} still unacknowledged", text,
+                   severity=inc.severity, buttons=(Button("ack", "Acknowledge", inc.id,
+                                                          "primary"),),
+                   is_drill=inc.is_drill)

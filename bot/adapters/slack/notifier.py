@@ -1,0 +1,304 @@
+"""Publishes the engine's Messages to one Slack channel: one top message per incident.
+
+* ``suggestion`` (a new incident) -> ``chat.postMessage`` in the channel; its ``ts``
+  goes to the store (``bot.adapters.slack.thread_store``), so after a restart the bot keeps
+  editing the same message and threading under it. A repeated suggestion for
+  an incident that already has a top message edits it instead of posting again.
+* ``update`` -> ``chat.update`` of the top message in place: the status on top,
+  the suggestion (playbook, steps, buttons) kept underneath.
+* ``timeline`` / ``result`` / ``reminder`` / ``drill`` -> a reply in the top
+  message's thread (``thread_ts``). A message about no incident, or about one
+  with no top message yet, is posted to the channel (and becomes the top one).
+
+Slack allows about one message per second per channel, so ``publish`` only
+queues; a background task drains the queue. New top messages go first (a storm
+must not hide a new incident behind thread chatter), then due updates, then
+thread replies in order. ``chat.postMessage`` calls to a channel are at least
+``min_interval`` apart; a ``429`` is retried after its ``Retry-After``; updates of
+one incident within ``coalesce_window`` become a single ``chat.update`` with the
+latest content. Nothing is dropped for being queued: suggestions always go out.
+
+Failures are logged and counted in ``stats``, never raised into the engine.
+``clock`` (seconds, monotonic) and ``sleep`` are injectable so tests observe
+every wait without sleeping. ``aclose()`` flushes the queue, held updates too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from slack_sdk.errors import SlackApiError
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bot.adapters.slack.blocks import render, render_text
+from bot.adapters.slack.thread_store import ChatMessages
+from bot.core.messages import Message, Section
+from bot.store import Store
+
+log = logging.getLogger(__name__)
+
+@dataclass
+class _Pending:
+    msg: Message
+    due: float
+
+
+def compose_top(base: Message, status: Message | None) -> Message:
+    """What the top message shows: the latest status first, the suggestion underneath.
+
+    The status's buttons come first; the base's ``ack`` goes (the status update
+    decides whether acknowledging still makes sense), duplicates go.
+    """
+    if status is None:
+        return base
+    if base.kind == "update":  # no suggestion was ever posted: the status is all there is
+        return status
+    status_secs = tuple(
+        s if s.title or i else replace(s, title="Status")
+        for i, s in enumerate(status.sections)
+    ) or (Section(status.text, title="Status"),)
+    seen = {(b.action, b.value) for b in status.buttons}
+    kept = tuple(b for b in base.buttons
+                 if b.action != "ack" and (b.action, b.value) not in seen)
+    return replace(
+        base, text=status.text, severity=status.severity or base.severity,
+        sections=status_secs + base.sections, buttons=status.buttons + kept,
+        is_drill=base.is_drill or status.is_drill,
+    )
+
+
+class SlackNotifier:
+    """``bot.core.notifier.Notifier`` for one Slack channel through an ``AsyncWebClient``."""
+
+    def __init__(
+        self,
+        client: AsyncWebClient,
+        *,
+        channel: str,
+        store: Store,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+        min_interval: float = 1.0,
+        coalesce_window: float = 2.0,
+        max_retries: int = 5,
+        max_retry_after: float = 120.0,
+    ) -> None:
+        self.client = client
+        self.channel = channel
+        self.messages = ChatMessages(store)
+        self.clock = clock
+        self.sleep = sleep
+        self.min_interval = min_interval
+        self.coalesce_window = coalesce_window
+        self.max_retries = max_retries
+        self.max_retry_after = max_retry_after
+        # calls by method, "rate_limited" retries, "failed" messages, "coalesced" updates
+        self.stats: Counter[str] = Counter()
+        self._posts: deque[Message] = deque()  # new top messages: first
+        self._replies: deque[Message] = deque()  # thread replies, in order
+        self._updates: dict[str, _Pending] = {}  # incident -> latest update not yet sent
+        self._last_update: dict[str, float] = {}  # incident -> when its last update went
+        self._last_post: dict[str, float] = {}  # channel -> when the last postMessage went
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+
+    # --- the Notifier protocol ------------------------------------------------------
+
+    async def publish(self, msg: Message) -> None:
+        """Queue ``msg``; returns at once. Never raises."""
+        if self._closing:
+            log.error("slack notifier closed; %s message %r not sent", msg.kind, msg.title)
+            self.stats["failed"] += 1
+            return
+        if msg.kind == "update" and msg.incident_id:
+            held = self._updates.get(msg.incident_id)
+            if held is not None:
+                held.msg = msg  # a storm of updates: only the latest is shown anyway
+                self.stats["coalesced"] += 1
+            else:
+                last = self._last_update.get(msg.incident_id)
+                due = self.clock() if last is None else last + self.coalesce_window
+                self._updates[msg.incident_id] = _Pending(msg, due)
+        elif msg.kind == "suggestion" or not msg.incident_id:
+            self._posts.append(msg)
+        else:
+            self._replies.append(msg)
+        self._wake.set()
+        self.start()
+
+    def start(self) -> None:
+        """Start the draining task (``publish`` does it on first use); needs a running loop."""
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._drain(), name="slack-out")
+
+    @property
+    def pending(self) -> int:
+        return len(self._posts) + len(self._replies) + len(self._updates)
+
+    async def aclose(self, timeout: float = 60.0) -> None:
+        """Send everything queued (held updates at once), then stop the task."""
+        self._closing = True
+        self._wake.set()
+        if self._task is None:
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(self._task), timeout)
+        except TimeoutError:
+            log.error("slack notifier: %d messages still queued after %gs; dropped",
+                      self.pending, timeout)
+            self.stats["failed"] += self.pending
+            self._task.cancel()
+
+    # --- the queue ------------------------------------------------------------------
+
+    async def _drain(self) -> None:
+        while True:
+            job = self._take()
+            if job is not None:
+                kind, msg = job
+                try:
+                    await (self._send_top(msg) if kind == "post" else
+                           self._send_update(msg) if kind == "update" else self._send_reply(msg))
+                except Exception as exc:  # one bad message must not stop the rest
+                    self.stats["failed"] += 1
+                    log.error("slack: %s message %r for %s failed: %s", msg.kind, msg.title,
+                              msg.incident_id or "-", _why(exc))
+                continue
+            if self._closing:
+                return
+            due = min((p.due for p in self._updates.values()), default=None)
+            await self._idle(None if due is None else max(0.0, due - self.clock()))
+
+    def _take(self) -> tuple[str, Message] | None:
+        if self._posts:
+            return "post", self._posts.popleft()
+        now = self.clock()
+        for incident_id, p in list(self._updates.items()):
+            if p.due <= now or self._closing:
+                del self._updates[incident_id]
+                return "update", p.msg
+        if self._replies:
+            return "reply", self._replies.popleft()
+        return None
+
+    async def _idle(self, timeout: float | None) -> None:
+        """Wait for a new message or, at most, ``timeout`` seconds (the next held update)."""
+        self._wake.clear()
+        if self._posts or self._replies or self._closing:
+            return
+        waiter = asyncio.ensure_future(self._wake.wait())
+        if timeout is None:
+            await waiter
+            return
+        timer = asyncio.ensure_future(self.sleep(timeout))
+        _, pending = await asyncio.wait({waiter, timer}, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+
+    # --- sending --------------------------------------------------------------------
+
+    async def _send_top(self, msg: Message) -> None:
+        top = self.messages.get(msg.incident_id, self.channel) if msg.incident_id else None
+        if top is not None:
+            # Already posted (a repeat, or a restart): edit in place, never a second top.
+            shown = compose_top(msg, top.status_message)
+            await self._update_or_repost(msg.incident_id, top.ts, shown, base=msg)  # type: ignore[arg-type]
+            return
+        ts = await self._post(msg)
+        if msg.incident_id:
+            self.messages.record_post(msg.incident_id, self.channel, ts, msg)
+
+    async def _send_update(self, msg: Message) -> None:
+        incident_id = msg.incident_id
+        assert incident_id is not None
+        self._last_update[incident_id] = self.clock()
+        top = self.messages.get(incident_id, self.channel)
+        if top is None:  # no top message yet: the update becomes it
+            ts = await self._post(msg)
+            self.messages.record_post(incident_id, self.channel, ts, msg)
+            return
+        await self._update_or_repost(incident_id, top.ts, compose_top(top.message, msg),
+                                     base=top.message, status=msg)
+
+    async def _send_reply(self, msg: Message) -> None:
+        top = self.messages.get(msg.incident_id, self.channel) if msg.incident_id else None
+        if top is None:
+            ts = await self._post(msg)
+            if msg.incident_id:
+                self.messages.record_post(msg.incident_id, self.channel, ts, msg)
+            return
+        await self._post(msg, thread_ts=top.ts)
+
+    async def _update_or_repost(
+        self, incident_id: str, ts: str, shown: Message, *, base: Message,
+        status: Message | None = None,
+    ) -> None:
+        try:
+            await self._call("chat_update", channel=self.channel, ts=ts,
+                             text=render_text(shown), blocks=render(shown))
+        except SlackApiError as exc:
+            if exc.response.get("error") != "message_not_found":
+                raise
+            # Someone deleted the top message: post it afresh and follow the new one.
+            log.warning("slack: top message of %s is gone; posting a new one", incident_id)
+            new_ts = await self._post(shown)
+            self.messages.record_post(incident_id, self.channel, new_ts, base)
+            if status is not None:
+                self.messages.record_update(incident_id, self.channel, status_message=status)
+            return
+        self.messages.record_update(incident_id, self.channel, message=base,
+                                    status_message=status)
+
+    async def _post(self, msg: Message, *, thread_ts: str | None = None) -> str:
+        wait = self._last_post.get(self.channel, float("-inf")) + self.min_interval - self.clock()
+        if wait > 0:
+            await self.sleep(wait)
+        extra = {"thread_ts": thread_ts} if thread_ts else {}
+        resp = await self._call(
+            "chat_postMessage", channel=self.channel, text=render_text(msg), blocks=render(msg),
+            unfurl_links=False, unfurl_media=False, **extra,
+        )
+        return str(resp["ts"])
+
+    async def _call(self, method: str, **kwargs: Any) -> Any:
+        """One Web API call; a 429 waits ``Retry-After`` (through ``sleep``) and retries."""
+        for attempt in range(self.max_retries + 1):
+            if method == "chat_postMessage":
+                self._last_post[self.channel] = self.clock()
+            try:
+                resp = await getattr(self.client, method)(**kwargs)
+            except SlackApiError as exc:
+                if exc.response.status_code != 429 or attempt == self.max_retries:
+                    raise
+                wait = _retry_after(exc.response.headers, self.max_retry_after)
+                self.stats["rate_limited"] += 1
+                log.warning("slack: %s rate limited; retrying in %gs", method, wait)
+                await self.sleep(wait)
+                continue
+            self.stats[method] += 1
+            return resp
+        raise AssertionError("unreachable")  # the loop returns or raises
+
+
+def _retry_after(headers: Any, cap: float) -> float:
+    value = None
+    if headers is not None:
+        value = headers.get("Retry-After") or headers.get("retry-after")
+    try:
+        seconds = float(value) if value is not None else 1.0
+    except ValueError:
+        seconds = 1.0  # Slack sends whole seconds; anything else: the documented minimum
+    return min(max(seconds, 0.0), cap)
+
+
+def _why(exc: Exception) -> str:
+    if isinstance(exc, SlackApiError):
+        return f"{exc.response.status_code} {exc.response.get('error', '')}".strip()
+    return str(exc) or type(exc).__name__

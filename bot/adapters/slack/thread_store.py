@@ -1,0 +1,137 @@
+"""Where each incident's top chat message lives: (incident, channel) -> ts, as plain data.
+
+The Slack notifier posts one top message per incident and keeps it current;
+this table is how it finds that message again after a restart. Next to the
+``ts`` it keeps the neutral ``Message``s the top message is built from (the
+suggestion and the latest status update), so an update after a restart still
+shows the playbook, not only the status line. Nothing here imports a chat API.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlite_utils import Database
+
+from bot.base.errors import StoreError
+from bot.core.messages import Button, Field, Message, Section
+from bot.store import Store
+from bot.store.records import from_text, to_text
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    incident_id: str
+    channel: str
+    ts: str
+    message: Message  # what the top message was posted from (normally the suggestion)
+    status_message: Message | None  # the latest status update shown on top of it
+    posted_at: datetime
+    updated_at: datetime
+
+
+def message_to_json(msg: Message) -> str:
+    return json.dumps(asdict(msg), sort_keys=True)
+
+
+def message_from_json(text: str) -> Message:
+    """Rebuild a ``Message`` written by ``message_to_json``; StoreError if it is not one."""
+    try:
+        d: dict[str, Any] = json.loads(text)
+        sections = tuple(
+            Section(s["text"], s.get("title"), tuple(Field(f["label"], f["value"])
+                                                    for f in s.get("fields", ())))
+            for s in d.get("sections", ())
+        )
+        buttons = tuple(Button(b["action"], b["label"], b["value"], b.get("style"))
+                        for b in d.get("buttons", ()))
+        return Message(d["kind"], d.get("incident_id"), d["title"], d["text"],
+                       severity=d.get("severity"), sections=sections, buttons=buttons,
+                       is_drill=bool(d.get("is_drill", False)))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise StoreError(f"a stored chat message is not readable: {exc!r}",
+                         hint="the chat_messages row is damaged; delete it to post afresh") from exc
+
+
+# The table, owned here (it was core migration 2; an older database has it).
+def _c1_chat_messages(db: Database) -> None:
+    # Where each incident's top chat message lives, so a restart keeps updating the
+    # same message and threading under it. Plain data: the core knows no chat API.
+    # No foreign key to incidents: a chat notifier may be pointed at any store, and
+    # this row is only a pointer to a message outside.
+    db.execute(
+        """CREATE TABLE IF NOT EXISTS chat_messages (
+            incident_id TEXT NOT NULL,
+            channel TEXT NOT NULL,
+            ts TEXT NOT NULL,
+            message TEXT NOT NULL,
+            status_message TEXT,
+            posted_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            PRIMARY KEY (incident_id, channel)
+        )"""
+    )
+
+
+CHAT_SCHEMA = [_c1_chat_messages]
+
+
+class ChatMessages:
+    """The ``chat_messages`` table of a ``Store`` (component ``chat``)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        store.ensure_schema("chat", CHAT_SCHEMA)
+
+    def get(self, incident_id: str, channel: str) -> ChatMessage | None:
+        rows = self.store._rows(
+            "SELECT * FROM chat_messages WHERE incident_id = ? AND channel = ?",
+            [incident_id, channel],
+        )
+        if not rows:
+            return None
+        r = rows[0]
+        status = r["status_message"]
+        return ChatMessage(
+            incident_id=r["incident_id"], channel=r["channel"], ts=r["ts"],
+            message=message_from_json(r["message"]),
+            status_message=message_from_json(status) if status else None,
+            posted_at=from_text(r["posted_at"]),  # type: ignore[arg-type]
+            updated_at=from_text(r["updated_at"]),  # type: ignore[arg-type]
+        )
+
+    def record_post(self, incident_id: str, channel: str, ts: str, message: Message) -> None:
+        """A new top message was posted (replaces any earlier one for this channel)."""
+        now = to_text(self.store.now())
+        with self.store.transaction():
+            self.store.db.execute(
+                "INSERT OR REPLACE INTO chat_messages (incident_id, channel, ts, message, "
+                "status_message, posted_at, updated_at) VALUES (?, ?, ?, ?, NULL, ?, ?)",
+                [incident_id, channel, ts, message_to_json(message), now, now],
+            )
+
+    def record_update(
+        self,
+        incident_id: str,
+        channel: str,
+        *,
+        message: Message | None = None,
+        status_message: Message | None = None,
+    ) -> None:
+        """The top message was edited: keep what it now shows (``None`` = unchanged)."""
+        sets, params = ["updated_at = ?"], [to_text(self.store.now())]
+        if message is not None:
+            sets.append("message = ?")
+            params.append(message_to_json(message))
+        if status_message is not None:
+            sets.append("status_message = ?")
+            params.append(message_to_json(status_message))
+        with self.store.transaction():
+            self.store.db.execute(
+                f"UPDATE chat_messages SET {', '.join(sets)} "
+                "WHERE incident_id = ? AND channel = ?",
+                [*params, incident_id, channel],
+            )

@@ -1,0 +1,95 @@
+"""What happens after an alert is committed: announce, automatic steps, recovery.
+
+``Engine.ingest`` records each alert and, in the same transaction, one outbox
+item per thing left to do. ``drain`` does them: an item is claimed (a
+compare-and-set naming this process), done, and marked done. So the webhook can
+answer as soon as the alerts are committed; the work follows at once, and a
+crash in between is picked up once by the next drain (``serve`` at start and on
+every poll, ``tick``).
+
+An ``opened`` item has two stages: the suggestion is posted (stage
+``announced``), then the automatic steps run. A step that already has a run for
+the incident is never planned again, so a retried item acts at most once.
+A failure is logged, put on the incident's timeline (``background_failed``,
+counted in /metrics) and retried, up to ``MAX_ATTEMPTS``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from bot.core.lifecycle import ENGINE_ACTOR, Change
+from bot.core.suggestions import build_suggestion
+from bot.store.outbox import MAX_ATTEMPTS, OutboxItem
+
+if TYPE_CHECKING:
+    from bot.core.engine import Engine
+
+log = logging.getLogger(__name__)
+
+
+async def drain(engine: Engine) -> int:
+    """Do every pending item this process can claim; returns how many were done."""
+    done = 0
+    # One transaction claims the whole pending batch (not one per item): in a storm of
+    # new incidents the commits, not the work, were the cost.
+    for claimed in engine.store.claim_outbox_batch(engine.store.pending_outbox()):
+        try:
+            await _do(engine, claimed)
+        except Exception as exc:  # supervised: logged, on the timeline, retried
+            why = f"{type(exc).__name__}: {exc}"
+            log.exception("outbox item %s (%s of %s) failed", claimed.id, claimed.kind,
+                          claimed.incident_id)
+            engine.store.add_event(
+                claimed.incident_id, "background_failed",
+                f"{_what(claimed)} failed (attempt {claimed.attempts} of {MAX_ATTEMPTS}): {why}",
+                actor=ENGINE_ACTOR, data={"outbox": claimed.id, "kind": claimed.kind})
+            if claimed.attempts >= MAX_ATTEMPTS:
+                engine.store.outbox_done(claimed.id, error=why)
+            else:
+                engine.store.outbox_release(claimed.id, why)
+            continue
+        engine.store.outbox_done(claimed.id)
+        done += 1
+    if done:
+        engine._changed()
+    return done
+
+
+def _what(item: OutboxItem) -> str:
+    return {"opened": "announcing the incident and its automatic steps",
+            "reopened": "reporting the reopened incident",
+            "resolved": "applying the recovery rules"}.get(item.kind, item.kind)
+
+
+async def _do(engine: Engine, item: OutboxItem) -> None:
+    store = engine.store
+    inc = store.incident(item.incident_id)
+    if item.kind == "opened":
+        alert = engine.latest_alert(inc.id)
+        matches = engine.matcher.match(alert)
+        suggested = engine.suggested_playbook(inc.id)
+        # The playbook suggested at ingest comes first, even if a reload re-ranked them.
+        matches.sort(key=lambda m: m.playbook.id != suggested)
+        if item.stage == "new":
+            msg = await build_suggestion(inc, alert, matches, diagnose=engine.diagnose,
+                                         metrics=engine.runner.metrics,
+                                         timeout=engine.diagnose_timeout)
+            await engine.publish(msg)
+        top = matches[0].playbook if matches else None
+        playbook = top if top is not None and top.id == suggested else None
+        if playbook is not None and any(s.guard.auto for s in playbook.steps):
+            if item.stage == "new":
+                store.outbox_stage(item.id, "announced")  # a retry does not announce again
+            if store.incident(inc.id).is_open:
+                await engine.run_auto_steps(store.incident(inc.id), playbook)
+    elif item.kind == "reopened":
+        # One update of the live message, no new suggestion and no automatic steps:
+        # a flapping alert must not open (or act) a hundred times.
+        alert = engine.latest_alert(inc.id)
+        why = f"{alert.alertname or 'its alert'} fired again soon after resolving"
+        await engine.publish(engine.lifecycle.update_message(
+            Change(inc, "resolved", alert.source, f"{why} (flapping)")))
+    elif item.kind == "resolved":
+        await engine.publish_changes(engine.lifecycle.on_alerts_resolved(inc.id))

@@ -1,0 +1,111 @@
+"""The outbox: work an ingest leaves for after the webhook's answer.
+
+A mixin of ``bot.store.sqlite.Store``. ``add_outbox`` runs inside the transaction that
+records the alert, so an incident and the work it needs (announce it, run its
+automatic steps, report its recovery) commit together or not at all. Items are
+claimed like runs: a compare-and-set names the holder, and an item whose holder
+died is taken over by whoever drains next (``serve`` at start and on every
+poll, ``tick``), exactly once.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from sqlite_utils import Database
+
+from bot.base.claims import owner_alive, this_process
+from bot.store.records import from_text, to_text
+
+OUTBOX_KINDS = ("opened", "reopened", "resolved")
+MAX_ATTEMPTS = 3  # a poison item stops being retried, with its error on the timeline
+
+
+@dataclass(frozen=True)
+class OutboxItem:
+    id: int
+    incident_id: str
+    kind: str
+    stage: str  # "new" | "announced" (opened: the suggestion is out, steps still to run)
+    attempts: int
+    claimed_by: str | None
+    claimed_at: datetime | None
+
+
+class OutboxRecords:
+    if TYPE_CHECKING:
+        db: Database
+
+        def now(self) -> datetime: ...
+        def transaction(self) -> AbstractContextManager[Any]: ...
+        def _rows(self, sql: str, params: list[Any] | None = None) -> list[dict[str, Any]]: ...
+
+    def add_outbox(self, incident_id: str, kind: str) -> None:
+        assert kind in OUTBOX_KINDS, kind
+        with self.transaction():
+            self.db.execute(
+                "INSERT INTO outbox (incident_id, kind, created_at) VALUES (?, ?, ?)",
+                [incident_id, kind, to_text(self.now())])
+
+    def pending_outbox(self) -> list[OutboxItem]:
+        rows = self._rows("SELECT * FROM outbox WHERE done_at IS NULL ORDER BY id")
+        return [_item(r) for r in rows]
+
+    def claim_outbox_batch(self, items: list[OutboxItem]) -> list[OutboxItem]:
+        """Claim every item of ``items`` no live process holds, in one transaction."""
+        me, now = this_process(), to_text(self.now())
+        free = [i for i in items if not i.claimed_by or (
+            i.claimed_by != me and not owner_alive(i.claimed_by, claimed_at=i.claimed_at,
+                                                   now=self.now()))]
+        won: list[int] = []
+        with self.transaction():
+            for item in free:
+                cur = self.db.execute(
+                    "UPDATE outbox SET claimed_by = ?, claimed_at = ?, attempts = attempts + 1 "
+                    "WHERE id = ? AND done_at IS NULL AND claimed_by IS ?",
+                    [me, now, item.id, item.claimed_by])
+                if cur.rowcount == 1:
+                    won.append(item.id)
+        if not won:
+            return []
+        marks = ", ".join("?" for _ in won)
+        rows = self._rows(f"SELECT * FROM outbox WHERE id IN ({marks}) ORDER BY id", won)
+        return [_item(r) for r in rows]
+
+    def claim_outbox(self, item: OutboxItem) -> OutboxItem | None:
+        """Take ``item`` for this process unless a live process holds it."""
+        if item.claimed_by and (item.claimed_by == this_process() or owner_alive(
+                item.claimed_by, claimed_at=item.claimed_at, now=self.now())):
+            return None  # in hand here or in another live process
+        with self.transaction():
+            cur = self.db.execute(
+                "UPDATE outbox SET claimed_by = ?, claimed_at = ?, attempts = attempts + 1 "
+                "WHERE id = ? AND done_at IS NULL AND claimed_by IS ?",
+                [this_process(), to_text(self.now()), item.id, item.claimed_by])
+            if cur.rowcount != 1:
+                return None
+        rows = self._rows("SELECT * FROM outbox WHERE id = ?", [item.id])
+        return _item(rows[0])
+
+    def outbox_stage(self, item_id: int, stage: str) -> None:
+        with self.transaction():
+            self.db.execute("UPDATE outbox SET stage = ? WHERE id = ?", [stage, item_id])
+
+    def outbox_done(self, item_id: int, error: str | None = None) -> None:
+        with self.transaction():
+            self.db.execute("UPDATE outbox SET done_at = ?, last_error = ? WHERE id = ?",
+                            [to_text(self.now()), error, item_id])
+
+    def outbox_release(self, item_id: int, error: str) -> None:
+        """Let the next pass retry it (kept claimed by nobody)."""
+        with self.transaction():
+            self.db.execute("UPDATE outbox SET claimed_by = NULL, last_error = ? WHERE id = ?",
+                            [error, item_id])
+
+
+def _item(r: dict[str, Any]) -> OutboxItem:
+    return OutboxItem(r["id"], r["incident_id"], r["kind"], r["stage"], r["attempts"],
+                      r["claimed_by"], from_text(r["claimed_at"]))
