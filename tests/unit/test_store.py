@@ -212,3 +212,50 @@ def test_a_file_that_is_not_a_database_gives_a_store_error(tmp_path):
     path.write_text("this is not sqlite " * 100)
     with pytest.raises(StoreError, match="cannot open the store"):
         Store(path)
+
+
+# --- tables owned by other parts of the bot ---------------------------------------------
+
+
+def test_drills_and_slack_tables_are_created_by_their_owners(tmp_path):
+    from bot.adapters.slack.replay_store import RequestReplays
+    from bot.adapters.slack.thread_store import ChatMessages
+    from drills.store import DrillStore
+
+    store = Store(tmp_path / "bot.db")
+    tables = set(store.db.table_names())
+    assert not {"drills", "drill_events", "drill_firings", "chat_messages",
+                "request_replays"} & tables  # the core's migrations create none of them
+    DrillStore(store)
+    ChatMessages(store)
+    RequestReplays(store)
+    assert {"drills", "drill_events", "drill_firings", "chat_messages",
+            "request_replays"} <= set(store.db.table_names())
+    versions = dict(store.db.execute("SELECT component, version FROM schema_components"))
+    assert versions == {"drills": 2, "chat": 1, "slack_replays": 1}
+
+
+def test_a_database_whose_core_history_made_those_tables_is_taken_as_is(tmp_path):
+    # Before the move, core migrations 2, 3, 4 and 6 created these tables: the owners'
+    # steps must accept them (and keep their rows) rather than fail or recreate.
+    from drills.store import DRILL_SCHEMA, DrillStore
+
+    store = Store(tmp_path / "bot.db")
+    with store.transaction():
+        for step in DRILL_SCHEMA:
+            step(store.db)  # what the old core history left, with no component row
+        store.db.execute("INSERT INTO drill_firings VALUES ('2026-12-01T10:00:00', 'x', 'y')")
+    drills = DrillStore(store)
+    assert drills.store.db.execute("SELECT COUNT(*) FROM drill_firings").fetchone() == (1,)
+    assert dict(store.db.execute("SELECT component, version FROM schema_components")) == {
+        "drills": 2}
+
+
+def test_a_component_history_newer_than_the_code_is_refused(tmp_path):
+    from drills.store import DrillStore
+
+    store = Store(tmp_path / "bot.db")
+    with store.transaction():
+        store.db.execute("INSERT INTO schema_components VALUES ('drills', 9, 'now')")
+    with pytest.raises(StoreError, match="drills tables are at version 9, newer than this"):
+        DrillStore(store)
