@@ -25,12 +25,9 @@ from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from bot.base.errors import Conflict
 from bot.core.engine import Engine
-from bot.core.guards import approval_state, fmt_span, fmt_time
-from bot.core.lifecycle import ENGINE_ACTOR
 from bot.core.messages import Button, Message, Section
-from bot.store.records import Incident, Run
+from bot.store.records import Run
 
 log = logging.getLogger(__name__)
 
@@ -163,54 +160,17 @@ class Scheduler:
         return changed
 
     async def expire_approvals(self) -> list[Run]:
-        """Runs whose approval window passed become ``expired`` (approve again to use them).
-
-        ``approved``: every approval that counts has expired. ``awaiting_approval``:
-        an approval expired, or nobody approved within the approval TTL of planning.
-        """
-        now, ttl = self.clock(), self.runner.settings.approval_ttl
-        expired = []
-        for state in ("awaiting_approval", "approved"):
-            for run in self.store.runs(state=state):
-                approvals = self.store.approvals(run.id)
-                verdict, which = approval_state(
-                    run.guard, requested_by=run.requested_by, approvals=approvals, now=now,
-                    allow_self=self.runner.settings.self_approval)
-                if verdict == "expired":
-                    last = max(which, key=lambda a: a.expires_at)
-                    why = (f"the approval by {last.user} expired at "
-                           f"{fmt_time(last.expires_at, now)}")
-                elif verdict == "missing" and run.created_at + ttl <= now:
-                    why = f"nobody approved it within {fmt_span(ttl)} of planning"
-                else:
-                    continue
-                before = self._snapshot(run.id)
-                try:
-                    run = self.store.transition(run.id, "expired", f"not applied: {why}",
-                                                actor=ENGINE_ACTOR, expect=(state,))
-                except Conflict:
-                    continue  # applied or denied by someone else meanwhile
-
-                expired.append(run)
-                await self._report(run, before)
+        """Runs whose approval window passed become ``expired`` (approve again to use them);
+        the rule is the runner's (``expire_stale_approvals``)."""
+        expired = await self.runner.expire_stale_approvals()
+        for run in expired:
+            await self._report(run, (run.prior_state or "awaiting_approval", None))
         return expired
 
     async def send_reminders(self) -> list[Message]:
         """A ``reminder`` for each incident still ``open`` for ``reminder_every`` since it
-        opened or since its last reminder (kept on the timeline, so restarts do not spam)."""
-        now, sent = self.clock(), []
-        for inc in (i for i in self.store.open_incidents() if i.status == "open"):
-            reminders = [e.at for e in self.store.timeline(inc.id) if e.kind == "reminder"]
-            last = max(reminders, default=inc.created_at)
-            if now - last < self.reminder_every:
-                continue
-            age = fmt_span(now - inc.created_at)
-            self.store.add_event(inc.id, "reminder", f"reminder: unacknowledged for {age}",
-                                 actor=ENGINE_ACTOR)
-            msg = reminder_message(inc, age)
-            await self.engine.publish(msg)
-            sent.append(msg)
-        return sent
+        opened or since its last reminder (the engine's ``remind_unacknowledged``)."""
+        return await self.engine.remind_unacknowledged(self.reminder_every)
 
     async def watch_store(self) -> bool:
         """Refresh the timers when anything was written since the last look (any process:
@@ -286,11 +246,3 @@ class Scheduler:
                        severity=inc.severity if inc else None,
                        sections=(Section(run.diff, title=f"{run.action} on {run.target}"),),
                        buttons=buttons, is_drill=inc.is_drill if inc else False)
-
-
-def reminder_message(inc: Incident, age: str) -> Message:
-    text = f"{inc.id} {inc.title} has been open for {age} and nobody acknowledged it"
-    return Message("reminder", inc.id, f"{inc.id} still unacknowledged", text,
-                   severity=inc.severity, buttons=(Button("ack", "Acknowledge", inc.id,
-                                                          "primary"),),
-                   is_drill=inc.is_drill)

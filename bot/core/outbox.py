@@ -24,7 +24,7 @@ from bot.core.suggestions import build_suggestion
 from bot.store.outbox import MAX_ATTEMPTS, OutboxItem
 
 if TYPE_CHECKING:
-    from bot.core.engine import Engine
+    from bot.core.alert_cases import AlertCases as Engine
 
 log = logging.getLogger(__name__)
 

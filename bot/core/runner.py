@@ -55,17 +55,16 @@ from bot.core.guards import (
     check_max_runs,
     check_pause,
     check_stale_plan,
-    evaluate_verification,
     fmt_time,
     others_only,
 )
-from bot.playbook.schema import Guard, Verify, format_duration
+from bot.core.runner_timers import BOT_ACTOR, RunnerTimers, _why
+from bot.playbook.schema import Guard
 from bot.store import PAUSE_FLAG, Run, Store
 from bot.store.records import Mitigation
 
 __all__ = ["BOT_ACTOR", "Runner", "RunnerSettings"]
 
-BOT_ACTOR = "bot"
 # How long a request waits for another process's apply or revert of the same run
 # (a LiteLLM reload takes up to 90 s) before answering that it is still under way.
 CLAIM_WAIT_SECONDS = 180.0
@@ -73,8 +72,7 @@ CLAIM_WAIT_SECONDS = 180.0
 # drill with a target of its own owns the incident.
 DrillTargets = Callable[[str], "tuple[str, ServingDriver] | None"]
 
-
-class Runner:
+class Runner(RunnerTimers):
     def __init__(
         self,
         store: Store,
@@ -414,49 +412,6 @@ class Runner:
             return [], _why(exc)
         return [f"routes.{c.route}.{c.field}" for c in ours], None
 
-    # --- verification --------------------------------------------------------------
-
-    async def check_verification(self, run_id: str) -> Run:
-        run = self.store.run(run_id)
-        mit = self.store.mitigation(run_id)
-        verify = run.guard.verify
-        if (run.state != "applied" or mit is None or not mit.active
-                or mit.verify_state != "pending" or not verify or not run.verify_query):
-            return run
-        ok, detail = await self._evaluate(run.verify_query, verify)
-        if ok:
-            with self.store.transaction():
-                self.store.set_verify_state(run_id, "passed")
-                return self.store.transition(run_id, "verified", f"verification passed: {detail}",
-                                             actor=BOT_ACTOR, data={"query": run.verify_query},
-                                             expect=("applied",))
-        if mit.verify_due_at is None or self.clock() < mit.verify_due_at:
-            return run  # still inside `within`: the metric has time to recover
-        if verify.on_fail == "escalate":
-            with self.store.transaction():
-                self.store.set_verify_state(run_id, "failed")
-                self.store.add_event(run.incident_id, "escalation",
-                                     f"verification of {run_id} failed: {detail}; the change "
-                                     "stays in place, a human must decide", actor=BOT_ACTOR,
-                                     run_id=run_id, data={"query": run.verify_query})
-            return self.store.run(run_id)
-        try:
-            run = await self.revert(run_id, actor=BOT_ACTOR, automatic=True,
-                                    reason=f"verification failed: {detail}")
-        except GuardRefused:
-            return self.store.run(run_id)  # paused: stays pending, retried by run_due
-        self.store.set_verify_state(run_id, "failed")
-        return run
-
-    async def _evaluate(self, query: str, verify: Verify) -> tuple[bool, str]:
-        if self.metrics is None:
-            return False, "no metrics source is configured"
-        try:
-            samples = await self.metrics.query(query)
-        except Exception as exc:  # any query failure is "not passing", judged at the deadline
-            return False, f"query failed: {_why(exc)}"
-        return evaluate_verification(samples, verify)
-
     # --- revert --------------------------------------------------------------------
 
     async def revert(self, run_id: str, *, actor: str, reason: str, automatic: bool = False) -> Run:
@@ -510,60 +465,6 @@ class Runner:
             self.store.transition(run.id, back, text, actor=actor, kind="revert_failed",
                                   expect=("reverting",))
         raise ActionFailed(text, hint="retry the revert; timer-driven reverts retry on their own")
-
-    # --- timers, pause, restart ----------------------------------------------------
-
-    async def run_due(self) -> list[Run]:
-        """Do now everything whose time has come: TTL reverts, verification deadlines,
-        and automatic runs the pause held (once resumed)."""
-        now, done = self.clock(), []
-        for m in self.store.active_mitigations():
-            try:
-                if m.ttl_due_at and m.ttl_due_at <= now:
-                    ttl = self.store.run(m.run_id).guard.ttl
-                    span = format_duration(ttl) if ttl else "TTL"
-                    done.append(await self.revert(m.run_id, actor=BOT_ACTOR, automatic=True,
-                                                  reason=f"TTL of {span} expired"))
-                elif m.verify_state == "pending" and m.verify_due_at and m.verify_due_at <= now:
-                    done.append(await self.check_verification(m.run_id))
-            except IncidentBotError:
-                continue  # recorded on the timeline; retried on the next tick
-        if self.store.flag(PAUSE_FLAG) is None:
-            for run in self.store.runs(state="planned"):
-                if run.held_at is None:
-                    continue
-                if run.incident_id and not self.store.incident(run.incident_id).is_open:
-                    done.append(self.store.transition(
-                        run.id, "expired", "not applied: the incident closed while the bot "
-                        "was paused", actor=BOT_ACTOR, expect=("planned",)))
-                    continue
-                try:
-                    done.append(await self.apply(run.id, actor=BOT_ACTOR, automatic=True))
-                except IncidentBotError:
-                    continue
-        return done
-
-    def timers(self) -> list[tuple[str, str, datetime]]:
-        out: list[tuple[str, str, datetime]] = []
-        for m in self.store.active_mitigations():
-            if m.ttl_due_at:
-                out.append((m.run_id, "ttl", m.ttl_due_at))
-            if m.verify_state == "pending" and m.verify_due_at:
-                out.append((m.run_id, "verify", m.verify_due_at))
-        return sorted(out, key=lambda t: (t[2], t[0], t[1]))
-
-    async def pause(self, actor: str, reason: str) -> None:
-        with self.store.transaction():
-            self.store.set_flag(PAUSE_FLAG, reason, actor=actor)
-            self._broadcast("paused", f"bot paused by {actor}: {reason}; automatic actions "
-                            "are held until resume", actor)
-
-    async def resume(self, actor: str) -> list[Run]:
-        """Lift the pause, then run what it held (returns those runs)."""
-        with self.store.transaction():
-            self.store.set_flag(PAUSE_FLAG, None, actor=actor)
-            self._broadcast("resumed", f"bot resumed by {actor}", actor)
-        return await self.run_due()
 
     async def reconcile(self) -> list[Run]:
         """Finish or undo, once, what a dead process left applying or reverting."""
@@ -619,19 +520,8 @@ class Runner:
             return ""
         return f" (the bot is paused; a human's explicit {what} goes ahead)"
 
-    def _broadcast(self, kind: str, text: str, actor: str) -> None:
-        # The global timeline, plus every open incident so its own timeline tells the story.
-        self.store.add_event(None, kind, text, actor=actor)
-        for inc in self.store.open_incidents():
-            self.store.add_event(inc.id, kind, text, actor=actor)
-
-
 def _without_actor(reason: str, actor: str) -> str:
     """The revert verb's default reason is "by ACTOR"; say who reverted only once."""
     for said in (f"reverted by {actor}", f"by {actor}"):
         reason = reason.removeprefix(said)
     return reason.lstrip(" ;:,") or "on request"
-
-
-def _why(exc: BaseException) -> str:
-    return str(exc) if isinstance(exc, IncidentBotError) else f"{type(exc).__name__}: {exc}"

@@ -9,7 +9,7 @@ from bot.adapters.commands import drill_verbs as dv
 from bot.adapters.commands import incident_verbs as iv
 from bot.adapters.commands import lifecycle_verbs as lv
 from bot.adapters.commands import playbook_verbs as pv
-from bot.adapters.commands import slack_verbs as sv
+from bot.adapters.commands import step_verbs as sv
 from bot.adapters.commands.context import Context
 from bot.adapters.commands.grammar import AS, JSON, Command, Result, Verb, parse, split
 from bot.base.errors import (
@@ -96,7 +96,7 @@ VERBS: dict[str, Verb] = _verbs(
          flags=(JSON,), changes_state=True, handler=lv.note_verb),
     Verb("assign", "name the incident commander", args=("id", "user"), options=(AS,),
          flags=(JSON,), changes_state=True, handler=lv.assign_verb),
-    # Asked for by the Slack app; they work on the CLI too (bot/commands/slack_verbs.py).
+    # Asked for by the Slack app; they work on the CLI too (bot/commands/step_verbs.py).
     Verb("status", "open incidents, active mitigations, and whether the bot is paused",
          flags=(JSON,), handler=sv.status_verb),
     Verb("list", "list incidents (same as incidents)", options=("--status", "--limit"),

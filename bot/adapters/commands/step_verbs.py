@@ -1,4 +1,4 @@
-"""Verbs first asked for by the Slack app; they work the same on the CLI.
+"""Verbs about steps and suggestions: the same on the CLI and in Slack.
 
 status, list (= incidents), suggest, run, do, reject (the "Not this playbook"
 button) and ``approve --apply`` (the Approve button: one click approves
@@ -8,7 +8,6 @@ and applies, every guard still checked at apply).
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import timedelta
 
 import yaml
 
@@ -17,24 +16,12 @@ from bot.adapters.commands.grammar import Command, Result
 from bot.adapters.commands.incident_verbs import approve_verb as _approve_only
 from bot.adapters.commands.incident_verbs import describe_run, incident_data, run_data
 from bot.base.errors import InputError
-from bot.core.engine import Engine
-from bot.playbook.schema import Guard, parse_duration
+from bot.core.step_cases import AD_HOC_TTL
+from bot.playbook.schema import parse_duration
 from bot.store import PAUSE_FLAG
-from bot.store.records import Incident, Run
+from bot.store.records import Run
 
-# An ad hoc action (`do`) gets the strictest guards a human can still pass alone.
-AD_HOC_TTL = timedelta(hours=1)
 MAX_PARAM_VALUE = 500  # a key=value argument is a number or a name, not a document
-PENDING = ("planned", "awaiting_approval", "approved")
-REJECTED_KIND = "playbook_rejected"
-
-
-def _open_incident(engine: Engine, incident_id: str, what: str) -> Incident:
-    inc = engine.store.incident(incident_id)
-    if not inc.is_open:
-        raise InputError(f"{inc.id} is {inc.status}; cannot {what} on a closed incident",
-                         hint=f"`show {inc.id}` for its timeline; revert still works on its runs")
-    return inc
 
 
 def _run_result(run: Run, prefix: str = "") -> Result:
@@ -74,17 +61,12 @@ async def status_verb(ctx: Context, cmd: Command) -> Result:
     return Result("\n".join(lines), data)
 
 
-def rejected_playbooks(engine: Engine, incident_id: str) -> list[str]:
-    return [e.data["playbook"] for e in engine.store.timeline(incident_id)
-            if e.kind == REJECTED_KIND and e.data and "playbook" in e.data]
-
-
 async def suggest_verb(ctx: Context, cmd: Command) -> Result:
     engine = ctx.engine
     inc = engine.store.incident(cmd.args["id"])
     alert = engine.latest_alert(inc.id)
     matches = engine.matcher.match(alert)
-    rejected = set(rejected_playbooks(engine, inc.id))
+    rejected = set(engine.rejected_playbooks(inc.id))
     current = engine.suggested_playbook(inc.id)
     lines = [f"{inc.id} {inc.title}: playbooks for alert {alert.alertname or alert.fingerprint}"]
     for rank, m in enumerate(matches, 1):
@@ -105,24 +87,11 @@ async def suggest_verb(ctx: Context, cmd: Command) -> Result:
 
 async def run_verb(ctx: Context, cmd: Command) -> Result:
     """Plan a step; a step that needs no approval is applied at once (a human asked)."""
-    engine = ctx.engine
-    inc = _open_incident(engine, cmd.args["id"], "run a step")
-    playbook_id = cmd.opt("--playbook") or engine.suggested_playbook(inc.id)
-    if playbook_id is None:
-        raise InputError(f"no playbook is suggested for {inc.id}",
-                         hint=f"`suggest {inc.id}`, then `run {inc.id} --playbook ID`")
-    playbook = engine.registry.get(playbook_id)
-    step_id = cmd.args["step"] or playbook.steps[0].id
-    dry = cmd.flag("--dry-run")
-    if not dry:
-        # A double click (or two people clicking) must not queue the same change twice.
-        for r in engine.store.runs(incident_id=inc.id):
-            if (r.playbook_id, r.step_id) == (playbook.id, step_id) and r.state in PENDING \
-                    and not r.dry_run:
-                return _run_result(r, f"{r.id} already plans this step ({r.state})")
-    run = await engine.plan_step(inc.id, playbook.id, step_id, actor=ctx.actor, dry_run=dry)
-    if run.state == "planned" and run.held_at is None:
-        run = await engine.apply(run.id, ctx.actor)
+    run, new = await ctx.engine.run_step(cmd.args["id"], cmd.opt("--playbook"),
+                                         cmd.args["step"], ctx.actor, dry_run=cmd.flag("--dry-run"))
+    if not new:  # a double click, or two people clicking: nothing queued twice
+        return replace(_run_result(run, f"{run.id} already plans this step ({run.state})"),
+                       changed=False)
     return _run_result(run)
 
 
@@ -131,8 +100,6 @@ async def approve_verb(ctx: Context, cmd: Command) -> Result:
     if not cmd.flag("--apply"):
         return await _approve_only(ctx, cmd)
     run = ctx.engine.store.run(cmd.args["run"])
-    if run.incident_id:
-        _open_incident(ctx.engine, run.incident_id, f"apply {run.id}")
     before = len(ctx.engine.store.approvals(run.id))
     run = await ctx.engine.approve(run.id, ctx.actor, apply=True)
     if len(ctx.engine.store.approvals(run.id)) > before:
@@ -160,10 +127,6 @@ def _param(pair: str) -> tuple[str, object]:
 
 async def do_verb(ctx: Context, cmd: Command) -> Result:
     """One ad hoc guarded action: on-call approval and a TTL (1h unless --ttl)."""
-    engine = ctx.engine
-    incident_id = cmd.opt("--incident")
-    if incident_id:
-        incident_id = _open_incident(engine, incident_id, "run an action").id
     params = dict(_param(p) for p in cmd.args["params"])
     if "route" in params:
         raise InputError("give the route as the second word, not as route=...",
@@ -174,45 +137,22 @@ async def do_verb(ctx: Context, cmd: Command) -> Result:
             ttl = parse_duration(raw)
         except ValueError as exc:
             raise InputError(f"--ttl: {exc}", hint="e.g. --ttl 30m") from None
-    run = await engine.runner.plan(
-        incident_id=incident_id, playbook_id=None, step_id=None, action=cmd.args["action"],
-        target=cmd.opt("--target") or "default", args={"route": cmd.args["route"], **params},
-        guard=Guard(approval="oncall", ttl=ttl), verify_query=None, requested_by=ctx.actor,
-        dry_run=cmd.flag("--dry-run"),
-    )
+    run = await ctx.engine.plan_ad_hoc(
+        cmd.args["action"], cmd.args["route"], params, ctx.actor,
+        incident_id=cmd.opt("--incident"), target=cmd.opt("--target") or "default", ttl=ttl,
+        dry_run=cmd.flag("--dry-run"))
     return _run_result(run)
 
 
 async def reject_verb(ctx: Context, cmd: Command) -> Result:
     """"Not this playbook": record the rejection, suggest the next candidate (if any)."""
-    engine = ctx.engine
-    inc = _open_incident(engine, cmd.args["id"], "change the suggestion")
-    playbook = engine.registry.get(cmd.args["playbook"])
-    engine.store.add_event(inc.id, REJECTED_KIND, f"{ctx.actor}: not this playbook: {playbook.id}",
-                           actor=ctx.actor, data={"playbook": playbook.id})
-    rejected = set(rejected_playbooks(engine, inc.id))
-    alert = engine.latest_alert(inc.id)
-    rest = [m for m in engine.matcher.match(alert) if m.playbook.id not in rejected]
-    if not rest:
-        text = (f"{playbook.id} rejected for {inc.id}; no other playbook matches "
-                f"(run an action by hand with `do`, or `plan PLAYBOOK --incident {inc.id}`)")
-        return Result(text, {"rejected": playbook.id, "suggested": None})
-    nxt = rest[0]
-    engine.store.add_event(inc.id, "suggested",
-                           f"suggested playbook {nxt.playbook.id} ({nxt.playbook.title}) after "
-                           f"{ctx.actor} rejected {playbook.id}", actor=ctx.actor,
-                           data={"playbook": nxt.playbook.id, "why": [r.why for r in nxt.matched],
-                                 "others": [m.playbook.id for m in rest[1:]]})
-    await engine.publish(await _suggestion(engine, inc.id, alert, rest))
+    inc_id, playbook_id = cmd.args["id"], cmd.args["playbook"]
+    nxt = await ctx.engine.reject_playbook(inc_id, playbook_id, ctx.actor)
+    if nxt is None:
+        text = (f"{playbook_id} rejected for {inc_id}; no other playbook matches "
+                f"(run an action by hand with `do`, or `plan PLAYBOOK --incident {inc_id}`)")
+        return Result(text, {"rejected": playbook_id, "suggested": None})
     why = "; ".join(r.why for r in nxt.matched)
-    text = (f"{playbook.id} rejected for {inc.id}; next suggestion: {nxt.playbook.id} "
+    text = (f"{playbook_id} rejected for {inc_id}; next suggestion: {nxt.playbook.id} "
             f"({nxt.playbook.title}), because {why}")
-    return Result(text, {"rejected": playbook.id, "suggested": nxt.playbook.id})
-
-
-async def _suggestion(engine: Engine, incident_id: str, alert, matches):
-    from bot.core.suggestions import build_suggestion
-
-    return await build_suggestion(engine.store.incident(incident_id), alert, matches,
-                                  diagnose=engine.diagnose, metrics=engine.runner.metrics,
-                                  timeout=engine.diagnose_timeout)
+    return Result(text, {"rejected": playbook_id, "suggested": nxt.playbook.id})

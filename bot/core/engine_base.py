@@ -1,0 +1,205 @@
+"""The engine's shared part: its collaborators and what every use case needs.
+
+``Engine`` (``bot.core.engine``) is this plus the use cases, grouped by topic:
+``AlertCases`` (alerts in) and ``StepCases`` (plans and runs); the incident
+moves are in ``Engine`` itself.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+from bot.base.errors import InputError, NotFound
+from bot.core.known_alerts import KnownAlerts
+from bot.core.lifecycle import Change, Lifecycle, LifecyclePolicy
+from bot.core.messages import Message
+from bot.core.notifier import Notifier, publish_safely
+from bot.core.playbook_loading import LoadResult
+from bot.core.playbook_loading import reload as reload_playbooks
+from bot.core.runner import Runner
+from bot.intake.alert import Alert
+from bot.playbook.matcher import Matcher
+from bot.playbook.registry import PlaybookRegistry
+from bot.playbook.render import render_params, render_query, render_step_args
+from bot.playbook.schema import Playbook, Step
+from bot.store import Incident, Run, Store
+
+log = logging.getLogger(__name__)
+
+
+class EngineBase:
+    def __init__(
+        self,
+        store: Store,
+        registry: PlaybookRegistry,
+        runner: Runner,
+        *,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        notifier: Notifier | None = None,
+        lifecycle: LifecyclePolicy = LifecyclePolicy(),  # noqa: B008 - frozen, safe to share
+        diagnose_timeout: float = 2.0,
+        flap_window: timedelta | None = timedelta(minutes=10),
+    ) -> None:
+        self.store = store
+        self.registry = registry
+        self.runner = runner
+        self.clock = clock
+        self.notifier = notifier
+        self.lifecycle = Lifecycle(store, lifecycle)
+        self.diagnose_timeout = diagnose_timeout
+        # A group firing again this soon after its incident resolved reopens it.
+        self.flap_window = flap_window
+        self._listeners: list[Callable[[], None]] = []
+        # (alertname, route) pairs a running drill owns; see ``drilling``.
+        self._drilling: Counter[tuple[str, str]] = Counter()
+        self._matcher: Matcher | None = None
+        self._matcher_for: object = None
+        self._draining = self._drain_again = False
+        # Committed alerts by dedup key: repeats skip the store (bot.core.known_alerts).
+        self.known = KnownAlerts()
+        # How the playbooks in force were loaded (set by the composition root).
+        self.playbook_load: LoadResult | None = None
+
+    async def reload_playbooks(self, actor: str) -> LoadResult:
+        """All-or-nothing reload of the playbook directory; the result is posted."""
+        result = reload_playbooks(self.registry, self.store)
+        self.playbook_load = result
+        self.store.add_event(None, "playbooks_reloaded" if result.ok else "playbooks_refused",
+                             result.text(self.registry.source), actor=actor,
+                             data={"count": result.count, "problems": len(result.problems)})
+        if result.changed or result.recovered or not result.ok:
+            await self.publish(result.message(self.registry.source))
+        return result
+
+    @property
+    def matcher(self) -> Matcher:
+        # Rebuild the index only when the registry swapped in a new good set.
+        if self._matcher is None or self._matcher_for is not self.registry.playbooks:
+            self._matcher = Matcher(self.registry.playbooks.values())
+            self._matcher_for = self.registry.playbooks
+        return self._matcher
+
+    def latest_alert(self, incident_id: str) -> Alert:
+        alerts = self.store.alerts_for(incident_id)
+        if not alerts:
+            raise NotFound(f"incident {incident_id} has no alerts")
+        firing = [a for a in alerts if a.status == "firing"] or alerts
+        a = max(firing, key=lambda a: a.starts_at)
+        return Alert(
+            source=a.source,  # type: ignore[arg-type]  # stored from a valid Alert
+            fingerprint=a.fingerprint,
+            status=a.status,  # type: ignore[arg-type]
+            labels=a.labels,
+            annotations=a.annotations,
+            starts_at=a.starts_at,
+            ends_at=a.ends_at,
+            generator_url=a.generator_url,
+        )
+
+    def suggested_playbook(self, incident_id: str) -> str | None:
+        for ev in reversed(self.store.timeline(incident_id)):
+            if ev.kind == "suggested" and ev.data:
+                return ev.data.get("playbook")
+        return None
+
+    # --- planning -------------------------------------------------------------
+
+    def _step(self, playbook: Playbook, step_id: str | None) -> Step:
+        if step_id is None:
+            return playbook.steps[0]
+        step = playbook.step(step_id)
+        if step is None:
+            raise InputError(
+                f"playbook {playbook.id} has no step '{step_id}'",
+                hint=f"steps: {', '.join(s.id for s in playbook.steps)}",
+            )
+        return step
+
+    async def plan_step(
+        self,
+        incident_id: str,
+        playbook_id: str | None = None,
+        step_id: str | None = None,
+        *,
+        actor: str,
+        dry_run: bool = False,
+        automatic: bool = False,
+    ) -> Run:
+        """Render the step against the incident's latest alert and have the runner plan it."""
+        self.store.incident(incident_id)  # NotFound early, with a hint
+        playbook_id = playbook_id or self.suggested_playbook(incident_id)
+        if playbook_id is None:
+            raise InputError(
+                f"no playbook matched incident {incident_id}",
+                hint="name one: plan PLAYBOOK, or run an ad hoc action with `do`",
+            )
+        playbook = self.registry.get(playbook_id)
+        step = self._step(playbook, step_id)
+        alert = self.latest_alert(incident_id)
+        params = render_params(playbook, alert)
+        args = render_step_args(step, params, alert)
+        verify = step.guard.verify
+        query = render_query(verify.query, params, alert) if verify else None
+        return await self.runner.plan(
+            incident_id=incident_id,
+            playbook_id=playbook.id,
+            step_id=step.id,
+            action=step.action,
+            target=step.target,
+            args=args,
+            guard=step.guard,
+            verify_query=query,
+            requested_by=actor,
+            dry_run=dry_run or step.guard.dry_run,
+            automatic=automatic,
+        )
+
+    def diagnose(self, playbook: Playbook, alert: Alert) -> list[tuple[str, str]]:
+        """The playbook's diagnose queries, rendered for this alert (title, PromQL)."""
+        params = render_params(playbook, alert)
+        return [(d.title, render_query(d.query, params, alert)) for d in playbook.diagnose]
+
+    async def after_run(self, run: Run) -> None:
+        """Call after a run changed outside ``handle_alerts`` (a command, a timer):
+        applies the run rules of the lifecycle and tells the listeners (the scheduler)."""
+        if run.incident_id:
+            await self.publish_changes(self.lifecycle.sync_runs(run.incident_id))
+        self._changed()
+
+    async def sync_lifecycle(self) -> list[Change]:
+        """Re-apply the run rules to every open incident (idempotent; the scheduler's tick)."""
+        changes: list[Change] = []
+        for inc in self.store.open_incidents():
+            changes += self.lifecycle.sync_runs(inc.id)
+        await self.publish_changes(changes)
+        return changes
+
+    # --- publishing -----------------------------------------------------------
+
+    async def publish(self, msg: Message) -> None:
+        """Hand a message to the notifier; failures are logged, never raised."""
+        await publish_safely(self.notifier, msg)
+
+    async def publish_changes(self, changes: list[Change]) -> None:
+        for change in changes:
+            await self.publish(self.lifecycle.update_message(change))
+
+    def _timeline(self, inc: Incident, title: str, text: str) -> Message:
+        return Message("timeline", inc.id, title, text, severity=inc.severity,
+                       is_drill=inc.is_drill)
+
+    def add_change_listener(self, listener: Callable[[], None]) -> None:
+        """``listener()`` runs after anything may have added timers (the scheduler's refresh)."""
+        self._listeners.append(listener)
+
+    def _changed(self) -> None:
+        for listener in self._listeners:
+            try:
+                listener()
+            except Exception:
+                log.exception("change listener %r failed", listener)
+
+
