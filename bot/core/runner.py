@@ -26,7 +26,7 @@ import asyncio
 import time
 from collections.abc import Callable, Mapping
 from datetime import datetime
-from typing import Any, NoReturn
+from typing import Any, Literal, NoReturn
 
 from actions.base import Action, MetricsSource, Plan, ServingDriver
 from actions.catalog import get_action
@@ -68,6 +68,9 @@ __all__ = ["BOT_ACTOR", "Runner", "RunnerSettings"]
 # How long a request waits for another process's apply or revert of the same run
 # (a LiteLLM reload takes up to 90 s) before answering that it is still under way.
 CLAIM_WAIT_SECONDS = 180.0
+# Why an apply does not go ahead now: wait for another request's claim, hold it for
+# the pause, expire its approval, or refuse it (with the guard's refusal).
+Blocker = tuple[Literal["wait", "hold", "expire", "refuse"], GuardRefused | None]
 # incident id -> (target name such as "drill:DRILL-3", its driver), or None when no
 # drill with a target of its own owns the incident.
 DrillTargets = Callable[[str], "tuple[str, ServingDriver] | None"]
@@ -267,7 +270,7 @@ class Runner(RunnerTimers):
     async def apply(self, run_id: str, *, actor: str, automatic: bool = False) -> Run:
         run = self.store.run(run_id)
         if run.state in CLAIMED:
-            return await self._blocked(run, ("wait", GuardRefused("lock", "")), actor=actor)
+            return await self._blocked(run, ("wait", None), actor=actor)
         if run.state in ACTIVE:
             return run  # applying twice is a no-op
         if refusal := check_dry_run(run_id, run.dry_run):
@@ -282,8 +285,9 @@ class Runner(RunnerTimers):
             run = self.store.run(run_id)
             if run.state in ACTIVE:
                 return run
+            blocker: Blocker | None
             if run.state in CLAIMED:
-                blocker: tuple[str, GuardRefused] | None = ("wait", GuardRefused("lock", ""))
+                blocker = ("wait", None)
             elif run.state not in APPLICABLE:
                 raise InputError(f"{run_id} is {run.state}; it cannot be applied",
                                  hint="plan the step again to get a new run")
@@ -310,7 +314,7 @@ class Runner(RunnerTimers):
                                   text=f"applied: {run.plan.summary or run.action}")
 
     def _apply_blocker(self, run: Run, current: ServingPolicy, *,
-                       automatic: bool) -> tuple[str, GuardRefused] | None:
+                       automatic: bool) -> Blocker | None:
         """Why ``run`` may not be applied now, without writing anything:
         ("hold" | "expire" | "refuse", the refusal), or None."""
         if pause := check_pause(self.store.flag(PAUSE_FLAG), automatic=automatic):
@@ -328,10 +332,9 @@ class Runner(RunnerTimers):
         refusals = self._refusals(run.plan, run.guard, current, run_id=run.id, scope=run.scope)
         return ("refuse", refusals[0]) if refusals else None
 
-    async def _blocked(self, run: Run, blocker: tuple[str, GuardRefused], *,
-                       actor: str) -> Run:
+    async def _blocked(self, run: Run, blocker: Blocker, *, actor: str) -> Run:
         how, refusal = blocker
-        if how == "wait":
+        if how == "wait" or refusal is None:
             # Another request claimed it between our first look and the claim.
             settled = await self._settled(run.id)
             if settled.state in ACTIVE:
@@ -358,12 +361,12 @@ class Runner(RunnerTimers):
             run = self.store.run(run_id)
             if run.state not in CLAIMED:
                 return run
-            if not self.holder_alive(run):
-                await reconcile_run(self, run)
-                continue
             if time.monotonic() > deadline:
                 raise Conflict(f"{run_id} is still {run.state} by {run.claimed_by}",
                                hint="try again in a minute; `show` lists its timeline")
+            if not self.holder_alive(run) and await reconcile_run(self, run) is not None:
+                continue  # settled here, now
+            # A live holder, another process settling it, or a target we cannot read.
             await asyncio.sleep(self.claim_poll)
 
     def holder_alive(self, run: Run) -> bool:
