@@ -33,8 +33,10 @@ from bot.adapters.settings import Settings  # noqa: E402
 from bot.adapters.web import create_app  # noqa: E402
 from bot.adapters.wiring import build_engine  # noqa: E402
 from bot.playbook.loader import lint  # noqa: E402
-from bot.store import Store  # noqa: E402
-from bot.store.records import to_text  # noqa: E402
+from bot.store import (
+    Store,  # noqa: E402
+    to_text,  # noqa: E402
+)
 
 SHIPPED = Path(__file__).resolve().parents[1] / "playbooks"
 

@@ -18,7 +18,7 @@ from datetime import datetime
 
 from bot.base.errors import GuardRefused, IncidentBotError
 from bot.core.engine import Engine
-from bot.store.records import Run
+from bot.store import Run
 
 SCRIPTED_1 = "scripted-responder-1"
 SCRIPTED_2 = "scripted-responder-2"

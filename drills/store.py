@@ -16,8 +16,7 @@ from typing import Any
 from sqlite_utils import Database
 
 from bot.base.errors import NotFound
-from bot.store import Store
-from bot.store.records import from_text, to_text
+from bot.store import Store, from_text, to_text
 
 TIME_FIELDS = ("started_at", "injected_at", "detected_at", "acknowledged_at", "mitigated_at",
                "recovered_at", "rolled_back_at", "finished_at")

@@ -27,7 +27,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from bot.core.engine import Engine
 from bot.core.messages import Button, Message, Section
-from bot.store.records import Run
+from bot.store import Run
 
 log = logging.getLogger(__name__)
 

@@ -26,9 +26,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from bot.playbook.schema import INCIDENT_CLASSES
-from bot.store import PAUSE_FLAG, Store
+from bot.store import PAUSE_FLAG, Store, required_time
 from bot.store.migrations import RUN_STATES
-from bot.store.records import required_time
 
 log = logging.getLogger(__name__)
 

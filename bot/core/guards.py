@@ -24,7 +24,7 @@ from actions.base import Plan, Sample
 from actions.policy import ServingPolicy
 from bot.base.errors import GuardRefused
 from bot.playbook.schema import Guard, Verify, format_duration
-from bot.store.records import Approval, Flag, Mitigation
+from bot.store import Approval, Flag, Mitigation
 
 
 @dataclass(frozen=True)

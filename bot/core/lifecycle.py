@@ -30,8 +30,7 @@ from dataclasses import dataclass
 
 from bot.base.errors import InputError
 from bot.core.messages import Button, Field, Message, Section
-from bot.store import Store
-from bot.store.records import CLOSED_STATUSES, Incident
+from bot.store import CLOSED_STATUSES, Incident, Store
 
 ENGINE_ACTOR = "llm-incident"
 

@@ -25,7 +25,7 @@ from actions.catalog import get_action
 from bot.base.claims import this_process
 from bot.base.errors import ActionFailed, IncidentBotError
 from bot.base.run_states import RunState
-from bot.store.records import Run
+from bot.store import Run
 
 if TYPE_CHECKING:
     from bot.core.runner import Runner

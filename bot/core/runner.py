@@ -60,8 +60,7 @@ from bot.core.guards import (
 )
 from bot.core.runner_timers import BOT_ACTOR, RunnerTimers, _why
 from bot.playbook.schema import Guard
-from bot.store import PAUSE_FLAG, Run, Store
-from bot.store.records import Mitigation
+from bot.store import PAUSE_FLAG, Mitigation, Run, Store
 
 __all__ = ["BOT_ACTOR", "Runner", "RunnerSettings"]
 

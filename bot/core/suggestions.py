@@ -22,7 +22,7 @@ from bot.intake.alert import Alert
 from bot.playbook.matcher import MatchResult
 from bot.playbook.render import render_params, render_step_args
 from bot.playbook.schema import Guard, Playbook, Step, format_duration
-from bot.store.records import Incident, Run
+from bot.store import Incident, Run
 
 MAX_SAMPLES_SHOWN = 5
 APPROVAL_WORDS = {

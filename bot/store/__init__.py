@@ -16,10 +16,14 @@ from bot.store.records import (
     Mitigation,
     Run,
     StoredAlert,
+    from_text,
+    required_time,
+    to_text,
 )
 from bot.store.sqlite import PAUSE_FLAG, Recorded, Store, group_key_for
 
 __all__ = [
     "CLOSED_STATUSES", "PAUSE_FLAG", "Approval", "Event", "Flag", "Incident", "Mitigation",
-    "Recorded", "Run", "Store", "StoredAlert", "group_key_for",
+    "Recorded", "Run", "Store", "StoredAlert", "from_text", "group_key_for", "required_time",
+    "to_text",
 ]

@@ -67,8 +67,7 @@ from bot.adapters.service import Service
 from bot.adapters.settings import SHIPPED_PLAYBOOKS, Settings
 from bot.adapters.wiring import build_engine
 from bot.core.engine import Engine
-from bot.store import Store
-from bot.store.records import Incident, Run
+from bot.store import Incident, Run, Store
 from drills.alert_rules import (
     alert_rules,
     engine_route_relabel,

@@ -26,7 +26,7 @@ from bot.core.guards import (
     fmt_time,
 )
 from bot.playbook.schema import Guard, Verify
-from bot.store.records import Approval, Flag, Mitigation
+from bot.store import Approval, Flag, Mitigation
 
 NOW = datetime(2026, 11, 29, 10, 32, tzinfo=UTC)
 POLICY = ServingPolicy.model_validate(

@@ -10,7 +10,7 @@ from incident_env import PLAYBOOKS, T0, Env, alert
 from bot.adapters.commands import Context, execute
 from bot.base.errors import InputError, NotFound
 from bot.core.lifecycle import LifecyclePolicy, check_transition
-from bot.store.records import Incident
+from bot.store import Incident
 
 
 def run(coro):

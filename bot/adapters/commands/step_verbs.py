@@ -18,8 +18,7 @@ from bot.adapters.commands.incident_verbs import describe_run, incident_data, ru
 from bot.base.errors import InputError
 from bot.core.step_cases import AD_HOC_TTL
 from bot.playbook.schema import parse_duration
-from bot.store import PAUSE_FLAG
-from bot.store.records import Run
+from bot.store import PAUSE_FLAG, Run
 
 MAX_PARAM_VALUE = 500  # a key=value argument is a number or a name, not a document
 

@@ -13,8 +13,7 @@ from datetime import timedelta
 
 from sqlite_utils import Database
 
-from bot.store import Store
-from bot.store.records import to_text
+from bot.store import Store, to_text
 
 WINDOW = timedelta(seconds=300)  # bolt's own timestamp window
 PRUNE_EVERY = 500  # inserts between deletes of what left the window

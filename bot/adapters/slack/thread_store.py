@@ -18,8 +18,7 @@ from sqlite_utils import Database
 
 from bot.base.errors import StoreError
 from bot.core.messages import Button, Field, Message, Section
-from bot.store import Store
-from bot.store.records import from_text, to_text
+from bot.store import Store, from_text, to_text
 
 
 @dataclass(frozen=True)
