@@ -35,7 +35,7 @@ from slack_webapi_stub import WebApiStub
 
 pytestmark = pytest.mark.integration
 
-KILLS = int(os.environ.get("LLM_INCIDENT_TEST_TRIALS", "4"))
+KILLS = int(os.environ.get("LLM_INCIDENT_TEST_KILLS", "4"))
 HOLD = 15  # seconds another process holds SQLite's write lock
 SECRET = "test-signing-secret"
 
