@@ -70,6 +70,8 @@ class WebApiStub:
     """``fail_429_times``: an int (first N calls of *every* method) or ``{method: N}``."""
 
     fail_429_times: int | Mapping[str, int] = 0
+    # Then, per method, this many plain-text 500s (what a proxy in front of Slack sends).
+    fail_500_times: Mapping[str, int] = field(default_factory=dict)
     retry_after: float = 1
     usergroups: Mapping[str, list[str]] = field(default_factory=dict)
     handlers: Mapping[str, Handler] = field(default_factory=dict)
@@ -155,8 +157,13 @@ class WebApiStub:
         self._seen[method] = n
         limit = (self.fail_429_times if isinstance(self.fail_429_times, int)
                  else self.fail_429_times.get(method, 0))
-        status = 429 if n <= limit else 200
+        plain_500 = limit < n <= limit + self.fail_500_times.get(method, 0)
+        status = 429 if n <= limit else 500 if plain_500 else 200
         self.calls.append(StubCall(method, params, self.clock(), status, token))
+        if plain_500:
+            return web.Response(status=500, text="upstream connect error or disconnect/reset "
+                                "before headers. reset reason: overflow",
+                                content_type="text/plain")
         if status == 429:
             # Slack answers a rate-limited call with 429, Retry-After in whole seconds
             # (we allow fractions so tests need not wait long) and ok=false.

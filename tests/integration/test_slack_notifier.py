@@ -240,6 +240,67 @@ def test_persistent_429_gives_up_without_raising() -> None:
     run(scenario, fail_429_times={"chat.postMessage": 3}, retry_after=1)
 
 
+def test_a_plain_text_500_is_retried_and_the_sender_keeps_going() -> None:
+    # One webhook body opened three incidents; a proxy answered the first post with a
+    # plain-text 500. All three must reach Slack, with no further traffic.
+    async def scenario(stub: WebApiStub, make: Callable[..., SlackNotifier], t: FakeTime) -> None:
+        n = make()
+        for i in (1, 2, 3):
+            await n.publish(suggestion(f"INC-{i}"))
+        await until(lambda: len(posts(stub)) == 3, "three posts")
+        calls = stub.calls_of("chat.postMessage", ok_only=False)
+        assert [c.status for c in calls] == [500, 200, 200, 200]
+        assert [c.params["text"].split()[0] for c in posts(stub)] == ["INC-1", "INC-2", "INC-3"]
+        assert t.sleeps[0] == 1.0  # backed off, then retried the same message
+        assert n.stats["transient"] == 1 and n.stats["failed"] == 0
+        assert n._task is not None and not n._task.done()  # the sender is still there
+
+    run(scenario, fail_500_times={"chat.postMessage": 1})
+
+
+def test_the_final_state_survives_eight_429s_in_a_row() -> None:
+    async def scenario(stub: WebApiStub, make: Callable[..., SlackNotifier], t: FakeTime) -> None:
+        n = make()
+        await n.publish(suggestion("INC-7"))
+        await until(lambda: len(posts(stub)) == 1, "the top message")
+        await n.publish(update("INC-7", "resolved"))
+        await until(lambda: len(updates(stub)) == 1, "the update, at last")
+        statuses = [c.status for c in stub.calls_of("chat.update", ok_only=False)]
+        assert statuses == [429] * 8 + [200]
+        (top,) = stub.messages.values()
+        assert "resolved" in top.text
+        assert n.stats["rate_limited"] == 8 and n.stats["failed"] == 0
+
+    run(scenario, fail_429_times={"chat.update": 8}, retry_after=1)
+
+
+def test_a_permanent_refusal_is_on_the_timeline_and_holds_nothing_up(
+        caplog: pytest.LogCaptureFixture) -> None:
+    env = Env()
+    run_alert = asyncio.run(env.engine.handle_alerts([alert()]))
+    incident_id = run_alert[0].incident_id
+
+    async def scenario(stub: WebApiStub, make: Callable[..., SlackNotifier], _: FakeTime) -> None:
+        n = make(store=env.store)
+        await n.publish(timeline(incident_id, "x" * 10))  # refused: msg_too_long
+        await n.publish(suggestion("INC-99"))
+        await until(lambda: n.stats["failed"] == 1 and n.stats["chat_postMessage"] == 1,
+                    "the refusal, and the other message delivered")
+        assert n.stats["permanent"] == 1
+        assert posts(stub)[0].params["text"].startswith("INC-99")  # not held up
+        assert len(posts(stub)) == 2  # the refused one was not retried
+
+    def refuse_long(params: dict[str, Any]) -> dict[str, Any]:
+        if "x" * 10 in params.get("text", ""):
+            return {"ok": False, "error": "msg_too_long"}
+        return {"ok": True, "channel": params["channel"], "ts": "1.000001"}
+
+    run(scenario, handlers={"chat.postMessage": refuse_long})
+    (event,) = [e for e in env.store.timeline(incident_id) if e.kind == "slack_failed"]
+    assert "chat.postMessage: msg_too_long" in event.text
+    assert "chat.postMessage: msg_too_long" in caplog.text
+
+
 def test_new_messages_to_a_channel_are_at_least_min_interval_apart() -> None:
     async def scenario(stub: WebApiStub, make: Callable[..., SlackNotifier], t: FakeTime) -> None:
         n = make(min_interval=1.0)
@@ -436,3 +497,23 @@ def test_stub_in_a_thread_takes_form_posts_and_counts_429s() -> None:
     assert ok[0].params["blocks"] == [{"type": "divider"}] and ok[0].token == "xoxb-form"
     assert [c.status for c in stub.calls_of("chat.postMessage", ok_only=False)] == [429, 200, 200]
     assert stub.messages[(CHANNEL, body["ts"])].text == "hi"
+
+
+def test_a_plain_text_500_from_the_group_lookup_refuses_with_a_reason(
+        caplog: pytest.LogCaptureFixture) -> None:
+    from bot.adapters.slack.auth import OncallAuthorizer
+
+    async def main() -> None:
+        async with WebApiStub(fail_500_times={"usergroups.users.list": 1},
+                              usergroups={"S0ONCALL": ["U0BOB"]}) as stub:
+            client = AsyncWebClient(token="xoxb-test", base_url=stub.base_url)
+            auth = OncallAuthorizer([], "S0ONCALL", client)
+            refused = await auth.check("U0BOB")
+            assert not refused.allowed
+            assert refused.reason.startswith("could not check the on-call group, so the "
+                                             "action is refused: usergroups.users.list: HTTP "
+                                             "500 with a non-JSON body: upstream connect error")
+            assert (await auth.check("U0BOB")).allowed  # the next lookup works
+
+    asyncio.run(main())
+    assert "on-call group lookup failed: usergroups.users.list: HTTP 500" in caplog.text

@@ -17,10 +17,10 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.adapters.commands import Command
+from bot.adapters.slack.calls import SlackCallError, call
 
 log = logging.getLogger(__name__)
 
@@ -98,12 +98,10 @@ class OncallAuthorizer:
             if self.client is None or self.group is None:
                 raise LookupError("no Slack client or group to read the user group with")
             try:
-                resp = await self.client.usergroups_users_list(usergroup=self.group)
-            except SlackApiError as exc:
-                raise LookupError(f"usergroups.users.list: {exc.response.get('error')}") from None
-            except Exception as exc:  # network, timeout: deny, never allow
-                log.warning("usergroups.users.list failed: %s", exc)
-                raise LookupError(f"usergroups.users.list: {type(exc).__name__}") from None
+                resp = await call(self.client, "usergroups_users_list", usergroup=self.group)
+            except SlackCallError as exc:  # any failure (plain-text 500, timeout): deny
+                log.warning("on-call group lookup failed: %s", exc.message)
+                raise LookupError(exc.message) from None
             users = resp.get("users")
             if not isinstance(users, list):
                 raise LookupError("usergroups.users.list answered without a user list")

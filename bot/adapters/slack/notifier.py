@@ -18,7 +18,13 @@ thread replies in order. ``chat.postMessage`` calls to a channel are at least
 one incident within ``coalesce_window`` become a single ``chat.update`` with the
 latest content. Nothing is dropped for being queued: suggestions always go out.
 
-Failures are logged and counted in ``stats``, never raised into the engine.
+Every call goes through ``bot.adapters.slack.calls``: a 429 waits its Retry-After,
+a 5xx, a timeout or an unreadable (non-JSON) answer backs off (1, 2, 4... up to 60
+seconds) and retries until Slack takes the message; the sender never dies on an
+answer it did not expect. A permanent refusal (``channel_not_found``,
+``msg_too_long``...) is logged with the method and error, counted, put on the
+incident's timeline (``slack_failed``) and does not hold up other messages.
+Failures are never raised into the engine.
 ``clock`` (seconds, monotonic) and ``sleep`` are injectable so tests observe
 every wait without sleeping. ``aclose()`` flushes the queue, held updates too.
 """
@@ -26,6 +32,7 @@ every wait without sleeping. ``aclose()`` flushes the queue, held updates too.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections import Counter, deque
@@ -33,15 +40,18 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.adapters.slack.blocks import render, render_text
+from bot.adapters.slack.calls import SlackCallError, call
 from bot.adapters.slack.thread_store import ChatMessages
 from bot.core.messages import Message, Section
 from bot.store import Store
 
 log = logging.getLogger(__name__)
+
+MAX_BACKOFF = 60.0  # seconds between retries of a transient failure, at most
+
 
 @dataclass
 class _Pending:
@@ -91,6 +101,7 @@ class SlackNotifier:
     ) -> None:
         self.client = client
         self.channel = channel
+        self.store = store
         self.messages = ChatMessages(store)
         self.clock = clock
         self.sleep = sleep
@@ -167,14 +178,29 @@ class SlackNotifier:
                     await (self._send_top(msg) if kind == "post" else
                            self._send_update(msg) if kind == "update" else self._send_reply(msg))
                 except Exception as exc:  # one bad message must not stop the rest
-                    self.stats["failed"] += 1
-                    log.error("slack: %s message %r for %s failed: %s", msg.kind, msg.title,
-                              msg.incident_id or "-", _why(exc))
+                    self._failed(msg, exc)
                 continue
             if self._closing:
                 return
             due = min((p.due for p in self._updates.values()), default=None)
             await self._idle(None if due is None else max(0.0, due - self.clock()))
+
+    def _failed(self, msg: Message, exc: Exception) -> None:
+        self.stats["failed"] += 1
+        why = exc.message if isinstance(exc, SlackCallError) else \
+            f"{type(exc).__name__}: {exc}"
+        log.error("slack: %s message %r for %s not delivered: %s", msg.kind, msg.title,
+                  msg.incident_id or "-", why)
+        if isinstance(exc, SlackCallError) and exc.kind == "permanent":
+            self.stats["permanent"] += 1
+        if msg.incident_id:
+            try:  # where people look afterwards: the incident's own timeline
+                self.store.add_event(msg.incident_id, "slack_failed",
+                                     f"Slack did not take the {msg.kind} message "
+                                     f"{msg.title!r}: {why}", actor="slack",
+                                     data={"kind": msg.kind})
+            except Exception:  # noqa: BLE001 - the log line above already says it
+                log.exception("slack: could not record the failure on the timeline")
 
     def _take(self) -> tuple[str, Message] | None:
         if self._posts:
@@ -243,8 +269,8 @@ class SlackNotifier:
         try:
             await self._call("chat_update", channel=self.channel, ts=ts,
                              text=render_text(shown), blocks=render(shown))
-        except SlackApiError as exc:
-            if exc.response.get("error") != "message_not_found":
+        except SlackCallError as exc:
+            if exc.reason != "message_not_found":
                 raise
             # Someone deleted the top message: post it afresh and follow the new one.
             log.warning("slack: top message of %s is gone; posting a new one", incident_id)
@@ -268,37 +294,28 @@ class SlackNotifier:
         return str(resp["ts"])
 
     async def _call(self, method: str, **kwargs: Any) -> Any:
-        """One Web API call; a 429 waits ``Retry-After`` (through ``sleep``) and retries."""
-        for attempt in range(self.max_retries + 1):
+        """One Web API call, retried until Slack takes it: Retry-After on a 429, backoff
+        (1 s doubling to ``MAX_BACKOFF``) on anything transient. A permanent refusal is
+        raised at once. While closing, at most ``max_retries`` retries."""
+        transient = 0
+        for attempt in itertools.count():
             if method == "chat_postMessage":
                 self._last_post[self.channel] = self.clock()
             try:
-                resp = await getattr(self.client, method)(**kwargs)
-            except SlackApiError as exc:
-                if exc.response.status_code != 429 or attempt == self.max_retries:
+                resp = await call(self.client, method, **kwargs)
+            except SlackCallError as exc:
+                if exc.kind == "permanent" or (self._closing and attempt >= self.max_retries):
                     raise
-                wait = _retry_after(exc.response.headers, self.max_retry_after)
-                self.stats["rate_limited"] += 1
-                log.warning("slack: %s rate limited; retrying in %gs", method, wait)
+                if exc.kind == "rate_limited":
+                    wait = min(exc.retry_after or 1.0, self.max_retry_after)
+                    self.stats["rate_limited"] += 1
+                else:
+                    wait = min(MAX_BACKOFF, 2.0 ** transient)
+                    transient += 1
+                    self.stats["transient"] += 1
+                log.warning("slack: %s; retrying in %gs", exc.message, wait)
                 await self.sleep(wait)
                 continue
             self.stats[method] += 1
             return resp
         raise AssertionError("unreachable")  # the loop returns or raises
-
-
-def _retry_after(headers: Any, cap: float) -> float:
-    value = None
-    if headers is not None:
-        value = headers.get("Retry-After") or headers.get("retry-after")
-    try:
-        seconds = float(value) if value is not None else 1.0
-    except ValueError:
-        seconds = 1.0  # Slack sends whole seconds; anything else: the documented minimum
-    return min(max(seconds, 0.0), cap)
-
-
-def _why(exc: Exception) -> str:
-    if isinstance(exc, SlackApiError):
-        return f"{exc.response.status_code} {exc.response.get('error', '')}".strip()
-    return str(exc) or type(exc).__name__
