@@ -163,6 +163,7 @@ class Lifecycle:
         elif inc.status == "open":
             buttons = (Button("ack", "Acknowledge", inc.id, "primary"),)
         return Message("update", inc.id, f"{inc.id} {inc.status}", text, severity=inc.severity,
+                       closes=not inc.is_open,
                        sections=tuple(sections), buttons=buttons, is_drill=inc.is_drill)
 
     def _active_runs(self, incident_id: str) -> list[tuple[str, str]]:

@@ -77,6 +77,9 @@ class Message:
     sections: tuple[Section, ...] = ()
     buttons: tuple[Button, ...] = ()
     is_drill: bool = False
+    # An update saying the incident is closed (resolved or cancelled): whatever shows
+    # it keeps no action buttons from earlier messages, only this one's own.
+    closes: bool = False
 
 
 # --- button values -------------------------------------------------------------------

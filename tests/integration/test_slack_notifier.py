@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -172,6 +173,24 @@ def test_update_edits_the_top_message_in_place_keeping_the_suggestion() -> None:
     run(scenario)
 
 
+def test_a_closed_incidents_message_keeps_no_action_buttons() -> None:
+    async def scenario(stub: WebApiStub, make: Callable[..., SlackNotifier], _: FakeTime) -> None:
+        n = make()
+        await n.publish(suggestion("INC-1"))
+        await until(lambda: len(posts(stub)) == 1, "the suggestion")
+        revert = Button("revert", "Revert RUN-4", "RUN-4", "danger")
+        await n.publish(replace(update("INC-1", "resolved"), closes=True, buttons=(revert,)))
+        await n.aclose()
+        (call,) = updates(stub)
+        shown = str(stub.messages[(CHANNEL, call.params["ts"])].blocks)
+        assert "run_step#" not in shown and "dry_run#" not in shown
+        assert "not_this_playbook#" not in shown
+        assert "revert#" in shown  # a mitigation still active can still be reverted
+        assert "Step 1" in shown  # what was suggested stays readable
+
+    run(scenario)
+
+
 def test_timeline_and_results_go_to_the_top_messages_thread() -> None:
     async def scenario(stub: WebApiStub, make: Callable[..., SlackNotifier], _: FakeTime) -> None:
         n = make()
@@ -301,6 +320,27 @@ def test_a_permanent_refusal_is_on_the_timeline_and_holds_nothing_up(
     assert "chat.postMessage: msg_too_long" in caplog.text
 
 
+def test_twenty_incidents_updated_at_once_keep_the_channels_pace() -> None:
+    async def scenario(stub: WebApiStub, make: Callable[..., SlackNotifier], t: FakeTime) -> None:
+        n = make(min_interval=1.0)
+        for i in range(1, 21):
+            await n.publish(suggestion(f"INC-{i}"))
+        await until(lambda: len(posts(stub)) == 20, "twenty top messages")
+        for i in range(1, 21):  # twenty acknowledgements in the same instant
+            await n.publish(update(f"INC-{i}", "acknowledged"))
+        for i in range(1, 21):
+            await n.publish(update(f"INC-{i}", "resolved"))  # then all resolved
+        await n.aclose()
+        calls = sorted(posts(stub) + updates(stub), key=lambda c: c.time)
+        gaps = [b.time - a.time for a, b in zip(calls, calls[1:], strict=False)]
+        assert min(gaps) >= 1.0, min(gaps)  # never more than one a second in the channel
+        shown = {m.text.split(":")[0]: m.text for m in stub.messages.values()}
+        assert all("resolved" in shown[f"INC-{i}"] for i in range(1, 21))  # final states
+        assert len(updates(stub)) <= 40  # a storm is coalesced, not queued one by one
+
+    run(scenario)
+
+
 def test_new_messages_to_a_channel_are_at_least_min_interval_apart() -> None:
     async def scenario(stub: WebApiStub, make: Callable[..., SlackNotifier], t: FakeTime) -> None:
         n = make(min_interval=1.0)
@@ -323,7 +363,7 @@ def test_updates_in_a_storm_are_coalesced_to_the_latest() -> None:
     t = FakeTime(auto=False)
 
     async def scenario(stub: WebApiStub, make: Callable[..., SlackNotifier], t: FakeTime) -> None:
-        n = make(coalesce_window=2.0)
+        n = make(coalesce_window=2.0, min_interval=0)  # the channel pace: its own test
         await n.publish(suggestion("INC-1"))
         await until(lambda: len(posts(stub)) == 1, "the suggestion")
         await n.publish(update("INC-1", "status-1"))
@@ -350,7 +390,7 @@ def test_close_flushes_held_updates() -> None:
     t = FakeTime(auto=False)
 
     async def scenario(stub: WebApiStub, make: Callable[..., SlackNotifier], t: FakeTime) -> None:
-        n = make(coalesce_window=60.0)
+        n = make(coalesce_window=60.0, min_interval=0)
         await n.publish(suggestion("INC-1"))
         await n.publish(update("INC-1", "first"))
         await until(lambda: len(updates(stub)) == 1, "the first update")

@@ -11,7 +11,8 @@
   with no top message yet, is posted to the channel (and becomes the top one).
 
 Slack allows about one message per second per channel, so ``publish`` only
-queues; a background task drains the queue. New top messages go first (a storm
+queues; a background task drains the queue, and posts and updates to the channel
+together are at least ``min_interval`` apart. New top messages go first (a storm
 must not hide a new incident behind thread chatter), then due updates, then
 thread replies in order. ``chat.postMessage`` calls to a channel are at least
 ``min_interval`` apart; a ``429`` is retried after its ``Retry-After``; updates of
@@ -51,6 +52,7 @@ from bot.store import Store
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF = 60.0  # seconds between retries of a transient failure, at most
+PACED = ("chat_postMessage", "chat_update")  # the calls that share a channel's pace
 
 
 @dataclass
@@ -74,8 +76,10 @@ def compose_top(base: Message, status: Message | None) -> Message:
         for i, s in enumerate(status.sections)
     ) or (Section(status.text, title="Status"),)
     seen = {(b.action, b.value) for b in status.buttons}
-    kept = tuple(b for b in base.buttons
-                 if b.action != "ack" and (b.action, b.value) not in seen)
+    # A closed incident's message offers nothing more to do (Run, Dry-run, Not this
+    # playbook go); the status's own buttons (revert a mitigation still active) stay.
+    kept = () if status.closes else tuple(
+        b for b in base.buttons if b.action != "ack" and (b.action, b.value) not in seen)
     return replace(
         base, text=status.text, severity=status.severity or base.severity,
         sections=status_secs + base.sections, buttons=status.buttons + kept,
@@ -115,7 +119,7 @@ class SlackNotifier:
         self._replies: deque[Message] = deque()  # thread replies, in order
         self._updates: dict[str, _Pending] = {}  # incident -> latest update not yet sent
         self._last_update: dict[str, float] = {}  # incident -> when its last update went
-        self._last_post: dict[str, float] = {}  # channel -> when the last postMessage went
+        self._last_post: dict[str, float] = {}  # channel -> when the last post or update went
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
@@ -199,8 +203,9 @@ class SlackNotifier:
                                      f"Slack did not take the {msg.kind} message "
                                      f"{msg.title!r}: {why}", actor="slack",
                                      data={"kind": msg.kind})
-            except Exception:  # noqa: BLE001 - the log line above already says it
-                log.exception("slack: could not record the failure on the timeline")
+            except Exception as exc2:  # noqa: BLE001 - the log line above already says it
+                log.warning("slack: could not record the failure on %s's timeline: %s",
+                            msg.incident_id, exc2)
 
     def _take(self) -> tuple[str, Message] | None:
         if self._posts:
@@ -283,9 +288,6 @@ class SlackNotifier:
                                     status_message=status)
 
     async def _post(self, msg: Message, *, thread_ts: str | None = None) -> str:
-        wait = self._last_post.get(self.channel, float("-inf")) + self.min_interval - self.clock()
-        if wait > 0:
-            await self.sleep(wait)
         extra = {"thread_ts": thread_ts} if thread_ts else {}
         resp = await self._call(
             "chat_postMessage", channel=self.channel, text=render_text(msg), blocks=render(msg),
@@ -299,7 +301,13 @@ class SlackNotifier:
         raised at once. While closing, at most ``max_retries`` retries."""
         transient = 0
         for attempt in itertools.count():
-            if method == "chat_postMessage":
+            if method in PACED:
+                # Posts and updates to a channel share one pace: a storm of 20
+                # acknowledgements is 20 updates a second apart, not a burst.
+                wait = self._last_post.get(self.channel, float("-inf")) + self.min_interval \
+                    - self.clock()
+                if wait > 0:
+                    await self.sleep(wait)
                 self._last_post[self.channel] = self.clock()
             try:
                 resp = await call(self.client, method, **kwargs)

@@ -49,7 +49,8 @@ def message_from_json(text: str) -> Message:
                         for b in d.get("buttons", ()))
         return Message(d["kind"], d.get("incident_id"), d["title"], d["text"],
                        severity=d.get("severity"), sections=sections, buttons=buttons,
-                       is_drill=bool(d.get("is_drill", False)))
+                       is_drill=bool(d.get("is_drill", False)),
+                       closes=bool(d.get("closes", False)))
     except (ValueError, KeyError, TypeError) as exc:
         raise StoreError(f"a stored chat message is not readable: {exc!r}",
                          hint="the chat_messages row is damaged; delete it to post afresh") from exc
