@@ -170,6 +170,8 @@ class Service:
 
     async def _start_core(self) -> None:
         """On the core's loop: the scheduler's jobs bind to the loop that starts them."""
+        if start := getattr(self.engine.notifier, "start", None):
+            start()  # what Slack had not taken before a crash or restart goes out now
         await self.scheduler.start()
         await self.engine.drain_outbox()  # announced and stepped once, even after a crash
         await self.drills.recover(log.info)

@@ -107,6 +107,11 @@ class DrillRouter:
     async def publish(self, msg: Message) -> None:
         await (self.drill if msg.is_drill else self.real).publish(msg)
 
+    def start(self) -> None:
+        for n in (self.real, self.drill):
+            if start := getattr(n, "start", None):
+                start()
+
     async def aclose(self) -> None:
         for n in (self.real, self.drill):
             if aclose := getattr(n, "aclose", None):

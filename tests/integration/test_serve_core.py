@@ -272,3 +272,46 @@ def _try_post(url: str, doc: dict[str, Any]) -> int | None:
         return post(url, doc, timeout=10).status_code
     except httpx.HTTPError:
         return None  # killed mid-request
+
+
+def test_kill_9_with_slack_messages_pending_delivers_them_after_restart(tmp_path: Path):
+    # Slack answers 429 while 25 new incidents are announced (50+ messages: each
+    # suggestion and its automatic step's result); `serve` is killed with SIGKILL;
+    # Slack recovers; the next `serve` delivers every message the first one held.
+    (tmp_path / "policy.yaml").write_text(
+        "version: 1\nroutes: {chat: {}, chat-long: {}, chat-small: {}}\n")
+    db = tmp_path / "bot.db"
+    api = WebApiStub(fail_429_times={"chat.postMessage": 100_000}, retry_after=1)
+    slack = {"SLACK_BOT_TOKEN": "xoxb-test",
+             "LLM_INCIDENT_SLACK_CHANNEL": "C0INC"}
+    with api.serving_in_thread():
+        slack["LLM_INCIDENT_SLACK_API_URL"] = f"http://127.0.0.1:{api.port}/api/"
+        bot = serve(tmp_path, "serve-slack", **slack)
+        for i in range(25):
+            doc = provider_alert(f"slack-{i}")
+            doc["alerts"][0]["labels"]["model"] = f"m{i}"
+            assert post(bot.url, doc).status_code == 200
+        poll(lambda: rows(db, "SELECT COUNT(*) FROM chat_deliveries")[0][0] >= 50,
+             what="50 messages waiting for Slack", timeout=60)
+        bot.process.send_signal(signal.SIGKILL)
+        bot.process.wait()
+        waiting = rows(db, "SELECT COUNT(*) FROM chat_deliveries WHERE delivered_at IS NULL")
+        assert waiting[0][0] >= 50, waiting
+        api.fail_429_times = 0  # Slack is back
+        again = serve(tmp_path, "serve-slack-again", **slack)
+        try:
+            poll(lambda: rows(db, "SELECT COUNT(*) FROM chat_deliveries "
+                                  "WHERE delivered_at IS NULL") == [(0,)],
+                 what="every held message delivered", timeout=120)
+        finally:
+            again.stop()
+        tops = [c for c in api.calls_of("chat.postMessage") if "thread_ts" not in c.params]
+        per_incident: dict[str, int] = {}
+        for c in tops:
+            inc = c.params["text"].split()[0]
+            per_incident[inc] = per_incident.get(inc, 0) + 1
+        assert len(per_incident) == 25, per_incident  # every incident reached Slack
+        duplicates = sum(n - 1 for n in per_incident.values())
+        print(f"{waiting[0][0]} messages held at the kill; all delivered after the restart; "
+              f"{duplicates} duplicate top messages")
+        assert duplicates == 0  # nothing had reached Slack before the kill

@@ -557,3 +557,33 @@ def test_a_plain_text_500_from_the_group_lookup_refuses_with_a_reason(
 
     asyncio.run(main())
     assert "on-call group lookup failed: usergroups.users.list: HTTP 500" in caplog.text
+
+
+def test_messages_slack_has_not_taken_survive_a_crash(tmp_path: Path) -> None:
+    # A process takes 50 messages while Slack answers 429, then dies (its task simply
+    # stops: no close, no flush). The next process, on the same store, delivers all
+    # 50 final states: the store kept every message until Slack took it.
+    db = tmp_path / "bot.db"
+
+    async def scenario(stub: WebApiStub, make: Callable[..., SlackNotifier], t: FakeTime) -> None:
+        first = make(store=Store(db))
+        for i in range(1, 26):
+            await first.publish(suggestion(f"INC-{i}"))
+            await first.publish(timeline(f"INC-{i}", f"note {i}"))
+        await until(lambda: stub.calls_of("chat.postMessage", ok_only=False), "Slack busy")
+        assert first._task is not None
+        first._task.cancel()  # kill -9: nothing after this line of the first process runs
+        first._closing = True
+        stub.fail_429_times = 0  # Slack is back
+        second = make(store=Store(db))
+        second.start()
+        await until(lambda: second.pending == 0 and len(posts(stub)) >= 50, "all 50 delivered")
+        await second.aclose()
+        texts = [c.params["text"] for c in posts(stub)]
+        for i in range(1, 26):
+            assert sum(x.startswith(f"INC-{i} ") for x in texts) >= 1, i
+            assert any(f"note {i}" in x for x in texts), i
+        assert Store(db).db.execute("SELECT COUNT(*) FROM chat_deliveries WHERE "
+                                    "delivered_at IS NULL").fetchone() == (0,)
+
+    run(scenario, fail_429_times={"chat.postMessage": 10_000}, retry_after=30)

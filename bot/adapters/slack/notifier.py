@@ -59,6 +59,7 @@ PACED = ("chat_postMessage", "chat_update")  # the calls that share a channel's 
 class _Pending:
     msg: Message
     due: float
+    row: int  # its chat_deliveries row
 
 
 def compose_top(base: Message, status: Message | None) -> Message:
@@ -115,38 +116,77 @@ class SlackNotifier:
         self.max_retry_after = max_retry_after
         # calls by method, "rate_limited" retries, "failed" messages, "coalesced" updates
         self.stats: Counter[str] = Counter()
-        self._posts: deque[Message] = deque()  # new top messages: first
-        self._replies: deque[Message] = deque()  # thread replies, in order
+        self._posts: deque[tuple[Message, int]] = deque()  # new top messages: first
+        self._replies: deque[tuple[Message, int]] = deque()  # thread replies, in order
         self._updates: dict[str, _Pending] = {}  # incident -> latest update not yet sent
         self._last_update: dict[str, float] = {}  # incident -> when its last update went
         self._last_post: dict[str, float] = {}  # channel -> when the last post or update went
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self._resume()
 
+    def _resume(self) -> None:
+        """Queue again what an earlier process took and Slack never got (a crash, a
+        restart, a shutdown while Slack was down): the store keeps every message until
+        Slack takes it."""
+        for d in self.messages.undelivered(self.channel):
+            self._queue(d.queue, d.message, d.id)
+        if self.pending:
+            log.info("slack: %d messages from before the restart queued again", self.pending)
     # --- the Notifier protocol ------------------------------------------------------
 
     async def publish(self, msg: Message) -> None:
         """Queue ``msg``; returns at once. Never raises."""
         if self._closing:
-            log.error("slack notifier closed; %s message %r not sent", msg.kind, msg.title)
             self.stats["failed"] += 1
+            try:  # shutting down: the next start sends it
+                self.messages.enqueue(self.channel, _queue_of(msg), msg)
+                log.warning("slack notifier closing; %s message %r kept for the next start",
+                            msg.kind, msg.title)
+            except Exception as exc:  # noqa: BLE001
+                log.error("slack notifier closed; %s message %r not sent (%s)", msg.kind,
+                          msg.title, exc)
             return
-        if msg.kind == "update" and msg.incident_id:
-            held = self._updates.get(msg.incident_id)
+        queue = _queue_of(msg)
+        held = self._updates.get(msg.incident_id or "") if queue == "update" else None
+        try:
             if held is not None:
+                self.messages.replace_queued(held.row, msg)
                 held.msg = msg  # a storm of updates: only the latest is shown anyway
                 self.stats["coalesced"] += 1
             else:
-                last = self._last_update.get(msg.incident_id)
-                due = self.clock() if last is None else last + self.coalesce_window
-                self._updates[msg.incident_id] = _Pending(msg, due)
-        elif msg.kind == "suggestion" or not msg.incident_id:
-            self._posts.append(msg)
-        else:
-            self._replies.append(msg)
+                self._queue(queue, msg, self.messages.enqueue(self.channel, queue, msg))
+        except Exception as exc:  # noqa: BLE001 - the store failed: send it anyway
+            log.error("slack: could not keep the %s message %r in the store (%s); "
+                      "sending it without a durable copy", msg.kind, msg.title, exc)
+            if held is None:
+                self._queue(queue, msg, 0)
         self._wake.set()
         self.start()
+
+    def _queue(self, queue: str, msg: Message, row: int) -> None:
+        if queue == "update" and msg.incident_id:
+            held = self._updates.get(msg.incident_id)
+            if held is not None:  # two undelivered rows of one live message: the latest
+                self._done(held.row, "superseded")
+                held.msg, held.row = msg, row
+                return
+            last = self._last_update.get(msg.incident_id)
+            due = self.clock() if last is None else last + self.coalesce_window
+            self._updates[msg.incident_id] = _Pending(msg, due, row)
+        elif queue == "post":
+            self._posts.append((msg, row))
+        else:
+            self._replies.append((msg, row))
+
+    def _done(self, row: int, outcome: str = "ok") -> None:
+        if not row:
+            return
+        try:
+            self.messages.delivered(row, outcome)
+        except Exception as exc:  # noqa: BLE001 - at worst it is sent again after a restart
+            log.warning("slack: could not mark delivery %d done: %s", row, exc)
 
     def start(self) -> None:
         """Start the draining task (``publish`` does it on first use); needs a running loop."""
@@ -161,14 +201,13 @@ class SlackNotifier:
         """Send everything queued (held updates at once), then stop the task."""
         self._closing = True
         self._wake.set()
-        if self._task is None:
+        if self._task is None or self._task.done():
             return
         try:
             await asyncio.wait_for(asyncio.shield(self._task), timeout)
         except TimeoutError:
-            log.error("slack notifier: %d messages still queued after %gs; dropped",
-                      self.pending, timeout)
-            self.stats["failed"] += self.pending
+            log.error("slack notifier: %d messages still queued after %gs; the store keeps "
+                      "them for the next start", self.pending, timeout)
             self._task.cancel()
 
     # --- the queue ------------------------------------------------------------------
@@ -177,12 +216,17 @@ class SlackNotifier:
         while True:
             job = self._take()
             if job is not None:
-                kind, msg = job
+                kind, msg, row = job
                 try:
                     await (self._send_top(msg) if kind == "post" else
                            self._send_update(msg) if kind == "update" else self._send_reply(msg))
                 except Exception as exc:  # one bad message must not stop the rest
                     self._failed(msg, exc)
+                    if isinstance(exc, SlackCallError) and exc.kind != "permanent":
+                        continue  # given up only because we are closing: kept for next start
+                    self._done(row, f"failed: {exc}")
+                    continue
+                self._done(row)
                 continue
             if self._closing:
                 return
@@ -207,16 +251,16 @@ class SlackNotifier:
                 log.warning("slack: could not record the failure on %s's timeline: %s",
                             msg.incident_id, exc2)
 
-    def _take(self) -> tuple[str, Message] | None:
+    def _take(self) -> tuple[str, Message, int] | None:
         if self._posts:
-            return "post", self._posts.popleft()
+            return "post", *self._posts.popleft()
         now = self.clock()
         for incident_id, p in list(self._updates.items()):
             if p.due <= now or self._closing:
                 del self._updates[incident_id]
-                return "update", p.msg
+                return "update", p.msg, p.row
         if self._replies:
-            return "reply", self._replies.popleft()
+            return "reply", *self._replies.popleft()
         return None
 
     async def _idle(self, timeout: float | None) -> None:
@@ -327,3 +371,9 @@ class SlackNotifier:
             self.stats[method] += 1
             return resp
         raise AssertionError("unreachable")  # the loop returns or raises
+
+
+def _queue_of(msg: Message) -> str:
+    if msg.kind == "update" and msg.incident_id:
+        return "update"
+    return "post" if msg.kind == "suggestion" or not msg.incident_id else "reply"

@@ -76,7 +76,35 @@ def _c1_chat_messages(db: Database) -> None:
     )
 
 
-CHAT_SCHEMA = [_c1_chat_messages]
+def _c2_deliveries(db: Database) -> None:
+    # Every message the notifier has taken and Slack has not, so a crash or a restart
+    # never loses one: a row per queued message (a storm of updates of one incident
+    # keeps one row, the latest), delivered_at once Slack took it (or refused it).
+    db.execute(
+        """CREATE TABLE IF NOT EXISTS chat_deliveries (
+            id INTEGER PRIMARY KEY,
+            channel TEXT NOT NULL,
+            incident_id TEXT,
+            queue TEXT NOT NULL CHECK (queue IN ('post', 'update', 'reply')),
+            message TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            delivered_at TEXT,
+            outcome TEXT
+        )"""
+    )
+    db.execute("CREATE INDEX IF NOT EXISTS idx_chat_deliveries_pending "
+               "ON chat_deliveries (channel, delivered_at, id)")
+
+
+CHAT_SCHEMA = [_c1_chat_messages, _c2_deliveries]
+
+
+@dataclass(frozen=True)
+class Delivery:
+    id: int
+    queue: str  # post | update | reply
+    message: Message
+    created_at: datetime
 
 
 class ChatMessages:
@@ -112,6 +140,35 @@ class ChatMessages:
                 "status_message, posted_at, updated_at) VALUES (?, ?, ?, ?, NULL, ?, ?)",
                 [incident_id, channel, ts, message_to_json(message), now, now],
             )
+
+    # --- the delivery queue ---------------------------------------------------------
+
+    def enqueue(self, channel: str, queue: str, message: Message) -> int:
+        with self.store.transaction():
+            cur = self.store.db.execute(
+                "INSERT INTO chat_deliveries (channel, incident_id, queue, message, created_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                [channel, message.incident_id, queue, message_to_json(message),
+                 to_text(self.store.now())])
+            return int(cur.lastrowid or 0)
+
+    def replace_queued(self, delivery_id: int, message: Message) -> None:
+        """A newer update of the same live message: only the latest is sent."""
+        with self.store.transaction():
+            self.store.db.execute("UPDATE chat_deliveries SET message = ? WHERE id = ?",
+                                  [message_to_json(message), delivery_id])
+
+    def delivered(self, delivery_id: int, outcome: str = "ok") -> None:
+        with self.store.transaction():
+            self.store.db.execute(
+                "UPDATE chat_deliveries SET delivered_at = ?, outcome = ? WHERE id = ?",
+                [to_text(self.store.now()), outcome, delivery_id])
+
+    def undelivered(self, channel: str) -> list[Delivery]:
+        rows = self.store._rows("SELECT * FROM chat_deliveries WHERE channel = ? AND "
+                                "delivered_at IS NULL ORDER BY id", [channel])
+        return [Delivery(r["id"], r["queue"], message_from_json(r["message"]),
+                         from_text(r["created_at"]) or self.store.now()) for r in rows]
 
     def record_update(
         self,
