@@ -21,6 +21,7 @@ import signal
 import socket
 import sys
 from collections.abc import Iterator
+from typing import Any
 
 import uvicorn
 
@@ -104,6 +105,10 @@ class Service:
         self.scheduler = scheduler or build_scheduler(self.engine, settings)
         self.drills = drill_service(self.engine, settings)
         self.metrics = ServiceMetrics(self.engine.store)
+        slack: Any = getattr(self.engine.notifier, "real", self.engine.notifier)
+        if isinstance(getattr(slack, "stats", None), dict) and hasattr(slack, "channel"):
+            self.metrics.attach_slack(lambda: dict(slack.stats), self.engine.store,
+                                      slack.channel)
         self.core = CoreLoop()
         self.app = create_app(self.engine, settings, metrics=self.metrics,
                               scheduler=self.scheduler, core=self.core)

@@ -26,7 +26,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from bot.playbook.schema import INCIDENT_CLASSES
-from bot.store import PAUSE_FLAG, Store, required_time
+from bot.store import PAUSE_FLAG, Store, from_text, required_time
 from bot.store.migrations import RUN_STATES
 
 log = logging.getLogger(__name__)
@@ -219,5 +219,49 @@ class ServiceMetrics:
         getter = store if callable(store) else (lambda: store)
         self.registry.register(StoreCollector(getter))
 
+    def attach_slack(self, stats: Callable[[], dict[str, int]],
+                     store: Store, channel: str) -> None:
+        """Slack delivery: calls by method and outcome (this process), and what waits in
+        the store for Slack (any process): its depth and the age of the oldest, so a
+        team can alert on "Slack has not taken our messages for 5 minutes"."""
+        self.registry.register(_SlackCollector(stats, store, channel))
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _SlackCollector:
+    def __init__(self, stats: Callable[[], dict[str, int]], store: Store, channel: str) -> None:
+        self.stats, self.store, self.channel = stats, store, channel
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> Iterator[Any]:
+        calls = CounterMetricFamily("llm_incident_slack_calls",
+                                    "Slack Web API calls and retries, by method and outcome "
+                                    "(ok, rate_limited, transient, permanent).",
+                                    labels=["method", "outcome"])
+        stats = self.stats()
+        for key, n in sorted(stats.items()):
+            if key.startswith("chat_"):
+                calls.add_metric([key.replace("_", "."), "ok"], n)
+        for outcome in ("rate_limited", "transient", "permanent"):
+            calls.add_metric(["any", outcome], stats.get(outcome, 0))
+        yield calls
+        depth = GaugeMetricFamily("llm_incident_slack_outbox_depth",
+                                  "Messages waiting for Slack to take them.")
+        oldest = GaugeMetricFamily("llm_incident_slack_outbox_oldest_seconds",
+                                   "Age of the oldest message Slack has not taken (0: none).")
+        try:
+            n, first = self.store.db.execute(
+                "SELECT COUNT(*), MIN(created_at) FROM chat_deliveries "
+                "WHERE channel = ? AND delivered_at IS NULL", [self.channel]).fetchone()
+        except Exception:  # noqa: BLE001 - no table yet: nothing waits
+            n, first = 0, None
+        depth.add_metric([], n)
+        since = from_text(first)
+        age = (self.store.now() - since).total_seconds() if since else 0.0
+        oldest.add_metric([], max(age, 0.0))
+        yield depth
+        yield oldest

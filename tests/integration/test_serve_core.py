@@ -293,6 +293,14 @@ def test_kill_9_with_slack_messages_pending_delivers_them_after_restart(tmp_path
             assert post(bot.url, doc).status_code == 200
         poll(lambda: rows(db, "SELECT COUNT(*) FROM chat_deliveries")[0][0] >= 50,
              what="50 messages waiting for Slack", timeout=60)
+        # What a team alerts on: Slack has not taken our messages for a while.
+        time.sleep(1.5)
+        metrics = httpx.get(f"{bot.url}/metrics", timeout=10).text
+        depth = _metric(metrics, "llm_incident_slack_outbox_depth")
+        assert depth >= 50, depth
+        assert _metric(metrics, "llm_incident_slack_outbox_oldest_seconds") >= 1.0
+        assert _metric(metrics, 'llm_incident_slack_calls_total{method="any",'
+                                'outcome="rate_limited"}') >= 1
         bot.process.send_signal(signal.SIGKILL)
         bot.process.wait()
         waiting = rows(db, "SELECT COUNT(*) FROM chat_deliveries WHERE delivered_at IS NULL")
@@ -303,6 +311,11 @@ def test_kill_9_with_slack_messages_pending_delivers_them_after_restart(tmp_path
             poll(lambda: rows(db, "SELECT COUNT(*) FROM chat_deliveries "
                                   "WHERE delivered_at IS NULL") == [(0,)],
                  what="every held message delivered", timeout=120)
+            after = httpx.get(f"{again.url}/metrics", timeout=10).text
+            assert _metric(after, "llm_incident_slack_outbox_depth") == 0
+            assert _metric(after, "llm_incident_slack_outbox_oldest_seconds") == 0
+            assert _metric(after, 'llm_incident_slack_calls_total{method="chat.postMessage",'
+                                  'outcome="ok"}') >= 50
         finally:
             again.stop()
         tops = [c for c in api.calls_of("chat.postMessage") if "thread_ts" not in c.params]
@@ -315,3 +328,10 @@ def test_kill_9_with_slack_messages_pending_delivers_them_after_restart(tmp_path
         print(f"{waiting[0][0]} messages held at the kill; all delivered after the restart; "
               f"{duplicates} duplicate top messages")
         assert duplicates == 0  # nothing had reached Slack before the kill
+
+
+def _metric(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + " ") or (("{" in name) and line.startswith(name)):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{name} not in /metrics")
