@@ -81,6 +81,8 @@ class AlertCases(EngineBase):
                     self.store.add_outbox(item.incident_id, "opened")
                 if item.outcome == "reopened":
                     self.store.add_outbox(item.incident_id, "reopened")
+                if item.outcome == "joined":
+                    self.store.add_outbox(item.incident_id, "joined")
                 if alert.status == "resolved" and item.outcome != "duplicate":
                     resolved.add(item.incident_id)
             for incident_id in sorted(resolved):
@@ -146,8 +148,9 @@ class AlertCases(EngineBase):
         auto steps, apply the recovery rules). ``serve``'s webhook calls ``ingest``
         and answers before draining; the CLI, drills and channel alerts call this.
 
-        A duplicate publishes nothing. A new alert joining an open incident is
-        recorded on its timeline without a message (grouping exists to cut noise).
+        A duplicate publishes nothing. A new alert joining an open incident updates
+        its live message (alert count, last seen, latest value), never a new one:
+        grouping exists to cut noise, and the notifier coalesces a burst of them.
         """
         ingested = self.ingest(alerts, is_drill=is_drill)
         await self.drain_outbox()

@@ -151,6 +151,7 @@ class Lifecycle:
             fields.append(Field("Why", change.reason))
         if inc.commander:
             fields.append(Field("Commander", inc.commander))
+        fields += self.alert_fields(inc.id)
         sections = [Section("", fields=tuple(fields))]
         buttons: tuple[Button, ...] = ()
         if not inc.is_open:
@@ -165,6 +166,35 @@ class Lifecycle:
         return Message("update", inc.id, f"{inc.id} {inc.status}", text, severity=inc.severity,
                        closes=not inc.is_open,
                        sections=tuple(sections), buttons=buttons, is_drill=inc.is_drill)
+
+    def alert_fields(self, incident_id: str) -> list[Field]:
+        """How many alerts the incident groups, when the last one was seen, and what the
+        latest one says: the live message shows them, so it tells the truth."""
+        alerts = self.store.alerts_for(incident_id)
+        if not alerts:
+            return []
+        firing = sum(a.status == "firing" for a in alerts)
+        last = max(alerts, key=lambda a: a.received_at)
+        out = [Field("Alerts", f"{firing} firing of {len(alerts)}, last seen "
+                               f"{last.received_at:%H:%M:%S} UTC")]
+        latest = last.annotations.get("value") or last.annotations.get("summary")
+        if latest:
+            out.append(Field("Latest", f"{last.alertname or 'alert'}: {latest}"[:300]))
+        return out
+
+    def alerts_message(self, incident_id: str) -> Message:
+        """The live message after more alerts joined: the same status, the new counts."""
+        inc = self.store.incident(incident_id)
+        fields = [Field("Status", inc.status), *self.alert_fields(inc.id)]
+        if inc.commander:
+            fields.append(Field("Commander", inc.commander))
+        count = fields[1].value if len(fields) > 1 else ""
+        buttons = (Button("ack", "Acknowledge", inc.id, "primary"),) \
+            if inc.status == "open" else ()
+        return Message("update", inc.id, f"{inc.id} {inc.status}",
+                       f"{inc.id} {inc.title}: {inc.status}; {count}", severity=inc.severity,
+                       sections=(Section("", fields=tuple(fields)),), buttons=buttons,
+                       is_drill=inc.is_drill, closes=not inc.is_open)
 
     def _active_runs(self, incident_id: str) -> list[tuple[str, str]]:
         out = []

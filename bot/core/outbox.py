@@ -60,7 +60,8 @@ async def drain(engine: Engine) -> int:
 def _what(item: OutboxItem) -> str:
     return {"opened": "announcing the incident and its automatic steps",
             "reopened": "reporting the reopened incident",
-            "resolved": "applying the recovery rules"}.get(item.kind, item.kind)
+            "resolved": "applying the recovery rules",
+            "joined": "updating the live message with the new alerts"}.get(item.kind, item.kind)
 
 
 async def _do(engine: Engine, item: OutboxItem) -> None:
@@ -91,5 +92,8 @@ async def _do(engine: Engine, item: OutboxItem) -> None:
         why = f"{alert.alertname or 'its alert'} fired again soon after resolving"
         await engine.publish(engine.lifecycle.update_message(
             Change(inc, "resolved", alert.source, f"{why} (flapping)")))
+    elif item.kind == "joined":
+        # More alerts grouped into the incident: its live message shows the new count.
+        await engine.publish(engine.lifecycle.alerts_message(inc.id))
     elif item.kind == "resolved":
         await engine.publish_changes(engine.lifecycle.on_alerts_resolved(inc.id))

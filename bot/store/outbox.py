@@ -20,7 +20,7 @@ from sqlite_utils import Database
 from bot.base.claims import owner_alive, this_process
 from bot.store.records import from_text, to_text
 
-OUTBOX_KINDS = ("opened", "reopened", "resolved")
+OUTBOX_KINDS = ("opened", "reopened", "resolved", "joined")
 MAX_ATTEMPTS = 3  # a poison item stops being retried, with its error on the timeline
 
 
@@ -46,6 +46,10 @@ class OutboxRecords:
     def add_outbox(self, incident_id: str, kind: str) -> None:
         assert kind in OUTBOX_KINDS, kind
         with self.transaction():
+            if kind == "joined" and self.db.execute(
+                    "SELECT 1 FROM outbox WHERE incident_id = ? AND kind = 'joined' "
+                    "AND done_at IS NULL AND claimed_by IS NULL", [incident_id]).fetchone():
+                return  # one pending refresh of the live message is enough
             self.db.execute(
                 "INSERT INTO outbox (incident_id, kind, created_at) VALUES (?, ?, ?)",
                 [incident_id, kind, to_text(self.now())])

@@ -133,12 +133,20 @@ def test_duplicate_alert_publishes_nothing():
     assert env.published == []
 
 
-def test_joined_alert_is_recorded_silently():
+def test_a_joined_alert_updates_the_live_message_not_a_new_one():
     env = Env()
     first = run(env.engine.handle_alerts([alert()]))[0]
     env.notifier.clear()
     item = run(env.engine.handle_alerts([alert("LLMOutputTokensSurge", fingerprint="fp-2")]))[0]
     assert item.outcome == "joined" and item.incident_id == first.incident_id
+    (update,) = env.published  # no new suggestion, no thread chatter: one update
+    assert update.kind == "update" and update.incident_id == first.incident_id
+    fields = {f.label: f.value for f in update.sections[0].fields}
+    assert fields["Status"] == "open" and fields["Alerts"].startswith("2 firing of 2, last seen")
+    assert [b.action for b in update.buttons] == ["ack"]
+    # A repeat of a known alert changes nothing and publishes nothing.
+    env.notifier.clear()
+    run(env.engine.handle_alerts([alert("LLMOutputTokensSurge", fingerprint="fp-2")]))
     assert env.published == []
 
 
