@@ -587,3 +587,26 @@ def test_messages_slack_has_not_taken_survive_a_crash(tmp_path: Path) -> None:
                                     "delivered_at IS NULL").fetchone() == (0,)
 
     run(scenario, fail_429_times={"chat.postMessage": 10_000}, retry_after=30)
+
+
+def test_a_status_change_whose_update_a_crash_lost_is_shown_after_the_restart() -> None:
+    env = Env()
+    incident_id = asyncio.run(env.engine.handle_alerts([alert()]))[0].incident_id
+
+    async def scenario(stub: WebApiStub, make: Callable[..., SlackNotifier], _: FakeTime) -> None:
+        first = make(store=env.store)
+        await first.publish(env.published[0])  # the suggestion: the live message
+        await until(lambda: len(posts(stub)) == 1, "the live message")
+        await first.aclose()
+        # Acknowledged and committed; the process dies before the update is queued.
+        env.engine.lifecycle.move(incident_id, "acknowledged", actor="bob")
+        second = make(store=env.store)
+        second.start()
+        await until(lambda: len(updates(stub)) == 1, "the live message corrected")
+        await second.aclose()
+        (top,) = [m for m in stub.messages.values() if m.thread_ts is None]
+        assert "acknowledged" in top.text
+        third = make(store=env.store)  # nothing stale now: no further update
+        assert third.pending == 0
+
+    run(scenario)

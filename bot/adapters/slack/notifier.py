@@ -46,6 +46,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot.adapters.slack.blocks import render, render_text
 from bot.adapters.slack.calls import SlackCallError, call
 from bot.adapters.slack.thread_store import ChatMessages
+from bot.core.lifecycle import Lifecycle
 from bot.core.messages import Message, Section
 from bot.store import Store
 
@@ -132,6 +133,13 @@ class SlackNotifier:
         Slack takes it."""
         for d in self.messages.undelivered(self.channel):
             self._queue(d.queue, d.message, d.id)
+        # A change committed just before a crash may never have queued its update: a
+        # live message that shows another status than the store gets one now.
+        queued = set(self._updates)
+        for incident_id in self.messages.stale(self.channel):
+            if incident_id not in queued:
+                msg = Lifecycle(self.store).alerts_message(incident_id)
+                self._queue("update", msg, self.messages.enqueue(self.channel, "update", msg))
         if self.pending:
             log.info("slack: %d messages from before the restart queued again", self.pending)
     # --- the Notifier protocol ------------------------------------------------------

@@ -141,6 +141,21 @@ class ChatMessages:
                 [incident_id, channel, ts, message_to_json(message), now, now],
             )
 
+    def stale(self, channel: str) -> list[str]:
+        """Incidents whose live message in ``channel`` shows another status than the store
+        has (a change committed just before a crash, whose update was never queued)."""
+        rows = self.store._rows(
+            "SELECT m.incident_id, m.message, m.status_message, i.status FROM chat_messages m "
+            "JOIN incidents i ON i.id = m.incident_id WHERE m.channel = ?", [channel])
+        out = []
+        for r in rows:
+            top = message_from_json(r["status_message"] or r["message"])
+            # A suggestion shows an open incident; an update shows its status last.
+            shown = top.title.rsplit(" ", 1)[-1] if top.kind == "update" else "open"
+            if shown != r["status"]:
+                out.append(r["incident_id"])
+        return out
+
     # --- the delivery queue ---------------------------------------------------------
 
     def enqueue(self, channel: str, queue: str, message: Message) -> int:
