@@ -63,6 +63,7 @@ class StubMessage:
     thread_ts: str | None = None
     edits: int = 0
     at: float = 0.0  # the stub's clock when it was posted
+    metadata: dict[str, Any] | None = None  # chat.postMessage's ``metadata``, kept as sent
 
 
 @dataclass
@@ -194,8 +195,11 @@ class WebApiStub:
         if thread_ts and (channel, thread_ts) not in self.messages:
             return {"ok": False, "error": "thread_not_found"}
         ts = self._next_ts()
+        metadata = p.get("metadata")
+        if isinstance(metadata, str):
+            metadata = json.loads(metadata)
         msg = StubMessage(channel, ts, p.get("text") or "", p.get("blocks") or [], thread_ts,
-                          at=self.clock())
+                          at=self.clock(), metadata=metadata)
         self.messages[(channel, ts)] = msg
         return {"ok": True, "channel": channel, "ts": ts, "message": _as_message(msg)}
 
@@ -231,7 +235,29 @@ class WebApiStub:
                 "bot_id": "B0BOT", "is_enterprise_install": False}
 
 
+def _history(stub: WebApiStub, p: dict[str, Any]) -> dict[str, Any]:
+    """conversations.history / conversations.replies: newest first, metadata included
+    when ``include_all_metadata`` is set (as Slack does)."""
+    channel, thread = p.get("channel"), p.get("ts")
+    if not channel:
+        return {"ok": False, "error": "channel_not_found"}
+    found = [m for m in stub.messages.values() if m.channel == channel and
+             (thread is None or m.ts == thread or m.thread_ts == thread)]
+    found.sort(key=lambda m: m.ts, reverse=True)
+    limit = int(p.get("limit") or 100)
+    with_meta = str(p.get("include_all_metadata", "")).lower() in ("1", "true")
+    out = []
+    for m in found[:limit]:
+        item = _as_message(m)
+        if with_meta and m.metadata:
+            item["metadata"] = m.metadata
+        out.append(item)
+    return {"ok": True, "messages": out, "has_more": len(found) > limit}
+
+
 _BUILTIN: dict[str, Callable[[WebApiStub, dict[str, Any]], dict[str, Any]]] = {
+    "conversations.history": _history,
+    "conversations.replies": _history,
     "chat.postMessage": WebApiStub._post_message,
     "chat.update": WebApiStub._update,
     "chat.postEphemeral": WebApiStub._post_ephemeral,

@@ -301,11 +301,14 @@ def test_kill_9_with_slack_messages_pending_delivers_them_after_restart(tmp_path
         assert _metric(metrics, "llm_incident_slack_outbox_oldest_seconds") >= 1.0
         assert _metric(metrics, 'llm_incident_slack_calls_total{method="any",'
                                 'outcome="rate_limited"}') >= 1
+        # Slack is back; the kill lands while the held messages are going out.
+        api.fail_429_times = 0
+        poll(lambda: len(api.calls_of("chat.postMessage")) >= 5, what="a few delivered",
+             timeout=60, interval=0.01)
         bot.process.send_signal(signal.SIGKILL)
         bot.process.wait()
         waiting = rows(db, "SELECT COUNT(*) FROM chat_deliveries WHERE delivered_at IS NULL")
-        assert waiting[0][0] >= 50, waiting
-        api.fail_429_times = 0  # Slack is back
+        assert waiting[0][0] >= 40, waiting
         again = serve(tmp_path, "serve-slack-again", **slack)
         try:
             poll(lambda: rows(db, "SELECT COUNT(*) FROM chat_deliveries "
@@ -315,7 +318,7 @@ def test_kill_9_with_slack_messages_pending_delivers_them_after_restart(tmp_path
             assert _metric(after, "llm_incident_slack_outbox_depth") == 0
             assert _metric(after, "llm_incident_slack_outbox_oldest_seconds") == 0
             assert _metric(after, 'llm_incident_slack_calls_total{method="chat.postMessage",'
-                                  'outcome="ok"}') >= 50
+                                  'outcome="ok"}') >= 1  # this process's own calls
         finally:
             again.stop()
         tops = [c for c in api.calls_of("chat.postMessage") if "thread_ts" not in c.params]
@@ -327,7 +330,7 @@ def test_kill_9_with_slack_messages_pending_delivers_them_after_restart(tmp_path
         duplicates = sum(n - 1 for n in per_incident.values())
         print(f"{waiting[0][0]} messages held at the kill; all delivered after the restart; "
               f"{duplicates} duplicate top messages")
-        assert duplicates == 0  # nothing had reached Slack before the kill
+        assert duplicates == 0  # a post that landed before the kill is found, not repeated
 
 
 def _metric(text: str, name: str) -> float:

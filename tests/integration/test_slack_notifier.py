@@ -610,3 +610,30 @@ def test_a_status_change_whose_update_a_crash_lost_is_shown_after_the_restart() 
         assert third.pending == 0
 
     run(scenario)
+
+
+def test_a_post_that_landed_just_before_a_crash_is_found_not_posted_twice(tmp_path: Path) -> None:
+    db = tmp_path / "bot.db"
+
+    async def scenario(stub: WebApiStub, make: Callable[..., SlackNotifier], _: FakeTime) -> None:
+        first = make(store=Store(db))
+        await first.publish(suggestion("INC-1"))
+        await first.aclose()
+        (sent,) = posts(stub)
+        assert sent.params["metadata"]["event_payload"]["incident_id"] == "INC-1"
+        # Slack took it, and the process died before it wrote that down.
+        store = Store(db)
+        with store.transaction():
+            store.db.execute("UPDATE chat_deliveries SET delivered_at = NULL")
+            store.db.execute("DELETE FROM chat_messages")
+        second = make(store=Store(db))
+        second.start()
+        await until(lambda: second.pending == 0 and second.stats["found_after_restart"] == 1,
+                    "the post found in the channel")
+        await second.aclose()
+        assert len(posts(stub)) == 1  # not posted twice
+        assert stub.calls_of("conversations.history")
+        top = ChatMessages(Store(db)).get("INC-1", CHANNEL)
+        assert top is not None and top.ts == next(iter(stub.messages.values())).ts
+
+    run(scenario)

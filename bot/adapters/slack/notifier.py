@@ -53,7 +53,8 @@ from bot.store import Store
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF = 60.0  # seconds between retries of a transient failure, at most
-PACED = ("chat_postMessage", "chat_update")  # the calls that share a channel's pace
+PACED = ("chat_postMessage", "chat_update")
+METADATA_EVENT = "llm_incident_message"  # Slack message metadata on every post  # the calls that share a channel's pace
 
 
 @dataclass
@@ -125,6 +126,9 @@ class SlackNotifier:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self._current_row = 0  # the delivery being sent (its row id), for post metadata
+        self._maybe_sent: set[int] = set()  # posts a crashed process may have delivered
+        self._origin = str(store.created_at() or "")  # tells this store's posts apart
         self._resume()
 
     def _resume(self) -> None:
@@ -133,6 +137,8 @@ class SlackNotifier:
         Slack takes it."""
         for d in self.messages.undelivered(self.channel):
             self._queue(d.queue, d.message, d.id)
+            if d.attempted:
+                self._maybe_sent.add(d.id)
         # A change committed just before a crash may never have queued its update: a
         # live message that shows another status than the store gets one now.
         queued = set(self._updates)
@@ -225,6 +231,7 @@ class SlackNotifier:
             job = self._take()
             if job is not None:
                 kind, msg, row = job
+                self._current_row = row
                 try:
                     await (self._send_top(msg) if kind == "post" else
                            self._send_update(msg) if kind == "update" else self._send_reply(msg))
@@ -340,12 +347,45 @@ class SlackNotifier:
                                     status_message=status)
 
     async def _post(self, msg: Message, *, thread_ts: str | None = None) -> str:
-        extra = {"thread_ts": thread_ts} if thread_ts else {}
+        row = self._current_row
+        if row in self._maybe_sent:
+            self._maybe_sent.discard(row)
+            if found := await self._find_posted(row, thread_ts):
+                self.stats["found_after_restart"] += 1
+                return found  # it landed just before the crash: never post it twice
+        if row:
+            self.messages.attempted(row)
+        extra: dict[str, Any] = {"thread_ts": thread_ts} if thread_ts else {}
+        if row:
+            extra["metadata"] = {"event_type": METADATA_EVENT, "event_payload": {
+                "delivery": row, "origin": self._origin, "incident_id": msg.incident_id or ""}}
         resp = await self._call(
             "chat_postMessage", channel=self.channel, text=render_text(msg), blocks=render(msg),
             unfurl_links=False, unfurl_media=False, **extra,
         )
         return str(resp["ts"])
+
+    async def _find_posted(self, row: int, thread_ts: str | None) -> str | None:
+        """The ts of a post of delivery ``row`` already in the channel (or thread), found
+        by the metadata every post carries; None when it is not there (or unknown)."""
+        method = "conversations_replies" if thread_ts else "conversations_history"
+        args: dict[str, Any] = {"channel": self.channel, "limit": 200,
+                                "include_all_metadata": True}
+        if thread_ts:
+            args["ts"] = thread_ts
+        try:
+            resp = await call(self.client, method, **args)
+        except SlackCallError as exc:
+            log.warning("slack: could not look for delivery %d after the restart (%s); "
+                        "posting it (it may show twice)", row, exc.message)
+            return None
+        for m in resp.get("messages") or []:
+            meta = m.get("metadata") or {}
+            payload = meta.get("event_payload") or {}
+            if meta.get("event_type") == METADATA_EVENT and payload.get("delivery") == row \
+                    and payload.get("origin") == self._origin:
+                return str(m["ts"])
+        return None
 
     async def _call(self, method: str, **kwargs: Any) -> Any:
         """One Web API call, retried until Slack takes it: Retry-After on a 429, backoff

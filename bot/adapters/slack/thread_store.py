@@ -88,6 +88,7 @@ def _c2_deliveries(db: Database) -> None:
             queue TEXT NOT NULL CHECK (queue IN ('post', 'update', 'reply')),
             message TEXT NOT NULL,
             created_at TEXT NOT NULL,
+            attempted_at TEXT,
             delivered_at TEXT,
             outcome TEXT
         )"""
@@ -105,6 +106,7 @@ class Delivery:
     queue: str  # post | update | reply
     message: Message
     created_at: datetime
+    attempted: bool  # a post was sent once: it may have reached Slack before a crash
 
 
 class ChatMessages:
@@ -183,7 +185,15 @@ class ChatMessages:
         rows = self.store._rows("SELECT * FROM chat_deliveries WHERE channel = ? AND "
                                 "delivered_at IS NULL ORDER BY id", [channel])
         return [Delivery(r["id"], r["queue"], message_from_json(r["message"]),
-                         from_text(r["created_at"]) or self.store.now()) for r in rows]
+                         from_text(r["created_at"]) or self.store.now(),
+                         r["attempted_at"] is not None) for r in rows]
+
+    def attempted(self, delivery_id: int) -> None:
+        """About to post it: if we crash after Slack takes it, the next start looks for it
+        (by its metadata) instead of posting it twice."""
+        with self.store.transaction():
+            self.store.db.execute("UPDATE chat_deliveries SET attempted_at = ? WHERE id = ?",
+                                  [to_text(self.store.now()), delivery_id])
 
     def record_update(
         self,
