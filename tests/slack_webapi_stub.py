@@ -73,6 +73,9 @@ class WebApiStub:
     fail_429_times: int | Mapping[str, int] = 0
     # Then, per method, this many plain-text 500s (what a proxy in front of Slack sends).
     fail_500_times: Mapping[str, int] = field(default_factory=dict)
+    # Per method, this many calls answered only after ``slow_seconds`` (client timeouts).
+    slow_times: Mapping[str, int] = field(default_factory=dict)
+    slow_seconds: float = 2.0
     retry_after: float = 1
     usergroups: Mapping[str, list[str]] = field(default_factory=dict)
     handlers: Mapping[str, Handler] = field(default_factory=dict)
@@ -158,6 +161,8 @@ class WebApiStub:
         self._seen[method] = n
         limit = (self.fail_429_times if isinstance(self.fail_429_times, int)
                  else self.fail_429_times.get(method, 0))
+        if n <= self.slow_times.get(method, 0):
+            await asyncio.sleep(self.slow_seconds)
         plain_500 = limit < n <= limit + self.fail_500_times.get(method, 0)
         status = 429 if n <= limit else 500 if plain_500 else 200
         self.calls.append(StubCall(method, params, self.clock(), status, token))

@@ -277,6 +277,22 @@ def test_a_plain_text_500_is_retried_and_the_sender_keeps_going() -> None:
     run(scenario, fail_500_times={"chat.postMessage": 1})
 
 
+def test_a_call_that_times_out_is_retried() -> None:
+    async def scenario(stub: WebApiStub, make: Callable[..., SlackNotifier], t: FakeTime) -> None:
+        n = make()
+        n.client = AsyncWebClient(token="xoxb-test", base_url=stub.base_url, timeout=0.3)
+        n.sleep = asyncio.sleep  # real backoff (1 s): the slow call lands meanwhile
+        await n.publish(suggestion("INC-1"))
+        await until(lambda: n.stats["found_after_timeout"] + n.stats["chat_postMessage"] == 1,
+                    "the post, after the timeout")
+        await asyncio.sleep(0.5)  # the slow first call landed in Slack after the timeout...
+        assert n.stats["transient"] == 1 and n.stats["failed"] == 0
+        assert len(stub.messages) == 1  # ...and is found, not posted a second time
+        assert n.stats["found_after_timeout"] == 1
+
+    run(scenario, slow_times={"chat.postMessage": 1}, slow_seconds=0.6)
+
+
 def test_the_final_state_survives_eight_429s_in_a_row() -> None:
     async def scenario(stub: WebApiStub, make: Callable[..., SlackNotifier], t: FakeTime) -> None:
         n = make()

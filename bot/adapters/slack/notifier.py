@@ -359,9 +359,11 @@ class SlackNotifier:
         if row:
             extra["metadata"] = {"event_type": METADATA_EVENT, "event_payload": {
                 "delivery": row, "origin": self._origin, "incident_id": msg.incident_id or ""}}
+        # A post that timed out may still have landed: look before posting it again.
+        lookup = (lambda: self._find_posted(row, thread_ts)) if row else None
         resp = await self._call(
             "chat_postMessage", channel=self.channel, text=render_text(msg), blocks=render(msg),
-            unfurl_links=False, unfurl_media=False, **extra,
+            unfurl_links=False, unfurl_media=False, lookup=lookup, **extra,
         )
         return str(resp["ts"])
 
@@ -387,7 +389,9 @@ class SlackNotifier:
                 return str(m["ts"])
         return None
 
-    async def _call(self, method: str, **kwargs: Any) -> Any:
+    async def _call(self, method: str, *,
+                    lookup: Callable[[], Awaitable[str | None]] | None = None,
+                    **kwargs: Any) -> Any:
         """One Web API call, retried until Slack takes it: Retry-After on a 429, backoff
         (1 s doubling to ``MAX_BACKOFF``) on anything transient. A permanent refusal is
         raised at once. While closing, at most ``max_retries`` retries."""
@@ -415,6 +419,9 @@ class SlackNotifier:
                     self.stats["transient"] += 1
                 log.warning("slack: %s; retrying in %gs", exc.message, wait)
                 await self.sleep(wait)
+                if exc.kind == "transient" and lookup is not None and (found := await lookup()):
+                    self.stats["found_after_timeout"] += 1
+                    return {"ts": found}  # it had landed: never post it twice
                 continue
             self.stats[method] += 1
             return resp
