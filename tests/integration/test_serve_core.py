@@ -205,8 +205,11 @@ def test_healthz_and_slack_acks_stay_fast_while_another_process_holds_the_write_
             client.close()
             print(f"lock held {HOLD}s: /healthz worst {max(health) * 1000:.1f} ms over "
                   f"{len(health)}; Slack ack worst {max(acks) * 1000:.0f} ms over {len(acks)}")
-            assert max(health) < 0.1, f"/healthz took {max(health) * 1000:.0f} ms"
-            assert max(acks) < 3.0, f"a Slack ack took {max(acks):.2f}s"
+            # Loose bounds (a loaded CI box stalls any process now and then): before the
+            # core had its own thread, /healthz took the whole 15 s. The figures to quote
+            # come from bench/bench_lock.py.
+            assert max(health) < 1.0, f"/healthz took {max(health) * 1000:.0f} ms"
+            assert max(acks) < 3.0, f"a Slack ack took {max(acks):.2f}s"  # Slack's limit
             sender.join(timeout=30)
             # The store's 5 s busy timeout ran out first: 503, which the sender retries.
             assert pending["r"].status_code in (200, 503)
