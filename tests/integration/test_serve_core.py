@@ -134,8 +134,10 @@ def test_the_webhook_answers_before_a_slow_target_is_done(tmp_path: Path, gatewa
         answered = time.monotonic() - started
         assert resp.status_code == 200, resp.text
         assert resp.json()["alerts"][0]["new_incident"] is True
-        assert answered < 1.0, f"the webhook took {answered:.2f}s behind a 3 s target"
-        assert not gateway.writes  # the mitigation had not even reached the target yet
+        # The answer did not wait for the target: its 3 s write had not finished (the
+        # bound is loose for a loaded box; typically ~10 ms).
+        assert not gateway.writes, "the webhook waited for the target's write"
+        assert answered < 2.5, f"the webhook took {answered:.2f}s behind a 3 s target"
         # ...and it follows: the automatic fallback is applied on the slow target.
         poll(lambda: gateway.policy["routes"]["chat"].get("fallback") == "chat-small",
              what="the automatic fallback on the slow gateway", timeout=30)
