@@ -58,6 +58,7 @@ class EngineBase:
         self._matcher: Matcher | None = None
         self._matcher_for: object = None
         self._draining = self._drain_again = False
+        self.outbox_pruned_at: datetime | None = None
         # Committed alerts by dedup key: repeats skip the store (bot.core.known_alerts).
         self.known = KnownAlerts()
         # How the playbooks in force were loaded (set by the composition root).

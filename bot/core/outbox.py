@@ -17,6 +17,7 @@ counted in /metrics) and retried, up to ``MAX_ATTEMPTS``.
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from bot.core.lifecycle import ENGINE_ACTOR, Change
@@ -27,6 +28,9 @@ if TYPE_CHECKING:
     from bot.core.alert_cases import AlertCases as Engine
 
 log = logging.getLogger(__name__)
+
+KEEP_DONE = timedelta(days=7)
+PRUNE_EVERY = timedelta(hours=1)
 
 
 async def drain(engine: Engine) -> int:
@@ -54,6 +58,10 @@ async def drain(engine: Engine) -> int:
         done += 1
     if done:
         engine._changed()
+        now = engine.clock()
+        if engine.outbox_pruned_at is None or now - engine.outbox_pruned_at > PRUNE_EVERY:
+            engine.outbox_pruned_at = now
+            engine.store.prune_outbox(now - KEEP_DONE)  # bounded: done items go after a week
     return done
 
 

@@ -103,6 +103,13 @@ class OutboxRecords:
             self.db.execute("UPDATE outbox SET done_at = ?, last_error = ? WHERE id = ?",
                             [to_text(self.now()), error, item_id])
 
+    def prune_outbox(self, before: datetime) -> int:
+        """Forget items done before ``before`` (the timeline keeps what they did)."""
+        with self.transaction():
+            cur = self.db.execute("DELETE FROM outbox WHERE done_at IS NOT NULL AND done_at < ?",
+                                  [to_text(before)])
+            return cur.rowcount
+
     def outbox_release(self, item_id: int, error: str) -> None:
         """Let the next pass retry it (kept claimed by nobody)."""
         with self.transaction():

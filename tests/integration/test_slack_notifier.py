@@ -653,3 +653,23 @@ def test_a_post_that_landed_just_before_a_crash_is_found_not_posted_twice(tmp_pa
         assert top is not None and top.ts == next(iter(stub.messages.values())).ts
 
     run(scenario)
+
+
+def test_deliveries_slack_took_long_ago_are_forgotten_at_start(tmp_path: Path) -> None:
+    db = tmp_path / "bot.db"
+
+    async def scenario(stub: WebApiStub, make: Callable[..., SlackNotifier], _: FakeTime) -> None:
+        first = make(store=Store(db))
+        await first.publish(suggestion("INC-1"))
+        await first.aclose()
+        store = Store(db)
+        with store.transaction():  # delivered eight days ago; one more still waiting
+            store.db.execute("UPDATE chat_deliveries SET delivered_at = '2000-01-01T00:00:00'")
+        ChatMessages(store).enqueue(CHANNEL, "reply", timeline("INC-1", "later"))
+        second = make(store=Store(db))
+        second.start()  # what `serve` does at start
+        await second.aclose()
+        rows = Store(db).db.execute("SELECT queue, delivered_at IS NULL FROM chat_deliveries")
+        assert list(rows) == [("reply", 0)]  # the old one is gone; the waiting one was sent
+
+    run(scenario)

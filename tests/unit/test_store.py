@@ -259,3 +259,20 @@ def test_a_component_history_newer_than_the_code_is_refused(tmp_path):
         store.db.execute("INSERT INTO schema_components VALUES ('drills', 9, 'now')")
     with pytest.raises(StoreError, match="drills tables are at version 9, newer than this"):
         DrillStore(store)
+
+
+def test_done_outbox_items_are_forgotten_after_a_week_and_pending_ones_never():
+    store = Store(None)
+    with freeze_time("2026-11-01 10:00:00"):
+        inc = store.record_alert(Alert(source="generic", fingerprint="f1", status="firing",
+                                       labels={"alertname": "A"},
+                                       starts_at=datetime(2026, 11, 1, 9, tzinfo=UTC)),
+                                 group_key="g", title="t", klass="k", severity="warning")
+        store.add_outbox(inc.incident_id, "opened")
+        store.add_outbox(inc.incident_id, "resolved")
+        old, pending = store.pending_outbox()
+        store.outbox_done(old.id)
+    with freeze_time("2026-11-09 10:00:00"):
+        assert store.prune_outbox(store.now() - timedelta(days=7)) == 1
+        assert [i.id for i in store.pending_outbox()] == [pending.id]  # still to do
+        assert store.db.execute("SELECT COUNT(*) FROM outbox").fetchone() == (1,)

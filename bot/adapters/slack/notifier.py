@@ -39,6 +39,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
+from datetime import timedelta
 from typing import Any
 
 from slack_sdk.web.async_client import AsyncWebClient
@@ -135,6 +136,10 @@ class SlackNotifier:
         """Queue again what an earlier process took and Slack never got (a crash, a
         restart, a shutdown while Slack was down): the store keeps every message until
         Slack takes it."""
+        try:  # bounded: what Slack took more than a week ago is forgotten at each start
+            self.messages.prune_deliveries(self.store.now() - timedelta(days=7))
+        except Exception as exc:  # noqa: BLE001 - pruning is housekeeping
+            log.warning("slack: could not prune old deliveries: %s", exc)
         for d in self.messages.undelivered(self.channel):
             self._queue(d.queue, d.message, d.id)
             if d.attempted:

@@ -188,6 +188,14 @@ class ChatMessages:
                          from_text(r["created_at"]) or self.store.now(),
                          r["attempted_at"] is not None) for r in rows]
 
+    def prune_deliveries(self, before: datetime) -> int:
+        """Forget deliveries Slack took (or refused) before ``before``."""
+        with self.store.transaction():
+            cur = self.store.db.execute(
+                "DELETE FROM chat_deliveries WHERE delivered_at IS NOT NULL AND delivered_at < ?",
+                [to_text(before)])
+            return cur.rowcount
+
     def attempted(self, delivery_id: int) -> None:
         """About to post it: if we crash after Slack takes it, the next start looks for it
         (by its metadata) instead of posting it twice."""
