@@ -186,8 +186,10 @@ class Scheduler:
         """What `serve`'s timers and poll do, once (the `tick` verb, for cron): due reverts
         and verification deadlines, early verification passes, expired approvals, and
         the incident status rules. Reminders stay with `serve` (they need a channel).
-        First, what a dead process left applying or reverting is settled."""
+        First, what a dead process left applying or reverting is settled, and the
+        outbox's pending work (announcements, automatic steps) is done."""
         done = await self._reconcile()
+        await self.engine.drain_outbox()
         done += await self.run_due()
         done += await self.check_verifications()
         done += await self.expire_approvals()
@@ -199,6 +201,8 @@ class Scheduler:
         # A CLI that died mid-apply beside a running `serve` is settled here, not only
         # at the next start.
         await self._guarded("reconcile", self._reconcile)
+        # Outbox work a failure released, or a dead process left, is retried here.
+        await self._guarded("outbox", self.engine.drain_outbox)
         await self._guarded("check_verifications", self.check_verifications)
         await self._guarded("run_due", self.run_due)
         await self._guarded("expire_approvals", self.expire_approvals)

@@ -127,6 +127,19 @@ class StoreCollector(Collector):
             refusals.add_metric([guard], n)
         yield refusals
 
+        failures = CounterMetricFamily(
+            "llm_incident_background_failures",
+            "Work after a webhook's answer that failed (and is retried, up to 3 times), by "
+            "kind: opened (announce, automatic steps), reopened, resolved, joined.",
+            labels=["kind"],
+        )
+        for kind, n in db.execute(
+            "SELECT COALESCE(json_extract(data, '$.kind'), 'unknown'), COUNT(*) FROM events "
+            "WHERE kind = 'background_failed' GROUP BY 1"
+        ).fetchall():
+            failures.add_metric([kind], n)
+        yield failures
+
         paused = GaugeMetricFamily(
             "llm_incident_paused", "1 while the global pause (kill switch) holds actions."
         )

@@ -196,3 +196,40 @@ def test_a_change_written_by_another_process_gets_its_timer_within_a_watch():
     assert run(sched.watch_store()) is True
     assert f"timer:ttl:{run_id}" in sched.jobs()
     assert run(sched.watch_store()) is False  # nothing new since
+
+
+def test_a_failed_announcement_is_on_the_timeline_counted_and_retried_by_the_poll(
+        monkeypatch, caplog):
+    from bot.adapters.service_metrics import ServiceMetrics
+
+    env = Env()
+    real = env.engine.latest_alert
+    calls = {"n": 0}
+
+    def flaky(incident_id):  # the first announcement fails half way
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("diagnose went wrong")
+        return real(incident_id)
+
+    monkeypatch.setattr(env.engine, "latest_alert", flaky)
+    inc = run(env.engine.handle_alerts([alert()]))[0].incident_id
+    assert not [m for m in env.published if m.kind == "suggestion"]
+    (failed,) = [e for e in env.store.timeline(inc) if e.kind == "background_failed"]
+    assert "announcing the incident" in failed.text and "attempt 1 of 3" in failed.text
+    body = ServiceMetrics(env.store).render().decode()
+    assert 'llm_incident_background_failures_total{kind="opened"} 1.0' in body
+    run(Scheduler(env.engine).poll())  # the next poll retries it, once
+    assert [m.kind for m in env.published].count("suggestion") == 1
+    assert env.store.pending_outbox() == []
+    assert "outbox item" in caplog.text  # logged with its traceback
+
+
+def test_tick_does_the_outbox_work_a_dead_process_left():
+    env = Env()
+    inc = env.engine.ingest([alert()])[0].incident_id  # committed; its process died here
+    assert not env.published
+    run(Scheduler(env.engine).tick())
+    assert [m.kind for m in env.published] == ["suggestion"]
+    assert env.store.pending_outbox() == []
+    assert env.store.incident(inc).status == "open"
