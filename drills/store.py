@@ -7,7 +7,6 @@ its timeline live in the one database. Records come back as frozen dataclasses.
 from __future__ import annotations
 
 import json
-import os
 import socket
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -15,6 +14,8 @@ from typing import Any
 
 from sqlite_utils import Database
 
+from bot.base import claims
+from bot.base.claims import this_process
 from bot.base.errors import NotFound
 from bot.store import Store, from_text, to_text
 
@@ -283,21 +284,10 @@ class DrillStore:
         return [(from_text(r["fire_at"]) or self.now(), r["claimed_by"]) for r in rows]
 
 
-
-def this_process() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
 def owner_alive(owner: str | None, stale: bool) -> bool:
-    """Is the process that owns a drill still there? Its pid is checked on this host;
-    for another host (or no owner recorded) only the heartbeat can tell."""
-    host, _, pid = (owner or "").rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
+    """Is the process that owns a drill still there? On this host its pid (and start
+    time) decide (``bot.base.claims``); for another host, or no owner recorded, only
+    the heartbeat can tell."""
+    if not owner or owner.split(":")[0] != socket.gethostname():
         return not stale
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by another user
-    return True
+    return claims.owner_alive(owner)

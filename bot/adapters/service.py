@@ -33,11 +33,11 @@ from bot.adapters.settings import Settings
 from bot.adapters.slack import attach_slack, build_slack_notifier
 from bot.adapters.web import create_app
 from bot.adapters.wiring import build_engine
+from bot.base.claims import this_process
 from bot.core.engine import Engine
 from bot.core.notifier import ConsoleNotifier, Notifier, publish_safely
 from drills.harness import drill_service, next_class
 from drills.schedule import MISSED, attach_drill_schedule
-from drills.store import this_process
 
 log = logging.getLogger("llm_incident.serve")
 

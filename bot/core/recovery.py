@@ -25,12 +25,12 @@ from actions.catalog import get_action
 from bot.base.claims import this_process
 from bot.base.errors import ActionFailed, IncidentBotError
 from bot.base.run_states import RunState
+from bot.core.runner_timers import BOT_ACTOR
 from bot.store import Run
 
 if TYPE_CHECKING:
     from bot.core.runner import Runner
 
-RECOVERY_ACTOR = "bot"
 
 
 async def reconcile(runner: Runner) -> list[Run]:
@@ -58,20 +58,20 @@ async def reconcile_run(runner: Runner, run: Run) -> Run | None:
         store.take_over(run.id, dead_owner=this_process(), owner=dead or "")
         store.add_event(run.incident_id, "reconcile_failed",
                         f"{run.id} left in {run.state}: cannot read the target ({exc})",
-                        actor=RECOVERY_ACTOR, run_id=run.id)
+                        actor=BOT_ACTOR, run_id=run.id)
         return None
     act = get_action(run.action)
     if run.state == RunState.REVERTING:
         try:
             return await runner.finish_revert(
-                run, act, driver, actor=RECOVERY_ACTOR, kind="reconciled",
+                run, act, driver, actor=BOT_ACTOR, kind="reconciled",
                 reason="finished after its process died while reverting")
         except ActionFailed:
             return store.run(run.id)
     missing = [c for c in run.plan.changes if now.get(c.route, c.field) != c.after]
     if not missing:
         return runner._mark_applied(
-            run, actor=RECOVERY_ACTOR, applied_at=run.claimed_at or run.updated_at,
+            run, actor=BOT_ACTOR, applied_at=run.claimed_at or run.updated_at,
             kind="reconciled", text="found applying after its process died; the target "
             "holds the planned values: marked applied")
     restored, problem = await runner._put_back(run, act, driver, routes=None)
@@ -79,5 +79,5 @@ async def reconcile_run(runner: Runner, run: Run) -> Run | None:
     where = ", ".join(f"routes.{c.route}.{c.field}" for c in missing)
     text = (f"found applying after its process died; the target does not hold the plan "
             f"({where}); {problem or back}: marked failed")
-    return store.transition(run.id, "failed", text, actor=RECOVERY_ACTOR, kind="reconciled",
+    return store.transition(run.id, "failed", text, actor=BOT_ACTOR, kind="reconciled",
                             error=text, expect=("applying",))

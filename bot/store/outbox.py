@@ -79,21 +79,6 @@ class OutboxRecords:
         rows = self._rows(f"SELECT * FROM outbox WHERE id IN ({marks}) ORDER BY id", won)
         return [_item(r) for r in rows]
 
-    def claim_outbox(self, item: OutboxItem) -> OutboxItem | None:
-        """Take ``item`` for this process unless a live process holds it."""
-        if item.claimed_by and (item.claimed_by == this_process() or owner_alive(
-                item.claimed_by, claimed_at=item.claimed_at, now=self.now())):
-            return None  # in hand here or in another live process
-        with self.transaction():
-            cur = self.db.execute(
-                "UPDATE outbox SET claimed_by = ?, claimed_at = ?, attempts = attempts + 1 "
-                "WHERE id = ? AND done_at IS NULL AND claimed_by IS ?",
-                [this_process(), to_text(self.now()), item.id, item.claimed_by])
-            if cur.rowcount != 1:
-                return None
-        rows = self._rows("SELECT * FROM outbox WHERE id = ?", [item.id])
-        return _item(rows[0])
-
     def outbox_stage(self, item_id: int, stage: str) -> None:
         with self.transaction():
             self.db.execute("UPDATE outbox SET stage = ? WHERE id = ?", [stage, item_id])

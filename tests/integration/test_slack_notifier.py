@@ -673,3 +673,24 @@ def test_deliveries_slack_took_long_ago_are_forgotten_at_start(tmp_path: Path) -
         assert list(rows) == [("reply", 0)]  # the old one is gone; the waiting one was sent
 
     run(scenario)
+
+
+def test_a_damaged_delivery_row_is_set_aside_and_the_rest_go_out(tmp_path: Path) -> None:
+    db = tmp_path / "bot.db"
+    store = Store(db)
+    chat = ChatMessages(store)
+    bad = chat.enqueue(CHANNEL, "post", suggestion("INC-1"))
+    chat.enqueue(CHANNEL, "post", suggestion("INC-2"))
+    with store.transaction():
+        store.db.execute("UPDATE chat_deliveries SET message = '{not json' WHERE id = ?", [bad])
+
+    async def scenario(stub: WebApiStub, make: Callable[..., SlackNotifier], _: FakeTime) -> None:
+        n = make(store=Store(db))  # must not raise on the damaged row
+        n.start()
+        await n.aclose()
+        assert [c.params["text"].split()[0] for c in posts(stub)] == ["INC-2"]
+
+    run(scenario)
+    (outcome,) = Store(db).db.execute("SELECT outcome FROM chat_deliveries WHERE id = ?",
+                                      [bad]).fetchone()
+    assert outcome.startswith("unreadable: a stored chat message is not readable")

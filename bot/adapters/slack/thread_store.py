@@ -184,9 +184,19 @@ class ChatMessages:
     def undelivered(self, channel: str) -> list[Delivery]:
         rows = self.store._rows("SELECT * FROM chat_deliveries WHERE channel = ? AND "
                                 "delivered_at IS NULL ORDER BY id", [channel])
-        return [Delivery(r["id"], r["queue"], message_from_json(r["message"]),
-                         from_text(r["created_at"]) or self.store.now(),
-                         r["attempted_at"] is not None) for r in rows]
+        out = []
+        for r in rows:
+            try:
+                message = message_from_json(r["message"])
+            except StoreError as exc:
+                # One damaged row must not keep Slack from starting: it is set aside
+                # (its outcome says why) and the rest go out.
+                self.delivered(r["id"], f"unreadable: {exc.message}")
+                continue
+            out.append(Delivery(r["id"], r["queue"], message,
+                                from_text(r["created_at"]) or self.store.now(),
+                                r["attempted_at"] is not None))
+        return out
 
     def prune_deliveries(self, before: datetime) -> int:
         """Forget deliveries Slack took (or refused) before ``before``."""
