@@ -1,6 +1,6 @@
 """Drill records in the bot's SQLite store (tables ``drills`` and ``drill_events``).
 
-Uses ``bot.store.sqlite.Store``'s connection and transactions: a drill, its incident and
+Uses ``bot.store.store.Store``'s connection and transactions: a drill, its incident and
 its timeline live in the one database. Records come back as frozen dataclasses.
 """
 
@@ -12,12 +12,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlite_utils import Database
-
 from bot.base import claims
 from bot.base.claims import this_process
 from bot.base.errors import NotFound
 from bot.store import Store, from_text, to_text
+from bot.store.backend import Db
 
 TIME_FIELDS = ("started_at", "injected_at", "detected_at", "acknowledged_at", "mitigated_at",
                "recovered_at", "rolled_back_at", "finished_at")
@@ -89,7 +88,7 @@ STALE_AFTER = timedelta(minutes=5)
 # they moved here.)
 
 
-def _d1_drills(db: Database) -> None:
+def _d1_drills(db: Db) -> None:
     # One row per drill run (drills/runner.py); `injection` holds what must be undone
     # while `injection_active` is 1, so a drill killed half way is rolled back on the
     # next start. Times are real UTC; `speed` says how much faster than real time the
@@ -138,10 +137,10 @@ def _d1_drills(db: Database) -> None:
 
 
 
-def _d2_ownership(db: Database) -> None:
+def _d2_ownership(db: Db) -> None:
     # Which process runs a drill, and when it last said so: a drill is "interrupted"
     # only when that process is gone, never because another process started.
-    have = {c.name for c in db["drills"].columns}
+    have = db.columns("drills")
     if "owner" not in have:  # a database from before the move has them from core v6
         db.execute("ALTER TABLE drills ADD COLUMN owner TEXT")
     if "heartbeat_at" not in have:
@@ -267,8 +266,8 @@ class DrillStore:
         """Claim the scheduled drill at ``fire_at``; None when won, else who has it."""
         with self.store.transaction():
             self.store.db.execute(
-                "INSERT OR IGNORE INTO drill_firings (fire_at, claimed_by, claimed_at) "
-                "VALUES (?, ?, ?)", [to_text(fire_at), owner, to_text(self.now())])
+                "INSERT INTO drill_firings (fire_at, claimed_by, claimed_at) "
+                "VALUES (?, ?, ?) ON CONFLICT (fire_at) DO NOTHING", [to_text(fire_at), owner, to_text(self.now())])
             row = self.store.db.execute("SELECT claimed_by FROM drill_firings WHERE fire_at = ?",
                                         [to_text(fire_at)]).fetchone()
         return None if row[0] == owner else str(row[0])

@@ -21,7 +21,6 @@ import asyncio
 import hashlib
 import hmac
 import logging
-import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -34,7 +33,7 @@ from bot.adapters import web_schemas
 from bot.adapters.core_loop import Inline
 from bot.adapters.service_metrics import CONTENT_TYPE, ServiceMetrics
 from bot.adapters.settings import DEFAULT_GRAFANA_HMAC_HEADER, Settings
-from bot.base.errors import InputError, StoreError
+from bot.base.errors import InputError
 from bot.core.engine import Engine, Ingested
 from bot.intake.parse import parse_body
 
@@ -148,8 +147,8 @@ def create_app(
             return _accepted(repeats)
         try:
             ingested = await core.call(engine.accept_alerts, alerts)
-        except (StoreError, sqlite3.Error) as err:
-            # A raw sqlite3 error is a read outside the store's transaction wrapper:
+        except engine.store.failures() as err:
+            # A raw database error is a read outside the store's transaction wrapper:
             # the same "could not store, retry" for the sender.
             log.error("webhook %s: store unavailable: %s", source, err)
             raise Rejected(503, "store_unavailable", "the alert could not be stored; retry",

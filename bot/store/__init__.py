@@ -20,7 +20,7 @@ from bot.store.records import (
     required_time,
     to_text,
 )
-from bot.store.sqlite import PAUSE_FLAG, Recorded, Store, group_key_for
+from bot.store.store import PAUSE_FLAG, Recorded, Store, group_key_for
 
 __all__ = [
     "CLOSED_STATUSES", "PAUSE_FLAG", "Approval", "Event", "Flag", "Incident", "Mitigation",

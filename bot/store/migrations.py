@@ -1,4 +1,4 @@
-"""Versioned schema migrations for the SQLite store: the core's tables.
+"""Versioned schema migrations for the store (SQLite or Postgres): the core's tables.
 
 Parts of the bot that own tables of their own (drills, the Slack adapter) keep
 their history beside their code and apply it with ``Store.ensure_schema`` when
@@ -18,9 +18,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from sqlite_utils import Database
-
 from bot.base.run_states import RunState
+from bot.store.backend import Db
 
 INCIDENT_STATUSES = ("open", "acknowledged", "mitigating", "mitigated", "resolved", "cancelled")
 # The run states as version 1 shipped them (its CHECK); v7 adds "reverting".
@@ -45,7 +44,7 @@ def _in(values: tuple[str, ...]) -> str:
     return ", ".join(f"'{v}'" for v in values)
 
 
-def _v1_initial(db: Database) -> None:
+def _v1_initial(db: Db) -> None:
     statements = [
         f"""CREATE TABLE incidents (
             id TEXT PRIMARY KEY,
@@ -117,7 +116,7 @@ def _v1_initial(db: Database) -> None:
         """CREATE TABLE approvals (
             id INTEGER PRIMARY KEY,
             run_id TEXT NOT NULL REFERENCES runs (id),
-            user TEXT NOT NULL,
+            "user" TEXT NOT NULL,
             decision TEXT NOT NULL CHECK (decision IN ('approve', 'deny')),
             at TEXT NOT NULL,
             expires_at TEXT NOT NULL
@@ -146,19 +145,19 @@ def _v1_initial(db: Database) -> None:
         db.execute(sql)
 
 
-def _v2_chat_messages(db: Database) -> None:
+def _v2_chat_messages(db: Db) -> None:
     # Moved to its owner: the chat_messages table is the Slack adapter's
     # (bot.adapters.slack.thread_store registers it). Databases that ran this
     # version before have the table already; the owner's own step accepts that.
     return
 
 
-def _v3_drills(db: Database) -> None:
+def _v3_drills(db: Db) -> None:
     # Moved to its owner: drills/store.py registers the drills tables (see there).
     return
 
 
-def _v4_trust(db: Database) -> None:
+def _v4_trust(db: Db) -> None:
     # /metrics counts refusals by kind at every scrape: without an index that scans
     # every event (alerts included) on each scrape.
     db.execute("CREATE INDEX idx_events_kind ON events (kind)")
@@ -178,7 +177,7 @@ def _v4_trust(db: Database) -> None:
     db.execute("CREATE TABLE write_probe (id INTEGER PRIMARY KEY CHECK (id = 1), at TEXT)")
 
 
-def _v5_drill_scope(db: Database) -> None:
+def _v5_drill_scope(db: Db) -> None:
     # A drill's runs and production's never share a guard's history (cooldown,
     # max_runs, the active cap, locks): each run says which scope it belongs to.
     db.execute("ALTER TABLE runs ADD COLUMN scope TEXT NOT NULL DEFAULT 'production' "
@@ -188,16 +187,46 @@ def _v5_drill_scope(db: Database) -> None:
     db.execute("CREATE INDEX idx_runs_scope_action ON runs (scope, action)")
 
 
-def _v6_drill_ownership(db: Database) -> None:
+def _v6_drill_ownership(db: Db) -> None:
     # Moved to its owner: drills/store.py (drill owners, heartbeats, drill_firings).
     return
 
 
-def _v7_claims_and_outbox(db: Database) -> None:
+def _v7_claims_and_outbox(db: Db) -> None:
     # Runs gain the "reverting" claim and an owner for both claims, so a crash inside
     # a revert is finished by whoever comes next and a live process's claim is left
     # alone. SQLite cannot alter a CHECK: the table is rebuilt (the caller turns
     # foreign keys off around migrations, as SQLite's ALTER TABLE guide says).
+    # Postgres alters it in place (others' foreign keys keep pointing at it).
+    if db.dialect == "postgres":
+        db.execute("ALTER TABLE runs DROP CONSTRAINT runs_state_check")
+        db.execute(f"ALTER TABLE runs ADD CONSTRAINT runs_state_check "
+                   f"CHECK (state IN ({_in(RUN_STATES)}))")
+        for column in ("claimed_by", "claimed_at", "prior_state"):
+            db.execute(f"ALTER TABLE runs ADD COLUMN {column} TEXT")
+    else:
+        _v7_rebuild_runs_sqlite(db)
+    # Work an ingest leaves for after the webhook's answer (announce a new incident,
+    # run its automatic steps), written in the alert's own transaction so a crash
+    # between the two never loses it. Claimed like a run; done_at marks it finished.
+    db.execute(
+        """CREATE TABLE outbox (
+            id INTEGER PRIMARY KEY,
+            incident_id TEXT NOT NULL REFERENCES incidents (id),
+            kind TEXT NOT NULL,
+            stage TEXT NOT NULL DEFAULT 'new',
+            created_at TEXT NOT NULL,
+            claimed_by TEXT,
+            claimed_at TEXT,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            last_error TEXT,
+            done_at TEXT
+        )"""
+    )
+    db.execute("CREATE INDEX idx_outbox_pending ON outbox (done_at, id)")
+
+
+def _v7_rebuild_runs_sqlite(db: Db) -> None:
     columns = ("id, seq, incident_id, playbook_id, step_id, action, target, args, guard, "
                "verify_query, plan, diff, state, dry_run, requested_by, created_at, "
                "updated_at, error, held_at, scope")
@@ -235,27 +264,9 @@ def _v7_claims_and_outbox(db: Database) -> None:
     db.execute("CREATE INDEX idx_runs_incident ON runs (incident_id)")
     db.execute("CREATE INDEX idx_runs_state ON runs (state)")
     db.execute("CREATE INDEX idx_runs_scope_action ON runs (scope, action)")
-    # Work an ingest leaves for after the webhook's answer (announce a new incident,
-    # run its automatic steps), written in the alert's own transaction so a crash
-    # between the two never loses it. Claimed like a run; done_at marks it finished.
-    db.execute(
-        """CREATE TABLE outbox (
-            id INTEGER PRIMARY KEY,
-            incident_id TEXT NOT NULL REFERENCES incidents (id),
-            kind TEXT NOT NULL,
-            stage TEXT NOT NULL DEFAULT 'new',
-            created_at TEXT NOT NULL,
-            claimed_by TEXT,
-            claimed_at TEXT,
-            attempts INTEGER NOT NULL DEFAULT 0,
-            last_error TEXT,
-            done_at TEXT
-        )"""
-    )
-    db.execute("CREATE INDEX idx_outbox_pending ON outbox (done_at, id)")
 
 
-def _v8_components(db: Database) -> None:
+def _v8_components(db: Db) -> None:
     # The tables a part of the bot owns (drills, the Slack adapter's) have their own
     # version history, kept here: see ``Store.ensure_schema``.
     db.execute(
@@ -270,7 +281,7 @@ def _v8_components(db: Database) -> None:
 # Append only; index + 1 is the schema version. Versions 2, 3, 6 and a part of 4
 # created tables that now belong to their owners (drills, the Slack adapter): those
 # positions stay, empty, so every version number keeps its meaning.
-MIGRATIONS: list[Callable[[Database], None]] = [
+MIGRATIONS: list[Callable[[Db], None]] = [
     _v1_initial, _v2_chat_messages, _v3_drills, _v4_trust, _v5_drill_scope,
     _v6_drill_ownership, _v7_claims_and_outbox, _v8_components,
 ]

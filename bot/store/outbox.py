@@ -1,6 +1,6 @@
 """The outbox: work an ingest leaves for after the webhook's answer.
 
-A mixin of ``bot.store.sqlite.Store``. ``add_outbox`` runs inside the transaction that
+A mixin of ``bot.store.store.Store``. ``add_outbox`` runs inside the transaction that
 records the alert, so an incident and the work it needs (announce it, run its
 automatic steps, report its recovery) commit together or not at all. Items are
 claimed like runs: a compare-and-set names the holder, and an item whose holder
@@ -15,9 +15,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlite_utils import Database
-
 from bot.base.claims import owner_alive, this_process
+from bot.store.backend import Db
 from bot.store.records import from_text, to_text
 
 OUTBOX_KINDS = ("opened", "reopened", "resolved", "joined")
@@ -37,7 +36,7 @@ class OutboxItem:
 
 class OutboxRecords:
     if TYPE_CHECKING:
-        db: Database
+        db: Db
 
         def now(self) -> datetime: ...
         def transaction(self) -> AbstractContextManager[Any]: ...

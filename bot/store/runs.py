@@ -1,6 +1,6 @@
 """Runs, approvals and mitigations: the store's half that the runner writes.
 
-A mixin of ``bot.store.sqlite.Store`` (which provides ``db``, ``transaction``,
+A mixin of ``bot.store.store.Store`` (which provides ``db``, ``transaction``,
 ``_rows``, ``_next_id`` and ``now``), kept apart so each file reads as one topic.
 """
 
@@ -11,8 +11,6 @@ from collections.abc import Iterable
 from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
-
-from sqlite_utils import Database
 
 from actions.base import Plan
 from bot.base.claims import this_process
@@ -26,6 +24,7 @@ from bot.base.run_states import (
     parse_state,
 )
 from bot.playbook.schema import Guard
+from bot.store.backend import Db
 from bot.store.records import (
     Approval,
     Mitigation,
@@ -38,9 +37,9 @@ from bot.store.records import (
 
 
 class RunRecords:
-    # Provided by ``bot.store.sqlite.Store``; declared here so the type checker knows them.
+    # Provided by ``bot.store.store.Store``; declared here so the type checker knows them.
     if TYPE_CHECKING:
-        db: Database
+        db: Db
 
         def now(self) -> datetime: ...
         def transaction(self) -> AbstractContextManager[Any]: ...
@@ -76,7 +75,7 @@ class RunRecords:
         now = to_text(self.now())
         with self.transaction():
             run_id, seq = self._next_id("runs", "RUN")
-            self.db.table("runs").insert(
+            self.db.insert("runs",
                 {
                     "id": run_id, "seq": seq, "incident_id": incident_id,
                     "playbook_id": playbook_id, "step_id": step_id, "action": plan.action,
@@ -185,7 +184,7 @@ class RunRecords:
 
     def add_approval(self, run_id: str, user: str, decision: str, *, expires_at: datetime) -> None:
         with self.transaction():
-            self.db.table("approvals").insert(
+            self.db.insert("approvals",
                 {"run_id": run_id, "user": user, "decision": decision,
                  "at": to_text(self.now()), "expires_at": to_text(expires_at)}
             )
@@ -205,16 +204,14 @@ class RunRecords:
         verify_due_at: datetime | None,
     ) -> Mitigation:
         with self.transaction():
-            self.db.table("mitigations").insert(
-                {
+            self.db.upsert("mitigations", {
                     "run_id": run.id, "target": run.target, "routes": json.dumps(run.routes),
                     "fields": json.dumps([f"{c.route}.{c.field}" for c in run.plan.changes]),
                     "applied_at": to_text(applied_at), "ttl_due_at": to_text(ttl_due_at),
                     "verify_due_at": to_text(verify_due_at),
                     "verify_state": "pending" if verify_due_at else None,
                     "reverted_at": None, "revert_reason": None,
-                }, replace=True,
-            )
+                }, pk="run_id")
         return self.mitigation(run.id)  # type: ignore[return-value]
 
     def mitigation(self, run_id: str) -> Mitigation | None:

@@ -57,9 +57,8 @@ def test_every_pair_of_states(frm: RunState, to: RunState):
     assert err.value.hint and f"from {frm.value} a run can become" in err.value.hint
 
 
-def _store_with_run(state: str) -> tuple[Store, str]:
+def _store_with_run(store: Store, state: str) -> tuple[Store, str]:
     """A run put in ``state`` the way the runner gets there (legal moves only)."""
-    store = Store(":memory:")
     plan = Plan(action="cap_output_length", target="default", params={},
                 changes=[FieldChange(route="chat", field="max_output_tokens", before=512, after=256)])
     start = state if state in {s.value for s in INITIAL} else (
@@ -80,8 +79,9 @@ def _store_with_run(state: str) -> tuple[Store, str]:
 
 
 @pytest.mark.parametrize(("frm", "to"), list(itertools.product(RunState, RunState)))
-def test_the_store_refuses_every_move_the_table_does_not_list(frm: RunState, to: RunState):
-    store, run_id = _store_with_run(frm.value)
+def test_the_store_refuses_every_move_the_table_does_not_list(store_at, frm: RunState,
+                                                             to: RunState):
+    store, run_id = _store_with_run(store_at(), frm.value)
     events = len(store.run_events(run_id))
     if (frm.value, to.value) in EXPECTED:
         assert store.transition(run_id, to.value, "moved", actor="bob").state == to
@@ -92,8 +92,8 @@ def test_the_store_refuses_every_move_the_table_does_not_list(frm: RunState, to:
     assert store.run(run_id).state == frm and len(store.run_events(run_id)) == events
 
 
-def test_a_compare_and_set_loser_changes_nothing():
-    store, run_id = _store_with_run("planned")
+def test_a_compare_and_set_loser_changes_nothing(store_at):
+    store, run_id = _store_with_run(store_at(), "planned")
     store.transition(run_id, "applying", "mine", actor="alice", expect=APPLICABLE)
     with pytest.raises(Conflict, match="is applying now"):
         store.transition(run_id, "applying", "theirs", actor="bob", expect=APPLICABLE)
@@ -102,8 +102,8 @@ def test_a_compare_and_set_loser_changes_nothing():
     assert [e.text for e in store.run_events(run_id)] == ["planned", "mine"]
 
 
-def test_claims_record_their_holder_and_a_revert_remembers_where_it_came_from():
-    store, run_id = _store_with_run("verified")
+def test_claims_record_their_holder_and_a_revert_remembers_where_it_came_from(store_at):
+    store, run_id = _store_with_run(store_at(), "verified")
     run = store.transition(run_id, "reverting", "x", actor="a", owner="h:1:2")
     assert (run.claimed_by, run.prior_state) == ("h:1:2", "verified")
     assert not store.take_over(run_id, dead_owner="h:9:9", owner="me:1:1")  # not its holder
@@ -113,8 +113,8 @@ def test_claims_record_their_holder_and_a_revert_remembers_where_it_came_from():
     assert back.claimed_by is None and back.claimed_at is None
 
 
-def test_unknown_states_are_named():
-    store, run_id = _store_with_run("planned")
+def test_unknown_states_are_named(store_at):
+    store, run_id = _store_with_run(store_at(), "planned")
     with pytest.raises(InputError, match="unknown run state 'done'"):
         store.transition(run_id, "done", "x", actor="a")
     with pytest.raises(IllegalTransition, match="cannot start as applied"):

@@ -11,15 +11,14 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from sqlite_utils import Database
-
 from bot.store import Store, to_text
+from bot.store.backend import Db
 
 WINDOW = timedelta(seconds=300)  # bolt's own timestamp window
 PRUNE_EVERY = 500  # inserts between deletes of what left the window
 
 
-def _r1_request_replays(db: Database) -> None:
+def _r1_request_replays(db: Db) -> None:
     # Signed Slack requests already let through, kept for Slack's 5-minute window so a
     # replay is refused after a restart too (and by any replica). Was a part of core
     # migration 4; an older database has it.
@@ -58,8 +57,7 @@ class RequestReplays:
             ).fetchone()
             if row is not None and row[0] >= to_text(now - self.window):
                 return True
-            self.store.db.execute(
-                "INSERT OR REPLACE INTO request_replays (signature, seen_at) VALUES (?, ?)",
-                [signature, to_text(now)],
-            )
+            self.store.db.upsert("request_replays",
+                                 {"signature": signature, "seen_at": to_text(now)},
+                                 pk="signature")
             return False

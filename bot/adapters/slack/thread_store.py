@@ -14,11 +14,10 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlite_utils import Database
-
 from bot.base.errors import StoreError
 from bot.core.messages import Button, Field, Message, Section
 from bot.store import Store, from_text, to_text
+from bot.store.backend import Db
 
 
 @dataclass(frozen=True)
@@ -57,7 +56,7 @@ def message_from_json(text: str) -> Message:
 
 
 # The table, owned here (it was core migration 2; an older database has it).
-def _c1_chat_messages(db: Database) -> None:
+def _c1_chat_messages(db: Db) -> None:
     # Where each incident's top chat message lives, so a restart keeps updating the
     # same message and threading under it. Plain data: the core knows no chat API.
     # No foreign key to incidents: a chat notifier may be pointed at any store, and
@@ -76,7 +75,7 @@ def _c1_chat_messages(db: Database) -> None:
     )
 
 
-def _c2_deliveries(db: Database) -> None:
+def _c2_deliveries(db: Db) -> None:
     # Every message the notifier has taken and Slack has not, so a crash or a restart
     # never loses one: a row per queued message (a storm of updates of one incident
     # keeps one row, the latest), delivered_at once Slack took it (or refused it).
@@ -137,11 +136,10 @@ class ChatMessages:
         """A new top message was posted (replaces any earlier one for this channel)."""
         now = to_text(self.store.now())
         with self.store.transaction():
-            self.store.db.execute(
-                "INSERT OR REPLACE INTO chat_messages (incident_id, channel, ts, message, "
-                "status_message, posted_at, updated_at) VALUES (?, ?, ?, ?, NULL, ?, ?)",
-                [incident_id, channel, ts, message_to_json(message), now, now],
-            )
+            self.store.db.upsert("chat_messages", {
+                "incident_id": incident_id, "channel": channel, "ts": ts,
+                "message": message_to_json(message), "status_message": None,
+                "posted_at": now, "updated_at": now}, pk=("incident_id", "channel"))
 
     def stale(self, channel: str) -> list[str]:
         """Incidents whose live message in ``channel`` shows another status than the store
@@ -162,12 +160,10 @@ class ChatMessages:
 
     def enqueue(self, channel: str, queue: str, message: Message) -> int:
         with self.store.transaction():
-            cur = self.store.db.execute(
-                "INSERT INTO chat_deliveries (channel, incident_id, queue, message, created_at) "
-                "VALUES (?, ?, ?, ?, ?)",
-                [channel, message.incident_id, queue, message_to_json(message),
-                 to_text(self.store.now())])
-            return int(cur.lastrowid or 0)
+            return int(self.store.db.insert("chat_deliveries", {
+                "channel": channel, "incident_id": message.incident_id, "queue": queue,
+                "message": message_to_json(message), "created_at": to_text(self.store.now()),
+            }, returning="id"))
 
     def replace_queued(self, delivery_id: int, message: Message) -> None:
         """A newer update of the same live message: only the latest is sent."""

@@ -1,4 +1,7 @@
-"""The SQLite store: the single source of truth (alerts, incidents, timeline, runs...).
+"""The store: the single source of truth (alerts, incidents, timeline, runs...).
+
+On SQLite (the embedded default: one file) or Postgres (replicas on several
+machines): see ``bot.store.backend`` for how one SQL text serves both.
 
 Everything the bot knows after a restart comes from here; timers, caches and
 chat messages are rebuilt from it. Writes that belong together (a run's state
@@ -11,8 +14,9 @@ datetimes; ``now`` comes from the injected ``clock`` so tests can freeze time.
 
 from __future__ import annotations
 
+import contextlib
 import json
-import sqlite3
+import re
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -20,10 +24,9 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from sqlite_utils import Database
-
 from bot.base.errors import InputError, NotFound, StoreError
 from bot.intake.alert import Alert
+from bot.store.backend import Db, connect, is_postgres_url
 from bot.store.migrations import INCIDENT_STATUSES, LATEST_VERSION, MIGRATIONS
 from bot.store.outbox import OutboxRecords
 from bot.store.records import (
@@ -75,7 +78,8 @@ def group_key_for(alert: Alert, klass: str) -> str:
 
 
 class Store(RunRecords, OutboxRecords):
-    """Open (and migrate) the database at ``path``; ``None`` or ``":memory:"`` = in memory."""
+    """Open (and migrate) the store at ``path``: a SQLite file, ``None`` or ``":memory:"``
+    (in memory), or a ``postgresql://`` URL."""
 
     def __init__(
         self,
@@ -87,23 +91,34 @@ class Store(RunRecords, OutboxRecords):
         self.clock = clock
         self._lock = threading.RLock()
         self._ensured: set[tuple[str, int]] = set()
-        memory = path is None or str(path) == ":memory:"
-        where = ":memory:" if memory else str(path)
+        where = ":memory:" if path is None else str(path)
+        self.location = _redacted(where)
+        self.db: Db
         try:
-            # check_same_thread=False: the web layer may hand work to a thread; _lock
-            # serialises our use of the one connection.
-            conn = sqlite3.connect(where, check_same_thread=False)
-            self.db = Database(conn)
-            self.db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-            self.db.execute("PRAGMA foreign_keys = ON")
-            if not memory:
-                self.db.enable_wal()
-            self._migrate(where)
-        except sqlite3.Error as exc:
+            self.db = connect(where, busy_timeout_ms=busy_timeout_ms)
+        except Exception as exc:
             raise StoreError(
-                f"cannot open the store at {where}: {exc}",
-                hint="check the path exists, is writable and is an llm-incident database",
+                f"cannot open the store at {self.location}: {one_line(exc)}",
+                hint="check the path exists and is writable, or that the Postgres server "
+                     "is up and the URL's user may connect",
             ) from exc
+        try:
+            self._migrate(self.location)
+        except StoreError:
+            raise
+        except self.db.errors as exc:
+            raise StoreError(
+                f"cannot open the store at {self.location}: {one_line(exc)}",
+                hint="check it is an llm-incident database",
+            ) from exc
+
+    def failures(self) -> tuple[type[BaseException], ...]:
+        """What a store call may raise when the database fails: ours and the driver's."""
+        return (StoreError, *self.db.errors)
+
+    @property
+    def dialect(self) -> str:
+        return self.db.dialect
 
     def close(self) -> None:
         self.db.close()
@@ -114,10 +129,33 @@ class Store(RunRecords, OutboxRecords):
     # --- schema --------------------------------------------------------------------
 
     def _migrate(self, where: str) -> None:
-        self.db.execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations "
-            "(version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)"
-        )
+        if self._current_without_writing():
+            return  # the usual start: no write lock needed to see that
+        # A migration may rebuild a table others reference (SQLite's ALTER TABLE
+        # procedure): foreign keys off meanwhile (a pragma SQLite takes only outside
+        # a transaction), checked before the commit. Postgres alters tables in place.
+        sqlite = self.db.dialect == "sqlite"
+        if sqlite:
+            self.db.execute("PRAGMA foreign_keys = OFF")
+        try:
+            with self.transaction():
+                # One write transaction: replicas starting at once on a new Postgres
+                # database must not both create (or migrate) the tables.
+                self.db.execute(
+                    "CREATE TABLE IF NOT EXISTS schema_migrations "
+                    "(version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)"
+                )
+                self._migrate_locked(where)
+        finally:
+            if sqlite:
+                self.db.execute("PRAGMA foreign_keys = ON")
+
+    def _current_without_writing(self) -> bool:
+        if "schema_migrations" not in self.db.table_names():
+            return False
+        return self.schema_version == LATEST_VERSION
+
+    def _migrate_locked(self, where: str) -> None:
         current = self.schema_version
         if current > LATEST_VERSION:
             raise StoreError(
@@ -129,9 +167,6 @@ class Store(RunRecords, OutboxRecords):
             return
         # All missing versions in one transaction: a failure leaves the old schema intact.
         version = current
-        # A migration may rebuild a table others reference (SQLite's ALTER TABLE
-        # procedure): foreign keys off for the migration, checked before the commit.
-        self.db.execute("PRAGMA foreign_keys = OFF")
         try:
             with self.transaction():
                 for version in range(current + 1, LATEST_VERSION + 1):
@@ -140,20 +175,19 @@ class Store(RunRecords, OutboxRecords):
                         "INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)",
                         [version, to_text(self.now())],
                     )
-                broken = self.db.execute("PRAGMA foreign_key_check").fetchall()
-                if broken:
-                    raise sqlite3.IntegrityError(f"foreign keys broken: {broken[:3]}")
-        except StoreError as exc:
+                if self.db.dialect == "sqlite":
+                    broken = self.db.execute("PRAGMA foreign_key_check").fetchall()
+                    if broken:
+                        raise StoreError(f"foreign keys broken: {broken[:3]}")
+        except self.failures() as exc:
             raise StoreError(
-                f"migrating the store at {where} to version {version} failed ({exc.__cause__}); "
-                f"it stays at version {current}",
+                f"migrating the store at {where} to version {version} failed "
+                f"({one_line(exc.__cause__ or exc)}); it stays at version {current}",
                 hint="report this with the database's schema_migrations table",
             ) from exc
-        finally:
-            self.db.execute("PRAGMA foreign_keys = ON")
 
     def ensure_schema(self, component: str,
-                      steps: Sequence[Callable[[Database], None]]) -> None:
+                      steps: Sequence[Callable[[Db], None]]) -> None:
         """Bring ``component``'s own tables up to ``len(steps)`` (its owner calls this
         before first use). All missing steps run in one transaction; a database with a
         newer history for the component than this code knows is refused."""
@@ -172,17 +206,16 @@ class Store(RunRecords, OutboxRecords):
             for step in steps[current:]:
                 step(self.db)
             if current < len(steps):
-                self.db.execute(
-                    "INSERT OR REPLACE INTO schema_components (component, version, applied_at) "
-                    "VALUES (?, ?, ?)", [component, len(steps), to_text(self.now())])
+                self.db.upsert("schema_components", {
+                    "component": component, "version": len(steps),
+                    "applied_at": to_text(self.now())}, pk="component")
         self._ensured.add(key)
 
     def probe_write(self) -> None:
         """Write one row and commit: raises ``StoreError`` when the store takes no writes
         (disk full, read-only file, a lock held too long). ``/readyz`` calls it."""
         with self.transaction():
-            self.db.execute("INSERT OR REPLACE INTO write_probe (id, at) VALUES (1, ?)",
-                            [to_text(self.now())])
+            self.db.upsert("write_probe", {"id": 1, "at": to_text(self.now())}, pk="id")
 
     def created_at(self) -> datetime | None:
         """When this database was first migrated (its first schema version)."""
@@ -199,27 +232,31 @@ class Store(RunRecords, OutboxRecords):
     def transaction(self) -> Iterator[Store]:
         """One atomic unit of writes; nested blocks join the outer one (as savepoints)."""
         with self._lock:
-            if self.db.conn.in_transaction:
-                with self.db.atomic():
+            if self.db.in_transaction:
+                with self.db.savepoint():
                     yield self
                 return
-            # IMMEDIATE takes the write lock up front, so a read-then-write cannot be
-            # refused half-way by another writer (busy_timeout waits instead).
-            self.db.execute("BEGIN IMMEDIATE")
+            self.db.begin_write()
             try:
                 yield self
-                self.db.execute("COMMIT")
-            except sqlite3.Error as exc:
-                self.db.conn.rollback()
-                raise StoreError(f"store write failed, nothing was saved: {exc}",
-                                 hint="check the disk and the database file") from exc
+                self.db.commit()
+            except self.db.errors as exc:
+                self._rollback()
+                raise StoreError(f"store write failed, nothing was saved: {one_line(exc)}",
+                                 hint="check the disk, the database file or the "
+                                      "Postgres server") from exc
             except BaseException:
-                self.db.conn.rollback()
+                self._rollback()
                 raise
+
+    def _rollback(self) -> None:
+        # A connection already gone means the server rolled the transaction back.
+        with contextlib.suppress(*self.db.errors):
+            self.db.rollback()
 
     def _rows(self, sql: str, params: list[Any] | None = None) -> list[dict[str, Any]]:
         with self._lock:
-            return list(self.db.query(sql, params or []))
+            return self.db.query(sql, params or [])
 
     def _next_id(self, table: str, prefix: str) -> tuple[str, int]:
         row = self.db.execute(f"SELECT COALESCE(MAX(seq), 0) + 1 FROM {table}").fetchone()
@@ -285,8 +322,8 @@ class Store(RunRecords, OutboxRecords):
             created = not open_rows
             if created:
                 incident_id, seq = self._next_id("incidents", "INC")
-                self.db.table("incidents").insert(
-                    {
+                self.db.insert(
+                    "incidents", {
                         "id": incident_id, "seq": seq, "group_key": group_key, "title": title,
                         "class": klass, "severity": severity, "status": "open",
                         "is_drill": int(is_drill), "commander": None, "created_at": now,
@@ -326,8 +363,8 @@ class Store(RunRecords, OutboxRecords):
 
     def _insert_alert(self, incident_id: str, alert: Alert, now: str, starts: str) -> None:
         """One alert row and its timeline line, inside the caller's transaction."""
-        self.db.table("alerts").insert(
-            {
+        self.db.insert(
+            "alerts", {
                 "incident_id": incident_id, "source": alert.source,
                 "fingerprint": alert.fingerprint, "starts_at": starts,
                 "ends_at": to_text(alert.ends_at), "status": alert.status,
@@ -425,14 +462,13 @@ class Store(RunRecords, OutboxRecords):
         data: dict[str, Any] | None = None,
     ) -> Event:
         with self.transaction():
-            cur = self.db.execute(
+            rows = self._rows(
                 "INSERT INTO events (incident_id, run_id, at, kind, actor, text, data) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING *",
                 [incident_id, run_id, to_text(self.now()), kind, actor, text,
                  json.dumps(data or {}, default=str, sort_keys=True)],
             )
-            row = self._rows("SELECT * FROM events WHERE id = ?", [cur.lastrowid])[0]
-            return event_from_row(row)
+            return event_from_row(rows[0])
 
     def newest_event_id(self) -> int:
         """The id of the newest timeline event: a change counter any process can read."""
@@ -468,7 +504,19 @@ class Store(RunRecords, OutboxRecords):
             if value is None:
                 self.db.execute("DELETE FROM flags WHERE name = ?", [name])
             else:
-                self.db.table("flags").upsert(
-                    {"name": name, "value": value, "set_by": actor,
-                     "set_at": to_text(self.now())}, pk="name",
+                self.db.upsert(
+                    "flags", {"name": name, "value": value, "set_by": actor,
+                              "set_at": to_text(self.now())}, pk="name",
                 )
+
+
+def one_line(exc: BaseException) -> str:
+    """A database error as one line (Postgres adds DETAIL and LINE parts on their own lines)."""
+    return " ".join(str(exc).split())
+
+
+def _redacted(where: str) -> str:
+    """A location fit for logs and errors: a Postgres URL without its password."""
+    if not is_postgres_url(where):
+        return where
+    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", where)

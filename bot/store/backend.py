@@ -1,0 +1,261 @@
+"""The two databases the store runs on, behind one narrow connection interface.
+
+SQLite is the embedded default (one file, one machine). Postgres is for teams
+that run two or more replicas: ``LLM_INCIDENT_DB=postgresql://...``. The store,
+its migrations and the parts that own tables (drills, the Slack adapter) write
+one SQL text for both, with ``?`` placeholders and the portable
+``INSERT ... ON CONFLICT`` form; :class:`PostgresDb` translates the few
+differences (placeholders, ``INTEGER PRIMARY KEY`` as an identity column).
+
+Why not an ORM: the store's SQL is small, hand-written and already portable
+(SQLite 3.24+ and Postgres share upsert, ``RETURNING`` and CTE syntax); one
+translation function is easier to read than a second query language.
+
+Writers are serialised on both. SQLite's ``BEGIN IMMEDIATE`` takes the file's
+write lock; on Postgres a write transaction takes one transaction-level advisory
+lock first. So every use case that reads, checks and writes in one transaction
+(dedup an alert, claim a run, re-check the guards) sees the same single-writer
+world on either database, across any number of replicas. Unique keys
+(``alerts (fingerprint, starts_at)``, ``runs.seq``...) are the backstop.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import sqlite3
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, Protocol
+
+from sqlite_utils import Database as SqliteUtilsDatabase
+
+# Any number: the one lock every write transaction of every replica takes.
+WRITE_LOCK_KEY = 0x11_1C1D
+
+
+class Cursor(Protocol):
+    @property
+    def rowcount(self) -> int: ...
+
+    def fetchone(self) -> Any: ...
+
+    def fetchall(self) -> list[Any]: ...
+
+
+def is_postgres_url(where: object) -> bool:
+    return isinstance(where, str) and where.startswith(("postgresql://", "postgres://"))
+
+
+class Db:
+    """What the store and the table owners use of a database connection."""
+
+    dialect: str = ""
+    #: The driver's error classes: a caller turns these into ``StoreError``.
+    errors: tuple[type[BaseException], ...] = ()
+    _savepoints = 0
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
+        raise NotImplementedError
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    @property
+    def in_transaction(self) -> bool:
+        raise NotImplementedError
+
+    def begin_write(self) -> None:
+        raise NotImplementedError
+
+    def commit(self) -> None:
+        self.execute("COMMIT")
+
+    def rollback(self) -> None:
+        raise NotImplementedError
+
+    def table_names(self) -> list[str]:
+        raise NotImplementedError
+
+    def columns(self, table: str) -> set[str]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def insert(self, table: str, row: dict[str, Any], *, returning: str | None = None) -> Any:
+        """Insert one row; with ``returning``, give back that column of the new row."""
+        cols = ", ".join(_ident(c) for c in row)
+        marks = ", ".join("?" for _ in row)
+        tail = f" RETURNING {_ident(returning)}" if returning else ""
+        cur = self.execute(f"INSERT INTO {table} ({cols}) VALUES ({marks}){tail}",  # noqa: S608
+                           list(row.values()))
+        return cur.fetchone()[0] if returning else None
+
+    def upsert(self, table: str, row: dict[str, Any], *, pk: str | tuple[str, ...]) -> None:
+        """Insert one row, or update the row with the same key."""
+        keys = (pk,) if isinstance(pk, str) else pk
+        cols = ", ".join(_ident(c) for c in row)
+        marks = ", ".join("?" for _ in row)
+        rest = [c for c in row if c not in keys]
+        action = ("DO UPDATE SET " + ", ".join(f"{_ident(c)} = excluded.{_ident(c)}" for c in rest)
+                  if rest else "DO NOTHING")
+        self.execute(f"INSERT INTO {table} ({cols}) VALUES ({marks}) "  # noqa: S608
+                     f"ON CONFLICT ({', '.join(keys)}) {action}", list(row.values()))
+
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        """A nested atomic block inside the current transaction."""
+        self._savepoints += 1
+        name = f"sp_{self._savepoints}"
+        self.execute(f"SAVEPOINT {name}")
+        try:
+            yield
+        except BaseException:
+            self.execute(f"ROLLBACK TO SAVEPOINT {name}")
+            self.execute(f"RELEASE SAVEPOINT {name}")
+            raise
+        else:
+            self.execute(f"RELEASE SAVEPOINT {name}")
+        finally:
+            self._savepoints -= 1
+
+
+def _ident(name: str) -> str:
+    # "user" is a reserved word in Postgres; quoting is harmless in SQLite.
+    return f'"{name}"' if name == "user" else name
+
+
+class SqliteDb(Db):
+    dialect = "sqlite"
+    errors = (sqlite3.Error,)
+
+    def __init__(self, where: str, *, busy_timeout_ms: int) -> None:
+        # check_same_thread=False: the store's lock serialises use of the connection.
+        self.conn = sqlite3.connect(where, check_same_thread=False)
+        self.utils = SqliteUtilsDatabase(self.conn)
+        self.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        self.execute("PRAGMA foreign_keys = ON")
+        if where != ":memory:":
+            self.utils.enable_wal()
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
+        return self.conn.execute(sql, list(params))
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        return list(self.utils.query(sql, list(params)))
+
+    @property
+    def in_transaction(self) -> bool:
+        return self.conn.in_transaction
+
+    def begin_write(self) -> None:
+        # IMMEDIATE takes the write lock up front, so a read-then-write cannot be
+        # refused half-way by another writer (busy_timeout waits instead).
+        self.execute("BEGIN IMMEDIATE")
+
+    def rollback(self) -> None:
+        self.conn.rollback()
+
+    def table_names(self) -> list[str]:
+        return list(self.utils.table_names())
+
+    def columns(self, table: str) -> set[str]:
+        return {c.name for c in self.utils[table].columns}
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+class PostgresDb(Db):
+    dialect = "postgres"
+
+    def __init__(self, url: str, *, busy_timeout_ms: int) -> None:
+        import psycopg  # only a Postgres deployment needs the driver loaded
+        from psycopg.rows import dict_row
+
+        self._psycopg = psycopg
+        self._dict_row = dict_row
+        self.errors = (psycopg.Error,)
+        self.url = url
+        self._busy_timeout_ms = busy_timeout_ms
+        self.conn = self._connect()
+
+    def _connect(self) -> Any:
+        conn = self._psycopg.connect(self.url, autocommit=True, connect_timeout=10)
+        # A write waits this long for the write lock, like SQLite's busy_timeout.
+        conn.execute(f"SET lock_timeout = {int(self._busy_timeout_ms)}")
+        return conn
+
+    def _usable(self) -> Any:
+        # A connection lost between transactions (Postgres restarted, a failover)
+        # is opened again; one lost inside a transaction fails that transaction.
+        if self.conn.closed or (not self.in_transaction and self.conn.broken):
+            self.conn = self._connect()
+        return self.conn
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
+        return self._usable().execute(to_postgres(sql), tuple(params))
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        with self._usable().cursor(row_factory=self._dict_row) as cur:
+            cur.execute(to_postgres(sql), tuple(params))
+            return list(cur.fetchall()) if cur.description else []
+
+    @property
+    def in_transaction(self) -> bool:
+        status = self.conn.info.transaction_status
+        return bool(status != self._psycopg.pq.TransactionStatus.IDLE)
+
+    def begin_write(self) -> None:
+        self.execute("BEGIN")
+        self.execute("SELECT pg_advisory_xact_lock(?)", [WRITE_LOCK_KEY])
+
+    def rollback(self) -> None:
+        if not self.conn.closed:
+            self.conn.execute("ROLLBACK")
+
+    def table_names(self) -> list[str]:
+        rows = self.query("SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")
+        return [r["tablename"] for r in rows]
+
+    def columns(self, table: str) -> set[str]:
+        rows = self.query("SELECT column_name FROM information_schema.columns "
+                          "WHERE table_schema = current_schema() AND table_name = ?", [table])
+        return {r["column_name"] for r in rows}
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+_INTEGER_KEY = re.compile(r"\bINTEGER PRIMARY KEY\b", re.IGNORECASE)
+_IS_PARAM = re.compile(r"\bIS \?")
+
+
+@functools.lru_cache(maxsize=2048)
+def to_postgres(sql: str) -> str:
+    """SQLite-flavoured SQL to Postgres: ``?`` -> ``%s`` outside string literals,
+    ``%`` doubled (psycopg's placeholder escape), ``INTEGER PRIMARY KEY`` (SQLite's
+    rowid alias) -> a 64-bit identity column, and SQLite's null-safe ``IS ?`` ->
+    ``IS NOT DISTINCT FROM``."""
+    sql = _IS_PARAM.sub("IS NOT DISTINCT FROM ?", sql)
+    out: list[str] = []
+    quoted = False
+    for ch in sql:
+        if ch == "'":
+            quoted = not quoted
+            out.append(ch)
+        elif ch == "%":
+            out.append("%%")
+        elif ch == "?" and not quoted:
+            out.append("%s")
+        else:
+            out.append(ch)
+    return _INTEGER_KEY.sub("BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY", "".join(out))
+
+
+def connect(where: str, *, busy_timeout_ms: int = 5000) -> Db:
+    """A SQLite path (or ``:memory:``), or a ``postgresql://`` URL."""
+    if is_postgres_url(where):
+        return PostgresDb(where, busy_timeout_ms=busy_timeout_ms)
+    return SqliteDb(where, busy_timeout_ms=busy_timeout_ms)
