@@ -107,6 +107,14 @@ class KeepsVersions(Protocol):
     async def forget_version(self, change_id: str) -> None: ...
 
 
+@runtime_checkable
+class Fenceable(Protocol):
+    """A target that keeps the highest fencing token it has seen (``actions/fencing.py``)
+    and can raise it without changing anything else."""
+
+    async def raise_fence(self) -> None: ...
+
+
 class Sample(BaseModel):
     """One element of a PromQL instant-query result."""
 

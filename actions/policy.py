@@ -51,6 +51,17 @@ class RoutePolicy(BaseModel):
         return v
 
 
+class ChangeMark(BaseModel):
+    """The last change the bot wrote, with its fencing token (``actions/fencing.py``):
+    a write carrying a lower token is refused, so a deposed leader cannot act."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    run: str
+    token: int = Field(ge=0)
+    op: Literal["apply", "revert", "fence"]
+
+
 class ServingPolicy(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -58,6 +69,7 @@ class ServingPolicy(BaseModel):
     routes: dict[str, RoutePolicy] = Field(default_factory=dict)
     updated_at: datetime | None = None
     updated_by: str | None = None
+    change: ChangeMark | None = None
 
     def route(self, name: str) -> RoutePolicy:
         """The route's policy; a route the file does not list has the defaults.

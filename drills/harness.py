@@ -199,8 +199,7 @@ def drill_service(engine: Engine, settings) -> DrillService:
     from drills.schedule import drill_trigger, next_drill
 
     trigger = drill_trigger(settings.drill_cron, settings.drill_tz)
-    db = Path(str(settings.db_path))
-    workdir = (db.parent if str(db) != ":memory:" else Path(".")) / "drills"
+    workdir = settings.state_dir / "drills"
     return DrillService(engine, workdir, prometheus_url=settings.prometheus_url,
                         next_run=lambda: next_drill(trigger, _dt.now(UTC)),
                         speed=settings.drill_speed)

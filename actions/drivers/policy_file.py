@@ -12,6 +12,13 @@ included, when the file is still exactly as that change left it; otherwise the
 runner reverts values and reports what it left alone. Writers (only the bot, but possibly
 several processes of it) are serialised by an exclusive ``flock`` on a sidecar
 ``<name>.lock`` file, so two read-modify-write cycles cannot lose an update.
+
+Fencing (``actions/fencing.py``): a write made under a fence records it in the
+file's ``change`` mark (run id, token, apply or revert) in the same atomic
+replace, and a write whose token is lower than the mark's is refused. Every
+write under a fence also appends one line to ``<name>.changes``, the target's
+own change log (JSON lines: at, run, token, op), which chaos tests read to count
+applies and reverts without trusting the bot's store.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import json
 import os
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -29,7 +37,8 @@ import yaml
 from pydantic import ValidationError
 
 from actions.drivers.atomic_file import atomic_replace
-from actions.policy import ServingPolicy, UnknownRoute
+from actions.fencing import Fence, StaleFence, current_fence
+from actions.policy import ChangeMark, ServingPolicy, UnknownRoute
 from bot.base.errors import DriverError
 
 # libyaml's C loader/dumper are several times faster than the pure-Python ones,
@@ -106,16 +115,64 @@ class PolicyFileDriver:
 
     def _restore(self, change_id: str) -> bool:
         before, after = self._version(change_id, "before"), self._version(change_id, "after")
+        fence = current_fence()
         with self._locked():
             try:
-                if self.path.read_bytes() != after.read_bytes():
+                raw = self.path.read_bytes()
+                if raw != after.read_bytes():
                     return False  # changed since (by a person or another run): values only
                 old = before.read_bytes()
             except FileNotFoundError:
                 return False
+            mark = self._check_fence(parse_policy(raw, source=str(self.path)), fence)
+            if mark is not None:
+                # The old bytes, but never the old (lower) fence: the mark is re-stamped.
+                old = stamp_change(old, mark)
             atomic_replace(self.path, old, keep=self.prev_path)
+            self._log_change(mark)
         self._forget(change_id)
         return True
+
+    async def raise_fence(self) -> None:
+        await asyncio.to_thread(self.fence_only)
+
+    def fence_only(self) -> None:
+        """Raise the file's fence to the current token without changing a route (a new
+        leader settling a run a deposed one left half done)."""
+        fence = current_fence()
+        if fence is None:
+            return
+        with self._locked():
+            raw = self.path.read_bytes()
+            mark = self._check_fence(parse_policy(raw, source=str(self.path)), fence)
+            if mark is None:
+                return
+            atomic_replace(self.path, stamp_change(raw, mark), keep=self.prev_path)
+            self._log_change(mark)
+
+    def _check_fence(self, current: ServingPolicy, fence: Fence | None) -> ChangeMark | None:
+        """Refuse a write whose token is lower than the file has seen; the mark to write."""
+        if fence is None:
+            return None
+        seen = current.change
+        if seen is not None and seen.token > fence.token:
+            raise StaleFence(str(self.path), fence.token, seen.token, seen.run)
+        return ChangeMark(run=fence.run_id, token=fence.token, op=fence.op)  # type: ignore[arg-type]
+
+    @property
+    def changes_path(self) -> Path:
+        return self.path.with_name(self.path.name + ".changes")
+
+    def _log_change(self, mark: ChangeMark | None) -> None:
+        if mark is None:
+            return
+        line = json.dumps({"at": self._clock().isoformat(), **mark.model_dump()}) + "\n"
+        fd = os.open(self.changes_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line.encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def _forget(self, change_id: str) -> None:
         for which in ("before", "after"):
@@ -160,8 +217,10 @@ class PolicyFileDriver:
                 f"directory {directory} for the serving policy file does not exist",
                 hint="create it or fix the policy-file path",
             )
+        fence = current_fence()
         with self._locked():
             current = self._read()
+            mark = self._check_fence(current, fence)
             try:
                 new = current.with_values(updates, create=self.add_routes)
             except UnknownRoute as exc:
@@ -181,7 +240,8 @@ class PolicyFileDriver:
             if new.routes == current.routes and self.path.exists():
                 return
             new = new.model_copy(
-                update={"updated_at": self._clock(), "updated_by": reason.strip() or self.actor}
+                update={"updated_at": self._clock(), "updated_by": reason.strip() or self.actor,
+                        "change": mark or current.change}
             )
             data = dump_policy(new)
             if change_id is not None and self.path.exists():
@@ -191,6 +251,7 @@ class PolicyFileDriver:
                 atomic_replace(self._version(change_id, "before"), self.path.read_bytes())
                 atomic_replace(self._version(change_id, "after"), data)
             self._replace(data)
+            self._log_change(mark)
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -222,8 +283,30 @@ def yaml_problem(exc: yaml.YAMLError, source: str) -> tuple[str, str]:
 def dump_policy(policy: ServingPolicy) -> bytes:
     """The policy as YAML, routes in their order, fields in the documented order."""
     data = policy.model_dump(mode="json")
+    if data.get("change") is None:
+        data.pop("change", None)  # a file the bot never fenced keeps its old shape
     text = yaml.dump(data, Dumper=_Dumper, sort_keys=False, default_flow_style=False)
     return text.encode()
+
+
+def stamp_change(raw: bytes, mark: ChangeMark) -> bytes:
+    """``raw`` with its top-level ``change`` mark replaced by ``mark``; every other byte
+    (comments, layout) kept. The mark is the bot's own key, written on one line."""
+    kept: list[bytes] = []
+    skipping = False
+    for line in raw.splitlines(keepends=True):
+        if line.startswith(b"change:"):
+            skipping = True
+            continue
+        if skipping and line[:1] in (b" ", b"\t"):
+            continue  # the old mark's own lines
+        skipping = False
+        kept.append(line)
+    body = b"".join(kept)
+    if body and not body.endswith(b"\n"):
+        body += b"\n"
+    return body + (f"change: {{run: {mark.run}, token: {mark.token}, op: {mark.op}}}\n"
+                   ).encode()
 
 
 def parse_policy(raw: bytes, *, source: str) -> ServingPolicy:

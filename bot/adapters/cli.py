@@ -36,6 +36,8 @@ NO_STORE_VERBS = frozenset({"help", "lint", "test", "match", "schema", "playbook
 
 
 def missing_store(settings: Settings) -> bool:
+    if settings.db_url:
+        return False  # a server's database: `Store` says clearly when it cannot connect
     return str(settings.db_path) != ":memory:" and not settings.db_path.exists()
 
 
@@ -86,9 +88,12 @@ def make_context(settings: Settings) -> Context:
 
 async def run(argv: Sequence[str], settings: Settings | None = None) -> Result:
     overrides, tokens = split_globals(argv)
+    where = overrides.pop("db_path", None)
     conv: dict[str, Any] = {k: (v if k == "prometheus_url" else Path(v))
                             for k, v in overrides.items()}
     settings = settings or Settings.from_env(**conv)
+    if where is not None:
+        settings = settings.with_db(where)
     if not tokens:
         tokens = ["help"]
     if tokens[0] == "demo":

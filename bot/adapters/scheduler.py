@@ -7,6 +7,11 @@ date job per timer from ``runner.timers()``. ``refresh()`` re-syncs those jobs
 with the store; the engine calls it after anything that may add timers, and
 every poll tick calls it too, so a run applied from any path is picked up.
 
+With a ``Leadership`` (every ``serve``), the scheduler's work is the leader's: a
+follower renews its bid for the lease and leaves every other job to the leader.
+A replica that becomes the leader first settles what the old one left (reconcile,
+overdue timers, the outbox), so failover loses nothing.
+
 The periodic poll (``poll_interval``) records early verification passes,
 retries what is due (a revert that failed, held runs after ``resume``), expires
 stale approvals, reminds about unacknowledged incidents and applies the
@@ -26,6 +31,7 @@ from typing import Any
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from bot.core.engine import Engine
+from bot.core.leadership import Leadership
 from bot.core.messages import Button, Message, Section
 from bot.store import Run
 
@@ -45,8 +51,10 @@ class Scheduler:
         poll_interval: timedelta = timedelta(seconds=15),
         reminder_every: timedelta = timedelta(minutes=10),
         clock: Callable[[], datetime] | None = None,
+        leadership: Leadership | None = None,
     ) -> None:
         self.engine = engine
+        self.leadership = leadership
         self.store = engine.store
         self.runner = engine.runner
         self.poll_interval = poll_interval
@@ -63,7 +71,18 @@ class Scheduler:
 
     # --- start / stop ------------------------------------------------------------
 
+    @property
+    def leads(self) -> bool:
+        """Does this process do the scheduler's work now (always, without replicas)?"""
+        return self.leadership is None or self.leadership.is_leader
+
     async def start(self) -> None:
+        if self.leadership is not None:
+            # Automatic moves by this process now need the lease, read in their claim.
+            self.runner.leader_id = self.leadership.holder
+            self.leadership.renew()
+            self._aps.add_job(self.lease_round, "interval", id="lease", replace_existing=True,
+                              seconds=self.leadership.renew_every)
         await self._guarded("reconcile", self._reconcile)
         await self._guarded("run_due", self.run_due)
         self._aps.add_job(self._guarded, "interval", args=("poll", self.poll),
@@ -76,7 +95,22 @@ class Scheduler:
         self.refresh()
         self._aps.start()
 
+    async def lease_round(self) -> bool:
+        """Renew (or bid for) the lease; on becoming the leader, take over at once."""
+        if self.leadership is None:
+            return True
+        was = self.leadership.is_leader
+        if self.leadership.renew() and not was:
+            log.warning("taking over as the leader: settling what the last one left")
+            await self._guarded("reconcile", self._reconcile)
+            await self._guarded("outbox", self.engine.drain_outbox)
+            await self._guarded("run_due", self.run_due)
+            self.refresh()
+        return self.leadership.is_leader
+
     async def shutdown(self) -> None:
+        if self.leadership is not None:
+            self.leadership.release()
         if not self._aps.running:
             return
         self._aps.shutdown(wait=False)
@@ -119,6 +153,8 @@ class Scheduler:
     # --- jobs ----------------------------------------------------------------------
 
     async def _guarded(self, name: str, job: Callable[[], Awaitable[Any]]) -> Any:
+        if not self.leads:
+            return None  # a follower: the leader does this (its timers are the same)
         try:
             return await job()
         except Exception:
@@ -180,6 +216,9 @@ class Scheduler:
             return False
         self._seen_event = newest
         self.refresh()
+        if self.leadership is not None:
+            # Alerts another replica took wait in the outbox for the leader.
+            await self.engine.drain_outbox()
         return True
 
     async def tick(self) -> list[Run]:

@@ -35,6 +35,7 @@ from bot.adapters.web import create_app
 from bot.adapters.wiring import build_engine
 from bot.base.claims import this_process
 from bot.core.engine import Engine
+from bot.core.leadership import Leadership
 from bot.core.notifier import ConsoleNotifier, Notifier, publish_safely
 from drills.harness import drill_service, next_class
 from drills.schedule import MISSED, attach_drill_schedule
@@ -87,7 +88,8 @@ def build_notifier(settings: Settings) -> Notifier:
 
 
 def build_scheduler(engine: Engine, settings: Settings) -> Scheduler:
-    return Scheduler(engine)
+    # Every serve bids for the leader lease; alone on its store it simply leads.
+    return Scheduler(engine, leadership=Leadership(engine.store, ttl=settings.lease_ttl))
 
 
 class Service:
@@ -105,6 +107,8 @@ class Service:
         self.scheduler = scheduler or build_scheduler(self.engine, settings)
         self.drills = drill_service(self.engine, settings)
         self.metrics = ServiceMetrics(self.engine.store)
+        if self.scheduler.leadership is not None:
+            self.metrics.attach_leadership(self.scheduler.leadership)
         slack: Any = getattr(self.engine.notifier, "real", self.engine.notifier)
         if isinstance(getattr(slack, "stats", None), dict) and hasattr(slack, "channel"):
             self.metrics.attach_slack(lambda: dict(slack.stats), self.engine.store,

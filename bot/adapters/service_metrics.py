@@ -239,8 +239,28 @@ class ServiceMetrics:
         team can alert on "Slack has not taken our messages for 5 minutes"."""
         self.registry.register(_SlackCollector(stats, store, channel))
 
+    def attach_leadership(self, leadership: Any) -> None:
+        """This replica's role and the fencing token it acts with."""
+        self.registry.register(_LeaseCollector(leadership))
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _LeaseCollector:
+    def __init__(self, leadership: Any) -> None:
+        self.leadership = leadership
+
+    def collect(self) -> Iterator[Any]:
+        lead = GaugeMetricFamily("llm_incident_leader",
+                                 "1 on the replica holding the leader lease, 0 on the others.",
+                                 labels=["replica"])
+        lead.add_metric([self.leadership.holder], 1 if self.leadership.is_leader else 0)
+        yield lead
+        token = GaugeMetricFamily("llm_incident_fencing_token",
+                                  "The fencing token of this replica's last lease (0: never led).")
+        token.add_metric([], self.leadership.token or 0)
+        yield token
 
 
 class _SlackCollector:

@@ -24,7 +24,8 @@ from bot.playbook.shipped import shipped_dir
 SHIPPED_PLAYBOOKS = shipped_dir("playbooks")
 
 ENV_VARS = {
-    "LLM_INCIDENT_DB": "SQLite file (default ./var/llm-incident.db)",
+    "LLM_INCIDENT_DB": "SQLite file (default ./var/llm-incident.db), or a postgresql:// URL "
+    "for replicas sharing one Postgres database",
     "LLM_INCIDENT_PLAYBOOKS": "playbook directory (default: the shipped playbooks)",
     "LLM_INCIDENT_POLICY": "serving policy file of the default target (default ./var/serving-policy.yaml)",
     "LLM_INCIDENT_TARGETS": "YAML file naming extra targets (policy_file or http drivers)",
@@ -61,6 +62,8 @@ ENV_VARS = {
     "those channels are alerts; anything else is ignored and counted (default: none)",
     "LLM_INCIDENT_SELF_APPROVAL": "false: the requester of an oncall step never approves it "
     "alone (default true; a step can say self_approval: false)",
+    "LLM_INCIDENT_LEASE_TTL": "replicas: the leader lease; a dead or hung leader is replaced "
+    "within it plus a quarter of it (default 10s)",
     "LLM_INCIDENT_FLAP_WINDOW": "a group that fires again this soon after it resolved reopens "
     "its incident instead of opening a new one (default 10m; 0 turns it off)",
 }
@@ -71,6 +74,8 @@ DEFAULT_GRAFANA_HMAC_HEADER = "X-Grafana-Alerting-Signature"
 @dataclass(frozen=True)
 class Settings:
     db_path: Path = Path("var/llm-incident.db")
+    # A postgresql:// URL: replicas share this database instead of a SQLite file.
+    db_url: str | None = field(default=None, repr=False)
     playbooks_dir: Path = SHIPPED_PLAYBOOKS
     policy_path: Path = Path("var/serving-policy.yaml")
     targets_file: Path | None = None
@@ -79,6 +84,7 @@ class Settings:
     max_active_mitigations: int = 3
     self_approval: bool = True
     flap_window: timedelta = timedelta(minutes=10)
+    lease_ttl: timedelta = timedelta(seconds=10)
     user: str = "cli"
     # `llm-incident serve`
     host: str = "127.0.0.1"
@@ -106,12 +112,31 @@ class Settings:
     # Whatever the HTTP driver may template as {{ env.X }} (credentials).
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
 
+    def with_db(self, where: str) -> Settings:
+        """A SQLite path or a ``postgresql://`` URL (``LLM_INCIDENT_DB``, ``--db``)."""
+        if where.startswith(("postgresql://", "postgres://")):
+            return replace(self, db_url=where)
+        return replace(self, db_path=Path(where), db_url=None)
+
+    @property
+    def store_location(self) -> str:
+        """What ``Store`` opens: the Postgres URL when one is set, else the SQLite path."""
+        return self.db_url or str(self.db_path)
+
+    @property
+    def state_dir(self) -> Path:
+        """Where files beside the store go (drill work files): the SQLite file's folder,
+        or the policy file's when the store is Postgres."""
+        if self.db_url or str(self.db_path) == ":memory:":
+            return self.policy_path.parent
+        return self.db_path.parent
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         env = dict(os.environ if environ is None else environ)
         s = cls(env=env, user=env.get("LLM_INCIDENT_USER") or _login_name())
         if v := env.get("LLM_INCIDENT_DB"):
-            s = replace(s, db_path=Path(v))
+            s = s.with_db(v)
         if v := env.get("LLM_INCIDENT_PLAYBOOKS"):
             s = replace(s, playbooks_dir=Path(v))
         if v := env.get("LLM_INCIDENT_POLICY"):
@@ -128,6 +153,8 @@ class Settings:
             s = replace(s, max_active_mitigations=int(v))
         if v := env.get("LLM_INCIDENT_SELF_APPROVAL"):
             s = replace(s, self_approval=_flag("LLM_INCIDENT_SELF_APPROVAL", v))
+        if v := env.get("LLM_INCIDENT_LEASE_TTL"):
+            s = replace(s, lease_ttl=_duration("LLM_INCIDENT_LEASE_TTL", v))
         if v := env.get("LLM_INCIDENT_FLAP_WINDOW"):
             # "0" (no unit) turns flap damping off, as the README says.
             window = timedelta(0) if v.strip() == "0" else _duration("LLM_INCIDENT_FLAP_WINDOW", v)

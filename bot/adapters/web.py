@@ -156,7 +156,9 @@ def create_app(
                            headers={"Retry-After": RETRY_AFTER_SECONDS}) from None
         # Committed: answer now. Suggestions and automatic steps follow on the core,
         # supervised; a crash before they finish leaves them in the outbox.
-        if any(i.outcome != "duplicate" for i in ingested):
+        if any(i.outcome != "duplicate" for i in ingested) and getattr(scheduler, "leads", True):
+            # The leader announces and steps (a follower's items wait for its watch,
+            # within a second).
             core.spawn("outbox", engine.drain_outbox)
         for alert in alerts:
             metrics.alerts_received.labels(source, alert.status).inc()
@@ -342,4 +344,10 @@ async def _readiness(engine: Engine, scheduler: Any | None) -> dict[str, dict[st
         running = bool(getattr(scheduler, "running", False))
         checks["scheduler"] = {"ok": running, "detail": "running" if running else
                                "scheduler is not running"}
+        if (lead := getattr(scheduler, "leadership", None)) is not None:
+            # A follower is ready: it takes webhooks and Slack requests.
+            checks["lease"] = {"ok": True, "role": lead.role, "fencing_token": lead.token,
+                               "replica": lead.holder,
+                               "detail": f"{lead.role} (fencing token {lead.token})"
+                               if lead.is_leader else "follower: the leader runs the timers"}
     return checks

@@ -63,11 +63,11 @@ def build_engine(settings: Settings) -> Engine:
     metrics: MetricsSource | None = (
         PrometheusSource(settings.prometheus_url) if settings.prometheus_url else None
     )
-    in_memory = str(settings.db_path) == ":memory:"
-    created = not in_memory and not settings.db_path.exists()
-    if settings.db_path.parent and not in_memory:
+    local = not settings.db_url and str(settings.db_path) != ":memory:"
+    created = local and not settings.db_path.exists()
+    if local and settings.db_path.parent:
         settings.db_path.parent.mkdir(parents=True, exist_ok=True)
-    store = Store(settings.db_path)
+    store = Store(settings.store_location)
     if created:
         log.info("created a new store at %s", settings.db_path.resolve())
     from drills.targets import drill_targets  # a drill incident acts on its drill's target

@@ -21,10 +21,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from actions.base import Fenceable, ServingDriver
 from actions.catalog import get_action
+from actions.fencing import fenced
 from bot.base.claims import this_process
 from bot.base.errors import ActionFailed, IncidentBotError
 from bot.base.run_states import RunState
+from bot.core.leadership import authority
 from bot.core.runner_timers import BOT_ACTOR
 from bot.store import Run
 
@@ -50,8 +53,28 @@ async def reconcile_run(runner: Runner, run: Run) -> Run | None:
     if not store.take_over(run.id, dead_owner=dead, owner=this_process()):
         return None
     run = store.run(run.id)
+    # Raise the target's fence first: a replica that only hung (not died) and wakes
+    # up to finish this run must find its write refused, not race this one.
+    with fenced(authority(store, None, automatic=False, run_id=run.id, op="fence")):
+        try:
+            driver = runner._run_driver(run)
+            if isinstance(driver, Fenceable):
+                await driver.raise_fence()
+        except IncidentBotError as exc:
+            store.take_over(run.id, dead_owner=this_process(), owner=dead or "")
+            store.add_event(run.incident_id, "reconcile_failed",
+                            f"{run.id} left in {run.state}: cannot fence the target ({exc})",
+                            actor=BOT_ACTOR, run_id=run.id)
+            return None
+    op = "revert" if run.state == RunState.REVERTING else "apply"
+    with fenced(authority(store, None, automatic=False, run_id=run.id, op=op)):
+        return await _settle(runner, run, driver, dead)
+
+
+async def _settle(runner: Runner, run: Run, driver: ServingDriver,
+                  dead: str | None) -> Run | None:
+    store = runner.store
     try:
-        driver = runner._run_driver(run)
         now = await driver.read()
     except IncidentBotError as exc:
         # Leave it claimed by nobody alive: the next pass tries again.

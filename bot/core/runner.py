@@ -30,8 +30,8 @@ from typing import Any, Literal, NoReturn
 
 from actions.base import Action, MetricsSource, Plan, ServingDriver
 from actions.catalog import get_action
+from actions.fencing import fenced
 from actions.policy import ServingPolicy
-from bot.base.claims import owner_alive
 from bot.base.errors import (
     ActionFailed,
     Conflict,
@@ -58,6 +58,7 @@ from bot.core.guards import (
     fmt_time,
     others_only,
 )
+from bot.core.leadership import NotLeader, authority
 from bot.core.runner_timers import BOT_ACTOR, RunnerTimers, _why
 from bot.playbook.schema import Guard
 from bot.store import PAUSE_FLAG, Mitigation, Run, Store
@@ -94,6 +95,8 @@ class Runner(RunnerTimers):
         self.settings = settings
         self.clock = clock or store.clock
         self.claim_poll = 0.05
+        # Set by `serve` (its replica id): automatic moves then need the leader lease.
+        self.leader_id: str | None = None
 
     # --- plan ----------------------------------------------------------------------
 
@@ -293,22 +296,25 @@ class Runner(RunnerTimers):
             else:
                 blocker = self._apply_blocker(run, current, automatic=automatic)
             if blocker is None:
+                fence = authority(self.store, self.leader_id, automatic=automatic,
+                                  run_id=run_id, op="apply")
                 run = self.store.transition(
                     run_id, "applying", f"applying {run.plan.summary or run.action}{note}",
                     actor=actor, expect=APPLICABLE)
         if blocker is not None:
             return await self._blocked(run, blocker, actor=actor)
         reason = " ".join(x for x in (run.id, run.incident_id, run.step_id, f"by {actor}") if x)
-        try:
-            await act.apply(run.plan, driver, reason=reason, change_id=run.id)
-            mismatch = await act.verify(run.plan, driver)
-        except PartialApplyError as exc:
-            await self._fail(run, act, driver, exc.message, actor, routes=exc.applied)
-        except Exception as exc:  # a failed write may still have changed something
-            await self._fail(run, act, driver, _why(exc), actor, routes=None)
-        if mismatch:
-            await self._fail(run, act, driver, "the change did not take effect: "
-                             + "; ".join(mismatch), actor, routes=None)
+        with fenced(fence):  # the target refuses it if a newer leader wrote since
+            try:
+                await act.apply(run.plan, driver, reason=reason, change_id=run.id)
+                mismatch = await act.verify(run.plan, driver)
+            except PartialApplyError as exc:
+                await self._fail(run, act, driver, exc.message, actor, routes=exc.applied)
+            except Exception as exc:  # a failed write may still have changed something
+                await self._fail(run, act, driver, _why(exc), actor, routes=None)
+            if mismatch:
+                await self._fail(run, act, driver, "the change did not take effect: "
+                                 + "; ".join(mismatch), actor, routes=None)
         return self._mark_applied(run, actor=actor, applied_at=self.clock(),
                                   text=f"applied: {run.plan.summary or run.action}")
 
@@ -369,7 +375,7 @@ class Runner(RunnerTimers):
             await asyncio.sleep(self.claim_poll)
 
     def holder_alive(self, run: Run) -> bool:
-        return owner_alive(run.claimed_by, claimed_at=run.claimed_at, now=self.clock())
+        return self.store.holder_alive(run.claimed_by, claimed_at=run.claimed_at)
 
     def _mark_applied(self, run: Run, *, actor: str, applied_at: datetime, text: str,
                       kind: str | None = None) -> Run:
@@ -432,11 +438,18 @@ class Runner(RunnerTimers):
         driver, act = self._run_driver(run), get_action(run.action)
         note = self._paused_note(automatic, "revert")
         try:
-            run = self.store.transition(run_id, "reverting", f"reverting: {reason}{note}",
-                                        actor=actor, expect=ACTIVE)
+            with self.store.transaction():
+                fence = authority(self.store, self.leader_id, automatic=automatic,
+                                  run_id=run_id, op="revert")
+                run = self.store.transition(run_id, "reverting", f"reverting: {reason}{note}",
+                                            actor=actor, expect=ACTIVE)
+        except NotLeader:
+            raise
         except Conflict:
             return await self._settled(run_id)  # another request got there first
-        return await self.finish_revert(run, act, driver, actor=actor, reason=reason, note=note)
+        with fenced(fence):
+            return await self.finish_revert(run, act, driver, actor=actor, reason=reason,
+                                            note=note)
 
     async def finish_revert(self, run: Run, act: Action, driver: ServingDriver, *,
                             actor: str, reason: str, note: str = "", kind: str | None = None,

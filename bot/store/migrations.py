@@ -278,12 +278,33 @@ def _v8_components(db: Db) -> None:
     )
 
 
+def _v9_leases(db: Db) -> None:
+    # Replicas on one database (Postgres): the leader lease with its fencing token,
+    # and each serve's heartbeat, by which its claims are judged (bot/store/leases.py).
+    db.execute(
+        """CREATE TABLE leases (
+            name TEXT PRIMARY KEY,
+            holder TEXT NOT NULL,
+            token INTEGER NOT NULL,
+            acquired_at TEXT NOT NULL,
+            expires_at TEXT NOT NULL
+        )"""
+    )
+    db.execute(
+        """CREATE TABLE replicas (
+            id TEXT PRIMARY KEY,
+            role TEXT NOT NULL,
+            heartbeat_at TEXT NOT NULL
+        )"""
+    )
+
+
 # Append only; index + 1 is the schema version. Versions 2, 3, 6 and a part of 4
 # created tables that now belong to their owners (drills, the Slack adapter): those
 # positions stay, empty, so every version number keeps its meaning.
 MIGRATIONS: list[Callable[[Db], None]] = [
     _v1_initial, _v2_chat_messages, _v3_drills, _v4_trust, _v5_drill_scope,
-    _v6_drill_ownership, _v7_claims_and_outbox, _v8_components,
+    _v6_drill_ownership, _v7_claims_and_outbox, _v8_components, _v9_leases,
 ]
 
 LATEST_VERSION = len(MIGRATIONS)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from bot.base.claims import owner_alive, this_process
+from bot.base.claims import this_process
 from bot.store.backend import Db
 from bot.store.records import from_text, to_text
 
@@ -41,6 +41,8 @@ class OutboxRecords:
         def now(self) -> datetime: ...
         def transaction(self) -> AbstractContextManager[Any]: ...
         def _rows(self, sql: str, params: list[Any] | None = None) -> list[dict[str, Any]]: ...
+        def holder_alive(self, owner: str | None, *,
+                         claimed_at: datetime | None = None) -> bool: ...
 
     def add_outbox(self, incident_id: str, kind: str) -> None:
         assert kind in OUTBOX_KINDS, kind
@@ -61,8 +63,8 @@ class OutboxRecords:
         """Claim every item of ``items`` no live process holds, in one transaction."""
         me, now = this_process(), to_text(self.now())
         free = [i for i in items if not i.claimed_by or (
-            i.claimed_by != me and not owner_alive(i.claimed_by, claimed_at=i.claimed_at,
-                                                   now=self.now()))]
+            i.claimed_by != me and not self.holder_alive(i.claimed_by,
+                                                         claimed_at=i.claimed_at))]
         won: list[int] = []
         with self.transaction():
             for item in free:

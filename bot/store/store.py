@@ -27,6 +27,7 @@ from typing import Any, NamedTuple
 from bot.base.errors import InputError, NotFound, StoreError
 from bot.intake.alert import Alert
 from bot.store.backend import Db, connect, is_postgres_url
+from bot.store.leases import DEFAULT_LEASE, LeaseRecords
 from bot.store.migrations import INCIDENT_STATUSES, LATEST_VERSION, MIGRATIONS
 from bot.store.outbox import OutboxRecords
 from bot.store.records import (
@@ -77,7 +78,7 @@ def group_key_for(alert: Alert, klass: str) -> str:
     return f"{klass}|{route}|{model}"
 
 
-class Store(RunRecords, OutboxRecords):
+class Store(RunRecords, OutboxRecords, LeaseRecords):
     """Open (and migrate) the store at ``path``: a SQLite file, ``None`` or ``":memory:"``
     (in memory), or a ``postgresql://`` URL."""
 
@@ -89,6 +90,8 @@ class Store(RunRecords, OutboxRecords):
         busy_timeout_ms: int = 5000,
     ) -> None:
         self.clock = clock
+        # A replica whose heartbeat is older than this has lost its claims.
+        self.replica_stale_after = DEFAULT_LEASE
         self._lock = threading.RLock()
         self._ensured: set[tuple[str, int]] = set()
         where = ":memory:" if path is None else str(path)
