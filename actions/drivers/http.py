@@ -23,6 +23,7 @@ import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from actions.fencing import current_fence
 from actions.policy import ServingPolicy
 from bot.base.durations import Duration
 from bot.base.errors import DriverError, PartialApplyError
@@ -238,6 +239,12 @@ class HttpDriver:
         headers = dict(req.headers)
         if content is not None:
             headers.setdefault("Content-Type", "application/json")
+        if (fence := current_fence()) is not None:
+            # One key per run, operation and route: a gateway that deduplicates applies a
+            # change once even when a new leader settles what a dead one half did; the
+            # token lets a gateway that fences refuse a deposed leader.
+            headers["Idempotency-Key"] = f"{fence.run_id}:{fence.op}:{req.route or '-'}"
+            headers["X-LLM-Incident-Fencing-Token"] = str(fence.token)
         for attempt in range(attempts):
             last = attempt == attempts - 1
             try:

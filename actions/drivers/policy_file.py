@@ -154,6 +154,7 @@ class PolicyFileDriver:
         """Refuse a write whose token is lower than the file has seen; the mark to write."""
         if fence is None:
             return None
+        self._repair_log(current)
         seen = current.change
         if seen is not None and seen.token > fence.token:
             raise StaleFence(str(self.path), fence.token, seen.token, seen.run)
@@ -162,6 +163,26 @@ class PolicyFileDriver:
     @property
     def changes_path(self) -> Path:
         return self.path.with_name(self.path.name + ".changes")
+
+    def last_logged(self) -> dict[str, Any] | None:
+        """The change log's last line (None: empty or missing)."""
+        try:
+            with self.changes_path.open("rb") as f:
+                f.seek(0, os.SEEK_END)
+                f.seek(max(0, f.tell() - 4096))
+                lines = f.read().splitlines()
+        except FileNotFoundError:
+            return None
+        return json.loads(lines[-1]) if lines else None
+
+    def _repair_log(self, current: ServingPolicy) -> None:
+        """A process killed between the file's replace and its log line left the file's
+        mark unlogged: log it now (under the lock), so the log lists every change."""
+        mark = current.change
+        last = self.last_logged()
+        if mark is not None and (last is None or (last["run"], last["token"], last["op"]) != (
+                mark.run, mark.token, mark.op)):
+            self._log_change(mark)
 
     def _log_change(self, mark: ChangeMark | None) -> None:
         if mark is None:

@@ -66,6 +66,7 @@ class Scheduler:
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
         )
         self._timers: dict[str, datetime] = {}
+        self._takeover: asyncio.Future[None] | None = None
         self._seen_event: int | None = None
         engine.add_change_listener(self.refresh)
 
@@ -101,12 +102,18 @@ class Scheduler:
             return True
         was = self.leadership.is_leader
         if self.leadership.renew() and not was:
-            log.warning("taking over as the leader: settling what the last one left")
-            await self._guarded("reconcile", self._reconcile)
-            await self._guarded("outbox", self.engine.drain_outbox)
-            await self._guarded("run_due", self.run_due)
-            self.refresh()
+            # In its own task: settling may wait on the target (a hung old leader can
+            # hold the policy file's lock), and the renewals must go on meanwhile or
+            # this replica loses the lease it just took.
+            self._takeover = asyncio.ensure_future(self._take_over())
         return self.leadership.is_leader
+
+    async def _take_over(self) -> None:
+        log.warning("taking over as the leader: settling what the last one left")
+        await self._guarded("reconcile", self._reconcile)
+        await self._guarded("outbox", self.engine.drain_outbox)
+        await self._guarded("run_due", self.run_due)
+        self.refresh()
 
     async def shutdown(self) -> None:
         if self.leadership is not None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from bot.base.errors import GuardRefused, IncidentBotError, NothingToDo
 from bot.core.engine_base import EngineBase
+from bot.core.leadership import NotLeader
 from bot.core.lifecycle import ENGINE_ACTOR
 from bot.core.suggestions import auto_result_message
 from bot.intake.alert import Alert
@@ -187,18 +188,21 @@ class AlertCases(EngineBase):
             self._draining = False
 
     async def run_auto_steps(self, inc: Incident, playbook: Playbook) -> None:
-        done = {r.step_id for r in self.store.runs(incident_id=inc.id)
+        ours = {r.step_id: r for r in self.store.runs(incident_id=inc.id)
                 if r.playbook_id == playbook.id and r.requested_by == ENGINE_ACTOR}
         for step in (s for s in playbook.steps if s.guard.auto):
-            if step.id in done:
+            run: Run | None = ours.get(step.id)
+            if run is not None and not (run.state == "planned" and run.held_at is None):
                 continue  # a retried outbox item acts at most once per step
-            run: Run | None = None
             try:
-                run = await self.plan_step(inc.id, playbook.id, step.id, actor=ENGINE_ACTOR,
-                                           automatic=True)
+                if run is None:
+                    run = await self.plan_step(inc.id, playbook.id, step.id,
+                                               actor=ENGINE_ACTOR, automatic=True)
                 if run.state == "planned" and run.held_at is None:
                     run = await self.runner.apply(run.id, actor=ENGINE_ACTOR, automatic=True)
                 outcome, detail = self._auto_outcome(run)
+            except NotLeader:
+                raise  # planned, not applied: the new leader's retry applies it
             except NothingToDo as exc:
                 outcome, detail = "nothing to do", str(exc)
             except GuardRefused as exc:

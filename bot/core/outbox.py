@@ -20,6 +20,7 @@ import logging
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
+from bot.core.leadership import NotLeader
 from bot.core.lifecycle import ENGINE_ACTOR, Change
 from bot.core.suggestions import build_suggestion
 from bot.store.outbox import MAX_ATTEMPTS, OutboxItem
@@ -36,11 +37,19 @@ PRUNE_EVERY = timedelta(hours=1)
 async def drain(engine: Engine) -> int:
     """Do every pending item this process can claim; returns how many were done."""
     done = 0
+    leader = engine.runner.leader_id
+    if leader is not None and engine.store.holds_lease(leader) is None:
+        return 0  # a replica that does not lead leaves announcements and steps to the leader
     # One transaction claims the whole pending batch (not one per item): in a storm of
     # new incidents the commits, not the work, were the cost.
     for claimed in engine.store.claim_outbox_batch(engine.store.pending_outbox()):
         try:
             await _do(engine, claimed)
+        except NotLeader as exc:
+            # Lost the lease half way: the item goes back, untried, for the new leader.
+            log.warning("outbox item %s handed to the new leader: %s", claimed.id, exc)
+            engine.store.outbox_release(claimed.id, str(exc), attempt=False)
+            continue
         except Exception as exc:  # supervised: logged, on the timeline, retried
             why = f"{type(exc).__name__}: {exc}"
             log.exception("outbox item %s (%s of %s) failed", claimed.id, claimed.kind,

@@ -19,13 +19,14 @@ a dead holder while waiting for it.
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 from actions.base import Fenceable, ServingDriver
 from actions.catalog import get_action
 from actions.fencing import fenced
 from bot.base.claims import this_process
-from bot.base.errors import ActionFailed, IncidentBotError
+from bot.base.errors import ActionFailed, Conflict, IncidentBotError
 from bot.base.run_states import RunState
 from bot.core.leadership import authority
 from bot.core.runner_timers import BOT_ACTOR
@@ -33,6 +34,8 @@ from bot.store import Run
 
 if TYPE_CHECKING:
     from bot.core.runner import Runner
+
+log = logging.getLogger(__name__)
 
 
 
@@ -68,7 +71,13 @@ async def reconcile_run(runner: Runner, run: Run) -> Run | None:
             return None
     op = "revert" if run.state == RunState.REVERTING else "apply"
     with fenced(authority(store, None, automatic=False, run_id=run.id, op=op)):
-        return await _settle(runner, run, driver, dead)
+        try:
+            return await _settle(runner, run, driver, dead)
+        except Conflict as exc:
+            # Only a holder that woke up could have moved it (and its writes after our
+            # fence were refused): the run is settled either way.
+            log.warning("reconcile of %s: %s", run.id, exc)
+            return None
 
 
 async def _settle(runner: Runner, run: Run, driver: ServingDriver,

@@ -96,11 +96,13 @@ class OutboxRecords:
                                   [to_text(before)])
             return cur.rowcount
 
-    def outbox_release(self, item_id: int, error: str) -> None:
-        """Let the next pass retry it (kept claimed by nobody)."""
+    def outbox_release(self, item_id: int, error: str, *, attempt: bool = True) -> None:
+        """Let the next pass retry it (kept claimed by nobody). ``attempt=False``: this
+        claim did not really try (it was handed over), so it does not count."""
         with self.transaction():
-            self.db.execute("UPDATE outbox SET claimed_by = NULL, last_error = ? WHERE id = ?",
-                            [error, item_id])
+            self.db.execute("UPDATE outbox SET claimed_by = NULL, last_error = ?, "
+                            "attempts = attempts - ? WHERE id = ?",
+                            [error, 0 if attempt else 1, item_id])
 
 
 def _item(r: dict[str, Any]) -> OutboxItem:

@@ -129,7 +129,9 @@ class RunRecords:
         both states), and it is a compare-and-set on the state read inside the
         transaction: ``expect`` narrows which states the caller believes the run is
         in (``Conflict`` when another process moved it first). Entering ``applying``
-        or ``reverting`` records ``owner`` as the claim holder; leaving them clears it.
+        or ``reverting`` records ``owner`` as the claim holder; leaving them clears it,
+        and only the holder may leave them: a process whose claim was taken over (it
+        hung past its heartbeat, and the leader settled the run) cannot move it after.
         """
         with self.transaction():
             before = self.run(run_id)
@@ -137,6 +139,12 @@ class RunRecords:
                 raise Conflict(
                     f"{run_id} is {before.state} now (another request moved it first)",
                     hint=f"see `show {before.incident_id or run_id}` for what happened")
+            me = owner or this_process()
+            if before.state in CLAIMED and before.claimed_by and before.claimed_by != me:
+                raise Conflict(
+                    f"{run_id} is {before.state} by {before.claimed_by} now, not by this "
+                    f"process ({me}): its claim was taken over",
+                    hint=f"see `show {before.incident_id or run_id}` for how it was settled")
             to = check_move(run_id, before.state, state)
             now = to_text(self.now())
             claim: list[Any] = [None, None, before.prior_state]

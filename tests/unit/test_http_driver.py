@@ -267,3 +267,19 @@ def test_read_retries_on_503() -> None:
 def test_bad_config_is_rejected_naming_the_field(override: dict, needle: str) -> None:
     with pytest.raises(ValidationError, match=needle):
         config(**override)
+
+
+def test_a_fenced_write_sends_an_idempotency_key_per_run_op_and_route() -> None:
+    from actions.fencing import Fence, fenced
+
+    rec = Recorder()
+
+    async def go() -> None:
+        with fenced(Fence(7, "RUN-3", "apply")):
+            await driver(rec).write({"a": {"enabled": False}, "b": {"enabled": False}},
+                                    reason="r", action="disable_route")
+        await driver(rec).write({"a": {"enabled": True}}, reason="r", action="disable_route")
+    run(go())
+    keys = [r.headers.get("Idempotency-Key") for r in rec.requests]
+    assert keys == ["RUN-3:apply:a", "RUN-3:apply:b", None]  # unfenced: no key
+    assert rec.requests[0].headers["X-LLM-Incident-Fencing-Token"] == "7"

@@ -109,7 +109,10 @@ def test_claims_record_their_holder_and_a_revert_remembers_where_it_came_from(st
     assert not store.take_over(run_id, dead_owner="h:9:9", owner="me:1:1")  # not its holder
     assert store.take_over(run_id, dead_owner="h:1:2", owner="me:1:1")
     assert not store.take_over(run_id, dead_owner="h:1:2", owner="other:1:1")  # only once
-    back = store.transition(run_id, "verified", "revert failed", actor="a")
+    # The old holder (it only hung) cannot move the run any more: its claim is gone.
+    with pytest.raises(Conflict, match="by me:1:1 now, not by this process .h:1:2.: its claim"):
+        store.transition(run_id, "reverted", "late", actor="a", owner="h:1:2")
+    back = store.transition(run_id, "verified", "revert failed", actor="a", owner="me:1:1")
     assert back.claimed_by is None and back.claimed_at is None
 
 

@@ -46,13 +46,14 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.adapters.slack.blocks import render, render_text
 from bot.adapters.slack.calls import SlackCallError, call
-from bot.adapters.slack.thread_store import ChatMessages
+from bot.adapters.slack.thread_store import PENDING, ChatMessages
 from bot.core.lifecycle import Lifecycle
 from bot.core.messages import Message, Section
 from bot.store import Store
 
 log = logging.getLogger(__name__)
 
+TOP_CLAIM_WAIT = 10.0  # seconds to wait for another replica posting the same top message
 MAX_BACKOFF = 60.0  # seconds between retries of a transient failure, at most
 PACED = ("chat_postMessage", "chat_update")
 METADATA_EVENT = "llm_incident_message"  # Slack message metadata on every post  # the calls that share a channel's pace
@@ -299,16 +300,35 @@ class SlackNotifier:
 
     # --- sending --------------------------------------------------------------------
 
+    async def _post_top(self, incident_id: str, msg: Message) -> bool:
+        """Post ``msg`` as the incident's top message, once across replicas: the right
+        to post is claimed in the store first. False when another replica posted it
+        (the caller then edits or threads under that one)."""
+        deadline = self.clock() + TOP_CLAIM_WAIT
+        while (claim := self.messages.claim_top(incident_id, self.channel, msg)) == PENDING:
+            if self.clock() >= deadline:
+                raise SlackCallError("chat.postMessage", "transient",
+                                     f"{incident_id}: another replica is still posting its "
+                                     "top message")
+            await asyncio.sleep(0.2)
+        if claim is not None:
+            return False
+        ts = await self._post(msg)
+        self.messages.record_post(incident_id, self.channel, ts, msg)
+        return True
+
     async def _send_top(self, msg: Message) -> None:
         top = self.messages.get(msg.incident_id, self.channel) if msg.incident_id else None
+        if top is None and msg.incident_id:
+            if await self._post_top(msg.incident_id, msg):
+                return
+            top = self.messages.get(msg.incident_id, self.channel)
         if top is not None:
-            # Already posted (a repeat, or a restart): edit in place, never a second top.
+            # Already posted (a repeat, a restart, a replica): edit it, never a second top.
             shown = compose_top(msg, top.status_message)
             await self._update_or_repost(msg.incident_id, top.ts, shown, base=msg)  # type: ignore[arg-type]
             return
-        ts = await self._post(msg)
-        if msg.incident_id:
-            self.messages.record_post(msg.incident_id, self.channel, ts, msg)
+        await self._post(msg)
 
     async def _send_update(self, msg: Message) -> None:
         incident_id = msg.incident_id
@@ -316,18 +336,21 @@ class SlackNotifier:
         self._last_update[incident_id] = self.clock()
         top = self.messages.get(incident_id, self.channel)
         if top is None:  # no top message yet: the update becomes it
-            ts = await self._post(msg)
-            self.messages.record_post(incident_id, self.channel, ts, msg)
-            return
+            if await self._post_top(incident_id, msg):
+                return
+            top = self.messages.get(incident_id, self.channel)
+            assert top is not None
         await self._update_or_repost(incident_id, top.ts, compose_top(top.message, msg),
                                      base=top.message, status=msg)
 
     async def _send_reply(self, msg: Message) -> None:
         top = self.messages.get(msg.incident_id, self.channel) if msg.incident_id else None
+        if top is None and msg.incident_id:
+            if await self._post_top(msg.incident_id, msg):
+                return
+            top = self.messages.get(msg.incident_id, self.channel)
         if top is None:
-            ts = await self._post(msg)
-            if msg.incident_id:
-                self.messages.record_post(msg.incident_id, self.channel, ts, msg)
+            await self._post(msg)
             return
         await self._post(msg, thread_ts=top.ts)
 

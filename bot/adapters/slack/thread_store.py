@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
+from bot.base.claims import this_process
 from bot.base.errors import StoreError
 from bot.core.messages import Button, Field, Message, Section
 from bot.store import Store, from_text, to_text
@@ -96,7 +97,15 @@ def _c2_deliveries(db: Db) -> None:
                "ON chat_deliveries (channel, delivered_at, id)")
 
 
-CHAT_SCHEMA = [_c1_chat_messages, _c2_deliveries]
+def _c3_top_claims(db: Db) -> None:
+    # Replicas: the right to post an incident's top message is claimed here first (a
+    # row with an empty ts and its claimer), so two replicas never both post one.
+    if "claimed_by" not in db.columns("chat_messages"):
+        db.execute("ALTER TABLE chat_messages ADD COLUMN claimed_by TEXT")
+
+
+CHAT_SCHEMA = [_c1_chat_messages, _c2_deliveries, _c3_top_claims]
+PENDING = ""  # the ts of a top message claimed and not posted yet
 
 
 @dataclass(frozen=True)
@@ -116,9 +125,10 @@ class ChatMessages:
         store.ensure_schema("chat", CHAT_SCHEMA)
 
     def get(self, incident_id: str, channel: str) -> ChatMessage | None:
+        """The incident's top message in ``channel``; None until one is posted."""
         rows = self.store._rows(
-            "SELECT * FROM chat_messages WHERE incident_id = ? AND channel = ?",
-            [incident_id, channel],
+            "SELECT * FROM chat_messages WHERE incident_id = ? AND channel = ? AND ts != ?",
+            [incident_id, channel, PENDING],
         )
         if not rows:
             return None
@@ -132,6 +142,28 @@ class ChatMessages:
             updated_at=from_text(r["updated_at"]),  # type: ignore[arg-type]
         )
 
+    def claim_top(self, incident_id: str, channel: str, message: Message, *,
+                  owner: str | None = None) -> str | None:
+        """May this process post the incident's top message? ``None``: yes, it is
+        claimed for it (post, then ``record_post``). Otherwise the posted message's ts,
+        or ``PENDING`` while another live process is posting it."""
+        me, now = owner or this_process(), to_text(self.store.now())
+        with self.store.transaction():
+            rows = self.store._rows(
+                "SELECT ts, claimed_by, posted_at FROM chat_messages "
+                "WHERE incident_id = ? AND channel = ?", [incident_id, channel])
+            if rows and rows[0]["ts"] != PENDING:
+                return str(rows[0]["ts"])
+            if rows and rows[0]["claimed_by"] != me and self.store.holder_alive(
+                    rows[0]["claimed_by"], claimed_at=from_text(rows[0]["posted_at"])):
+                return PENDING
+            self.store.db.upsert("chat_messages", {
+                "incident_id": incident_id, "channel": channel, "ts": PENDING,
+                "message": message_to_json(message), "status_message": None,
+                "posted_at": now, "updated_at": now, "claimed_by": me},
+                pk=("incident_id", "channel"))
+        return None
+
     def record_post(self, incident_id: str, channel: str, ts: str, message: Message) -> None:
         """A new top message was posted (replaces any earlier one for this channel)."""
         now = to_text(self.store.now())
@@ -139,14 +171,16 @@ class ChatMessages:
             self.store.db.upsert("chat_messages", {
                 "incident_id": incident_id, "channel": channel, "ts": ts,
                 "message": message_to_json(message), "status_message": None,
-                "posted_at": now, "updated_at": now}, pk=("incident_id", "channel"))
+                "posted_at": now, "updated_at": now, "claimed_by": None},
+                pk=("incident_id", "channel"))
 
     def stale(self, channel: str) -> list[str]:
         """Incidents whose live message in ``channel`` shows another status than the store
         has (a change committed just before a crash, whose update was never queued)."""
         rows = self.store._rows(
             "SELECT m.incident_id, m.message, m.status_message, i.status FROM chat_messages m "
-            "JOIN incidents i ON i.id = m.incident_id WHERE m.channel = ?", [channel])
+            "JOIN incidents i ON i.id = m.incident_id WHERE m.channel = ? AND m.ts != ?",
+            [channel, PENDING])
         out = []
         for r in rows:
             top = message_from_json(r["status_message"] or r["message"])

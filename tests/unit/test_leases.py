@@ -1,0 +1,197 @@
+"""The leader lease, replica heartbeats and fencing, on SQLite and Postgres.
+
+The lease decides which replica runs the scheduler and automatic steps; its
+fencing token goes with every change to the target, which refuses a lower one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import yaml
+from freezegun import freeze_time
+
+from actions.drivers.policy_file import PolicyFileDriver, stamp_change
+from actions.fencing import Fence, StaleFence, fenced
+from actions.policy import ChangeMark
+from bot.core.leadership import Leadership, NotLeader, authority
+
+T0 = datetime(2026, 12, 6, 10, 0, tzinfo=UTC)
+TTL = timedelta(seconds=10)
+
+
+def test_one_holder_at_a_time_and_a_new_token_on_each_takeover(store_at):
+    with freeze_time(T0) as clock:
+        store = store_at()
+        first = store.take_lease("a", TTL)
+        assert first is not None and (first.holder, first.token) == ("a", 1)
+        assert store.take_lease("b", TTL) is None  # a's lease runs
+        clock.tick(timedelta(seconds=6))
+        renewed = store.take_lease("a", TTL)
+        assert renewed is not None and renewed.token == 1  # renewing keeps the token
+        assert renewed.expires_at == T0 + timedelta(seconds=16)
+        clock.tick(timedelta(seconds=15))  # a stopped renewing 15s ago: expired
+        taken = store.take_lease("b", TTL)
+        assert taken is not None and (taken.holder, taken.token) == ("b", 2)
+        assert store.holds_lease("a") is None and store.holds_lease("b") == taken
+        store.release_lease("b")  # a graceful stop hands over at once
+        again = store.take_lease("a", TTL)
+        assert again is not None and again.token == 3
+
+
+def test_two_stores_racing_for_an_expired_lease_get_one_winner(store_at):
+    # Two connections = two replicas; the write transaction decides.
+    with freeze_time(T0) as clock:
+        a, b = store_at(), store_at()
+        assert a.take_lease("a", TTL) is not None
+        clock.tick(timedelta(seconds=11))
+        won = [s.take_lease(name, TTL) for s, name in ((a, "x"), (b, "y"))]
+        assert [w is not None for w in won] == [True, False]
+        assert b.lease().holder == "x" and b.lease().token == 2
+
+
+def test_a_replicas_claims_live_and_die_with_its_heartbeat(store_at):
+    with freeze_time(T0) as clock:
+        store = store_at()
+        store.replica_stale_after = TTL
+        store.beat("host-a:1:1", role="leader")
+        assert store.holder_alive("host-a:1:1")
+        clock.tick(timedelta(seconds=11))  # hung: no beat for longer than the lease
+        assert not store.holder_alive("host-a:1:1")
+        store.beat("host-a:1:1", role="follower")
+        assert store.holder_alive("host-a:1:1")
+        assert [r[0] for r in store.replicas()] == ["host-a:1:1"]
+        store.forget_replica("host-a:1:1")
+        assert store.replicas() == []
+
+
+def test_an_automatic_move_needs_the_lease_a_human_one_carries_its_token(store_at):
+    store = store_at()
+    # No lease yet (a CLI on its own store): a human move carries no fence.
+    assert authority(store, None, automatic=True, run_id="RUN-1", op="apply") is None
+    lease = store.take_lease("other", TTL)
+    with pytest.raises(NotLeader, match="held by other"):
+        authority(store, "me", automatic=True, run_id="RUN-1", op="apply")
+    fence = authority(store, "me", automatic=False, run_id="RUN-1", op="revert")
+    assert fence == Fence(lease.token, "RUN-1", "revert")
+    assert authority(store, "other", automatic=True, run_id="RUN-2", op="apply").token == 1
+
+
+def test_leadership_leads_alone_and_hands_over_on_release(store_at):
+    store = store_at()
+    one, two = Leadership(store, ttl=TTL, holder="one"), Leadership(store, ttl=TTL, holder="two")
+    assert one.renew() and one.is_leader and one.token == 1
+    assert not two.renew() and two.role == "follower"
+    one.release()
+    assert not one.is_leader
+    assert two.renew() and two.token == 2
+
+
+# --- the target's side of fencing --------------------------------------------------------
+
+
+@pytest.fixture
+def driver(tmp_path: Path) -> PolicyFileDriver:
+    path = tmp_path / "policy.yaml"
+    path.write_text("# our routes\nversion: 1\nroutes:\n  chat: {max_output_tokens: 512}\n")
+    return PolicyFileDriver(path)
+
+
+def _write(driver: PolicyFileDriver, fence: Fence | None, tokens: int, run: str) -> None:
+    async def go() -> None:
+        with fenced(fence):
+            await driver.write_versioned({"chat": {"max_output_tokens": tokens}},
+                                         reason=run, action="cap_output_length", change_id=run)
+    asyncio.run(go())
+
+
+def test_the_file_records_the_fence_and_refuses_a_lower_token(driver: PolicyFileDriver):
+    _write(driver, Fence(5, "RUN-1", "apply"), 256, "RUN-1")
+    doc = yaml.safe_load(driver.path.read_text())
+    assert doc["change"] == {"run": "RUN-1", "token": 5, "op": "apply"}
+    before = driver.path.read_bytes()
+    with pytest.raises(StaleFence, match="token 4: it has seen token 5 .from RUN-1."):
+        _write(driver, Fence(4, "RUN-2", "apply"), 128, "RUN-2")
+    assert driver.path.read_bytes() == before  # nothing written
+    _write(driver, Fence(5, "RUN-3", "apply"), 128, "RUN-3")  # the same leader goes on
+    log = [json.loads(x) for x in driver.changes_path.read_text().splitlines()]
+    assert [(e["run"], e["token"], e["op"]) for e in log] == [
+        ("RUN-1", 5, "apply"), ("RUN-3", 5, "apply")]
+
+
+def test_an_unfenced_write_keeps_the_old_file_shape(driver: PolicyFileDriver):
+    _write(driver, None, 256, "RUN-1")
+    assert "change" not in yaml.safe_load(driver.path.read_text())
+    assert not driver.changes_path.exists()
+
+
+def test_raising_the_fence_changes_no_route_and_stops_the_deposed_leader(
+        driver: PolicyFileDriver):
+    _write(driver, Fence(1, "RUN-1", "apply"), 256, "RUN-1")
+    before = driver.path.read_bytes()
+
+    async def fence() -> None:
+        with fenced(Fence(2, "RUN-1", "fence")):
+            await driver.raise_fence()
+    asyncio.run(fence())
+    # Only the mark changed, every other byte is as it was.
+    assert driver.path.read_bytes() == stamp_change(before, ChangeMark(run="RUN-1", token=2,
+                                                                       op="fence"))
+    assert yaml.safe_load(driver.path.read_text())["routes"]["chat"]["max_output_tokens"] == 256
+    with pytest.raises(StaleFence):
+        _write(driver, Fence(1, "RUN-4", "apply"), 64, "RUN-4")
+
+
+def test_a_restore_gives_back_the_exact_bytes_but_never_the_old_fence(driver: PolicyFileDriver):
+    original = driver.path.read_bytes()
+    _write(driver, Fence(3, "RUN-1", "apply"), 256, "RUN-1")
+
+    async def restore() -> bool:
+        with fenced(Fence(4, "RUN-1", "revert")):
+            return await driver.restore_version("RUN-1", reason="ttl")
+    assert asyncio.run(restore())
+    assert driver.path.read_bytes() == original + b"change: {run: RUN-1, token: 4, op: revert}\n"
+
+
+def test_a_change_whose_log_line_was_lost_is_logged_by_the_next_write(driver: PolicyFileDriver):
+    _write(driver, Fence(1, "RUN-1", "apply"), 256, "RUN-1")
+    driver.changes_path.write_text("")  # killed between the replace and the log line
+    _write(driver, Fence(1, "RUN-2", "apply"), 128, "RUN-2")
+    runs = [json.loads(x)["run"] for x in driver.changes_path.read_text().splitlines()]
+    assert runs == ["RUN-1", "RUN-2"]
+
+
+def test_stamp_replaces_only_the_mark():
+    raw = b"# keep me\nversion: 1\nchange:\n  run: RUN-1\n  token: 1\n  op: apply\nroutes: {}\n"
+    out = stamp_change(raw, ChangeMark(run="RUN-2", token=2, op="revert"))
+    assert out == b"# keep me\nversion: 1\nroutes: {}\nchange: {run: RUN-2, token: 2, op: revert}\n"
+
+
+def test_one_top_message_per_incident_across_replicas(store_at):
+    from bot.adapters.slack.thread_store import PENDING, ChatMessages
+    from bot.core.messages import Message
+    from bot.intake.alert import Alert
+
+    with freeze_time(T0) as clock:
+        store = store_at()
+        inc = store.record_alert(Alert(source="generic", fingerprint="f", status="firing",
+                                       labels={"alertname": "A"}, starts_at=T0),
+                                 group_key="g", title="t", klass="k", severity="high")
+        chat = ChatMessages(store)
+        msg = Message("suggestion", inc.incident_id, "INC-1", "text")
+        store.beat("host-a:1:1", role="leader")
+        store.beat("host-b:2:2", role="follower")
+        assert chat.claim_top("INC-1", "C1", msg, owner="host-a:1:1") is None  # a posts
+        assert chat.claim_top("INC-1", "C1", msg, owner="host-b:2:2") == PENDING  # b waits
+        assert chat.get("INC-1", "C1") is None  # nothing posted yet
+        chat.record_post("INC-1", "C1", "1700.0001", msg)
+        assert chat.claim_top("INC-1", "C1", msg, owner="host-b:2:2") == "1700.0001"
+        # A claimer that died before posting: its claim lapses with its heartbeat.
+        chat.claim_top("INC-1", "C2", msg, owner="host-a:1:1")
+        clock.tick(timedelta(seconds=20))
+        store.beat("host-b:2:2", role="leader")
+        assert chat.claim_top("INC-1", "C2", msg, owner="host-b:2:2") is None
