@@ -1,6 +1,8 @@
-"""Ingest rate beside a real Alertmanager, in one harness and one run.
+"""Ingest rate beside a real Alertmanager, in one harness and one run, on each store.
 
-Run: ``python bench/bench_ingest.py [--alerts N] [--batch 10] [--senders 4]``.
+Run: ``python bench/bench_ingest.py [--alerts N] [--batch 10] [--senders 4]
+[--db sqlite,postgres]``. Postgres is a durable local server (fsync on) that the
+bench starts from Debian's package, like the tests do.
 
 The same client (httpx, ``--senders`` connections at once) posts the same alerts in
 batches of ``--batch``: to Alertmanager's ``POST /api/v2/alerts`` (what Prometheus
@@ -19,7 +21,6 @@ import asyncio
 import json
 import os
 import shutil
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -32,7 +33,11 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT / "tests"))
 from bench_serve import free_port  # noqa: E402
+from postgres_server import PostgresServer  # noqa: E402
+
+from bot.store import Store  # noqa: E402
 
 ROUTES = 1000
 # A minute ago: Alertmanager refuses an alert that starts after the end it assumes.
@@ -117,11 +122,11 @@ def start_alertmanager(work: Path) -> tuple[subprocess.Popen[bytes], str]:
     return proc, url
 
 
-def start_bot(work: Path) -> tuple[subprocess.Popen[bytes], str]:
+def start_bot(work: Path, db: str) -> tuple[subprocess.Popen[bytes], str]:
     (work / "policy.yaml").write_text("version: 1\nroutes: {}\n")
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LLM_INCIDENT_", "SLACK_"))}
-    env |= {"LLM_INCIDENT_DB": str(work / "bot.db"), "LLM_INCIDENT_POLICY": str(work / "policy.yaml"),
+    env |= {"LLM_INCIDENT_DB": db, "LLM_INCIDENT_POLICY": str(work / "policy.yaml"),
             "LLM_INCIDENT_PROMETHEUS_URL": "http://127.0.0.1:1"}
     argv = [sys.executable, "-m", "bot.adapters.cli", "serve", "--port", str(port)]
     proc = subprocess.Popen(argv, env=env, cwd=work, stdout=subprocess.DEVNULL,
@@ -136,45 +141,66 @@ def main() -> None:
     ap.add_argument("--alerts", type=int, default=20_000)
     ap.add_argument("--batch", type=int, default=10)
     ap.add_argument("--senders", type=int, default=4)
+    ap.add_argument("--db", default="sqlite,postgres", help="stores to run, comma-separated")
     args = ap.parse_args()
     n, batch = args.alerts, args.batch
+    print(f"{n} alerts in batches of {batch}, {args.senders} senders, over {ROUTES} routes")
     with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
         work = Path(tmp)
         am, am_url = start_alertmanager(work)
-        bot, bot_url = start_bot(work)
         try:
             am_bodies = [json.dumps([am_alert(i) for i in range(s, min(n, s + batch))]).encode()
                          for s in range(0, n, batch)]
-            bot_bodies = [webhook_body([webhook_alert(i) for i in range(s, min(n, s + batch))])
-                          for s in range(0, n, batch)]
             am_s = asyncio.run(blast(am_url, "/api/v2/alerts", am_bodies, args.senders))
-            spy = None
-            if profile := os.environ.get("BENCH_PROFILE"):  # a py-spy profile of the bot
-                spy = subprocess.Popen(["py-spy", "record", "--pid", str(bot.pid), "-o", profile,
-                                        "-f", "raw", "-r", "250", "--threads", "-d", "20"],
-                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                time.sleep(1)
-            bot_s = asyncio.run(blast(bot_url, "/v1/alerts/alertmanager", bot_bodies,
-                                      args.senders))
-            if spy is not None:
-                spy.wait()
         finally:
-            for proc in (am, bot):
-                proc.terminate()
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    print(f"pid {proc.pid} did not stop within 30 s of SIGTERM; killed")
-        with sqlite3.connect(work / "bot.db") as conn:
-            stored = conn.execute("SELECT COUNT(*) FROM alerts").fetchone()[0]
-            incidents = conn.execute("SELECT COUNT(*) FROM incidents").fetchone()[0]
-    am_rate, bot_rate = n / am_s, n / bot_s
-    print(f"{n} alerts in batches of {batch}, {args.senders} senders, over {ROUTES} routes")
-    print(f"alertmanager  POST /api/v2/alerts         {am_rate:9.0f} alerts/s ({am_s:.2f} s)")
-    print(f"llm-incident  POST /v1/alerts/alertmanager {bot_rate:8.0f} alerts/s ({bot_s:.2f} s)")
-    print(f"ratio bot/alertmanager: {bot_rate / am_rate:.2f}x")
-    print(f"bot stored {stored} alert rows for {min(n, ROUTES)} distinct alerts "
+            stop(am)
+        am_rate = n / am_s
+        print(f"alertmanager  POST /api/v2/alerts          {am_rate:9.0f} alerts/s ({am_s:.2f} s)")
+        for kind in args.db.split(","):
+            server = PostgresServer(durable=True) if kind == "postgres" else None
+            try:
+                db = server.new_database() if server else str(work / "bot.db")
+                run_bot(kind, db, work / kind, n, batch, args.senders, am_rate)
+            finally:
+                if server:
+                    server.stop()
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        print(f"pid {proc.pid} did not stop within 30 s of SIGTERM; killed")
+
+
+def run_bot(kind: str, db: str, work: Path, n: int, batch: int, senders: int,
+            am_rate: float) -> None:
+    work.mkdir()
+    bot, bot_url = start_bot(work, db)
+    try:
+        bot_bodies = [webhook_body([webhook_alert(i) for i in range(s, min(n, s + batch))])
+                      for s in range(0, n, batch)]
+        spy = None
+        if profile := os.environ.get("BENCH_PROFILE"):  # a py-spy profile of the bot
+            spy = subprocess.Popen(["py-spy", "record", "--pid", str(bot.pid), "-o", profile,
+                                    "-f", "raw", "-r", "250", "--threads", "-d", "20"],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(1)
+        bot_s = asyncio.run(blast(bot_url, "/v1/alerts/alertmanager", bot_bodies, senders))
+        if spy is not None:
+            spy.wait()
+    finally:
+        stop(bot)
+    store = Store(db)
+    stored = store.db.execute("SELECT COUNT(*) FROM alerts").fetchone()[0]
+    incidents = store.count_incidents()
+    store.close()
+    bot_rate = n / bot_s
+    print(f"llm-incident on {kind:8s} POST /v1/alerts/alertmanager {bot_rate:8.0f} alerts/s "
+          f"({bot_s:.2f} s), ratio bot/alertmanager: {bot_rate / am_rate:.2f}x; "
+          f"stored {stored} alert rows for {min(n, ROUTES)} distinct alerts "
           f"({stored - min(n, ROUTES)} duplicates), {incidents} incidents")
 
 

@@ -13,6 +13,11 @@ HTTP parsers and event loops; the service runs h11 on asyncio). Prints:
 * resident memory (VmRSS) of the server process, idle and after the storm;
 * start-to-ready: ``llm-incident serve`` spawned until ``/readyz`` answers 200.
 
+``--replicas 2`` (on a durable local Postgres, started from Debian's package like
+the tests do) runs two servers on one database and sends the latency phase's
+alerts to them in turn, as a load balancer would: the suggestion comes from the
+leader whichever replica took the alert. Only the latency phase runs then.
+
 The server runs in its own process (this script with ``--server``), so the
 client's work does not share its interpreter. Its notifier appends one line per
 message (wall-clock time, kind, incident) to a file; wall-clock time is
@@ -49,7 +54,7 @@ SENDERS = 4
 # --- server side ---------------------------------------------------------------------------
 
 
-def run_server(port: int, db: Path, notes: Path, http: str, loop: str) -> None:
+def run_server(port: int, db: str, notes: Path, http: str, loop: str) -> None:
     from bot.adapters.service import Service
     from bot.adapters.settings import Settings
     from bot.core.messages import Message
@@ -61,7 +66,7 @@ def run_server(port: int, db: Path, notes: Path, http: str, loop: str) -> None:
         async def publish(self, msg: Message) -> None:
             self.out.write(f"{time.time():.6f} {msg.kind} {msg.incident_id}\n")
 
-    settings = Settings(db_path=db, policy_path=db.parent / "policy.yaml")
+    settings = Settings(policy_path=notes.parent / "policy.yaml").with_db(db)
     service = Service(settings, "127.0.0.1", port, notifier=FileNotifier(notes), http=http,
                       loop=loop)
     if loop == "uvloop":
@@ -122,15 +127,16 @@ def alert(i: int, *, route: str, starts: str = "2026-11-29T10:00:00Z") -> dict[s
     }
 
 
-async def latency_phase(url: str, n: int, notes: Path) -> list[float]:
+async def latency_phase(urls: list[str], n: int, notes: Path) -> list[float]:
     sent: dict[str, float] = {}  # incident id -> send time
     headers = {"content-type": "application/json"}
-    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+    async with httpx.AsyncClient(timeout=30) as client:
 
         async def one(i: int) -> None:
             body = am_body([alert(i, route=f"lat-{i}")])
             t0 = time.time()
-            res = await client.post("/v1/alerts/alertmanager", content=body, headers=headers)
+            res = await client.post(f"{urls[i % len(urls)]}/v1/alerts/alertmanager",
+                                    content=body, headers=headers)
             res.raise_for_status()
             sent[res.json()["alerts"][0]["incident_id"]] = t0
 
@@ -202,6 +208,40 @@ def start_to_ready(workdir: Path, runs: int = 3) -> list[float]:
     return times
 
 
+def replicas_latency(args: argparse.Namespace) -> None:
+    sys.path.insert(0, str(ROOT / "tests"))
+    from postgres_server import PostgresServer
+
+    server = PostgresServer(durable=True)
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        db = server.new_database()
+        with tempfile.TemporaryDirectory() as tmp:
+            notes = Path(tmp) / "messages.log"
+            notes.touch()
+            urls = []
+            for _ in range(args.replicas):
+                port = free_port()
+                procs.append(subprocess.Popen(
+                    [sys.executable, __file__, "--server", str(port), db, str(notes)],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT))
+                urls.append(f"http://127.0.0.1:{port}")
+                wait_ready(urls[-1], procs[-1])
+            time.sleep(1.0)
+            lat = sorted(asyncio.run(latency_phase(urls, args.latency_alerts, notes)))
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait(timeout=30)
+        server.stop()
+    print(f"{args.replicas} replicas on one Postgres, alerts sent to them in turn at "
+          f"{RATE:g} alerts/s ({len(lat)} alerts, webhook sent -> suggestion handed to the "
+          f"notifier by the leader):")
+    print(f"  p50 {lat[len(lat) // 2] * 1000:.1f} ms   "
+          f"p99 {lat[min(len(lat) - 1, int(0.99 * len(lat)))] * 1000:.1f} ms   "
+          f"max {lat[-1] * 1000:.1f} ms")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--latency-alerts", type=int, default=500)
@@ -210,11 +250,16 @@ def main() -> None:
     parser.add_argument("--http", default="h11", choices=("h11", "httptools"),
                         help="uvicorn's HTTP parser (the service uses h11)")
     parser.add_argument("--loop", default="asyncio", choices=("asyncio", "uvloop"))
+    parser.add_argument("--replicas", type=int, default=1,
+                        help="servers on one Postgres database (latency phase only)")
     parser.add_argument("--server", nargs=3, metavar=("PORT", "DB", "NOTES"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.server:
-        run_server(int(args.server[0]), Path(args.server[1]), Path(args.server[2]), args.http,
+        run_server(int(args.server[0]), args.server[1], Path(args.server[2]), args.http,
                    args.loop)
+        return
+    if args.replicas > 1:
+        replicas_latency(args)
         return
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -229,7 +274,7 @@ def main() -> None:
             wait_ready(url, proc)
             time.sleep(0.5)  # let start-up garbage settle before the idle reading
             idle = rss_kib(proc.pid)
-            lat = sorted(asyncio.run(latency_phase(url, args.latency_alerts, notes)))
+            lat = sorted(asyncio.run(latency_phase([url], args.latency_alerts, notes)))
             elapsed, accepted = asyncio.run(
                 storm_phase(url, args.storm_alerts, args.fingerprints))
             after = rss_kib(proc.pid)

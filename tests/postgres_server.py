@@ -46,7 +46,7 @@ def _free_port() -> int:
 class PostgresServer:
     """One throwaway cluster; ``new_database()`` hands out empty databases."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, durable: bool = False) -> None:
         initdb, pg_ctl = postgres_bin("initdb"), postgres_bin("pg_ctl")
         self.dir = Path(tempfile.mkdtemp(prefix="llm-incident-pg-"))
         self.data = self.dir / "data"
@@ -59,10 +59,12 @@ class PostgresServer:
         self._pg_ctl = pg_ctl
         self._run([initdb, "-D", str(self.data), "-A", "trust", "-U", "llm", "-E", "UTF8",
                    "--no-sync"])
-        # fsync off: a test cluster, thrown away after the session; speed matters more.
+        # fsync off for tests: a cluster thrown away after the session. Benchmarks ask
+        # for a durable one (every commit on disk, as SQLite's synchronous=FULL).
         options = (f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 "
-                   "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
                    "-c max_connections=300")
+        if not durable:
+            options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         self._run([pg_ctl, "-D", str(self.data), "-o", options, "-l", str(self.dir / "log"),
                    "-w", "-t", "60", "start"])
         self._names = itertools.count(1)

@@ -14,6 +14,9 @@ command -v prometheus-alertmanager >/dev/null || need_apt+=(prometheus-alertmana
 command -v podman >/dev/null || need_apt+=(podman)
 command -v runc >/dev/null || need_apt+=(runc)
 command -v debootstrap >/dev/null || need_apt+=(debootstrap)
+# The store suite and the replica tests run on a real Postgres, which the tests start
+# themselves (initdb and pg_ctl as the package's postgres user) and stop.
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need_apt+=(postgresql)
 if ((${#need_apt[@]})); then
   if [[ $(id -u) -ne 0 ]]; then SUDO=sudo; else SUDO=; fi
   $SUDO apt-get update -qq

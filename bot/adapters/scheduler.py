@@ -34,6 +34,7 @@ from bot.core.engine import Engine
 from bot.core.leadership import Leadership
 from bot.core.messages import Button, Message, Section
 from bot.store import Run
+from bot.store.outbox import OUTBOX_CHANNEL
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,8 @@ class Scheduler:
         )
         self._timers: dict[str, datetime] = {}
         self._takeover: asyncio.Future[None] | None = None
+        self._woken: asyncio.Future[Any] | None = None
+        self._unlisten: Callable[[], None] | None = None
         self._seen_event: int | None = None
         engine.add_change_listener(self.refresh)
 
@@ -82,6 +85,13 @@ class Scheduler:
             # Automatic moves by this process now need the lease, read in their claim.
             self.runner.leader_id = self.leadership.holder
             self.leadership.renew()
+            # On Postgres another replica's new incident wakes the leader at once
+            # (NOTIFY at its commit); the watch below is the fallback.
+            loop = asyncio.get_running_loop()
+
+            def woken() -> None:
+                loop.call_soon_threadsafe(self._outbox_woken)
+            self._unlisten = self.store.db.listen(OUTBOX_CHANNEL, woken)
             self._aps.add_job(self.lease_round, "interval", id="lease", replace_existing=True,
                               seconds=self.leadership.renew_every)
         await self._guarded("reconcile", self._reconcile)
@@ -108,6 +118,10 @@ class Scheduler:
             self._takeover = asyncio.ensure_future(self._take_over())
         return self.leadership.is_leader
 
+    def _outbox_woken(self) -> None:
+        if self.leads and self._aps.running:
+            self._woken = asyncio.ensure_future(self._guarded("outbox", self.engine.drain_outbox))
+
     async def _take_over(self) -> None:
         log.warning("taking over as the leader: settling what the last one left")
         await self._guarded("reconcile", self._reconcile)
@@ -116,6 +130,8 @@ class Scheduler:
         self.refresh()
 
     async def shutdown(self) -> None:
+        if self._unlisten is not None:
+            self._unlisten()
         if self.leadership is not None:
             self.leadership.release()
         if not self._aps.running:

@@ -22,13 +22,17 @@ world on either database, across any number of replicas. Unique keys
 from __future__ import annotations
 
 import functools
+import logging
 import re
 import sqlite3
-from collections.abc import Iterator, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Protocol
 
 from sqlite_utils import Database as SqliteUtilsDatabase
+
+log = logging.getLogger(__name__)
 
 # Any number: the one lock every write transaction of every replica takes.
 WRITE_LOCK_KEY = 0x11_1C1D
@@ -76,6 +80,15 @@ class Db:
 
     def table_names(self) -> list[str]:
         raise NotImplementedError
+
+    def notify(self, channel: str) -> None:
+        """Tell listeners in other processes, when this transaction commits."""
+
+    def listen(self, channel: str, callback: Callable[[], None]) -> Callable[[], None] | None:
+        """Call ``callback`` (from another thread) on each ``notify``; returns a stop
+        function, or None when the database has no such thing (one SQLite process
+        needs none: it is the only one writing)."""
+        return None
 
     def columns(self, table: str) -> set[str]:
         raise NotImplementedError
@@ -214,6 +227,30 @@ class PostgresDb(Db):
     def rollback(self) -> None:
         if not self.conn.closed:
             self.conn.execute("ROLLBACK")
+
+    def notify(self, channel: str) -> None:
+        self.execute(f"NOTIFY {channel}")  # transactional: delivered at commit, once
+
+    def listen(self, channel: str, callback: Callable[[], None]) -> Callable[[], None] | None:
+        # A connection of its own, read by a daemon thread: notifications arrive
+        # whatever the store's connection is doing.
+        stopping = threading.Event()
+
+        def run() -> None:
+            while not stopping.is_set():
+                try:
+                    with self._psycopg.connect(self.url, autocommit=True) as conn:
+                        conn.execute(f"LISTEN {channel}")
+                        callback()  # anything committed while we were not listening
+                        while not stopping.is_set():
+                            for _ in conn.notifies(timeout=1.0):
+                                callback()
+                except self._psycopg.Error as exc:
+                    log.warning("listening for %s failed (%s); again in 1 s", channel, exc)
+                    stopping.wait(1.0)
+
+        threading.Thread(target=run, name=f"listen-{channel}", daemon=True).start()
+        return stopping.set
 
     def table_names(self) -> list[str]:
         rows = self.query("SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")

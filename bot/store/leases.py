@@ -9,7 +9,8 @@ makes carries its token to the target, which refuses a lower one, so a leader th
 was paused past its lease cannot act on stale authority.
 
 Each ``serve`` also beats in ``replicas``. A claim (a run applying or reverting, an
-outbox item) held by a replica is live while that replica's heartbeat is fresh:
+outbox item) held by a replica is live while that replica's heartbeat is fresh
+(and, on the same machine, its pid runs):
 a replica that hangs (SIGSTOP, a stuck disk) loses its claims like one that died,
 and the new leader settles them once. Processes that never beat (a CLI verb) are
 judged by their pid, as before. Times are the store's clock: replicas on several
@@ -76,7 +77,9 @@ class LeaseRecords:
             elif current.held_by(holder, now):
                 self.db.execute("UPDATE leases SET expires_at = ? WHERE name = ? AND holder = ?",
                                 [until, name, holder])
-            elif now >= current.expires_at:
+            elif now >= current.expires_at or not owner_alive(current.holder):
+                # Expired, or its holder is a process on this machine that is gone (a
+                # restart on one machine need not wait out the lease).
                 self.db.execute(
                     "UPDATE leases SET holder = ?, token = token + 1, acquired_at = ?, "
                     "expires_at = ? WHERE name = ? AND token = ?",
@@ -120,6 +123,9 @@ class LeaseRecords:
             return False
         rows = self._rows("SELECT heartbeat_at FROM replicas WHERE id = ?", [owner])
         if rows:
+            # A fresh heartbeat, and (on this machine) a live pid: a replica that hung
+            # stops beating, one that died on this machine is known dead at once.
             beat = from_text(rows[0]["heartbeat_at"])
-            return beat is not None and self.now() - beat < self.replica_stale_after
+            return (beat is not None and self.now() - beat < self.replica_stale_after
+                    and owner_alive(owner))
         return owner_alive(owner, claimed_at=claimed_at, now=self.now())

@@ -20,6 +20,7 @@ from bot.store.backend import Db
 from bot.store.records import from_text, to_text
 
 OUTBOX_KINDS = ("opened", "reopened", "resolved", "joined")
+OUTBOX_CHANNEL = "llm_incident_outbox"
 MAX_ATTEMPTS = 3  # a poison item stops being retried, with its error on the timeline
 
 
@@ -54,6 +55,8 @@ class OutboxRecords:
             self.db.execute(
                 "INSERT INTO outbox (incident_id, kind, created_at) VALUES (?, ?, ?)",
                 [incident_id, kind, to_text(self.now())])
+            # Wakes the leader (another replica) when this commits; SQLite: nothing.
+            self.db.notify(OUTBOX_CHANNEL)
 
     def pending_outbox(self) -> list[OutboxItem]:
         rows = self._rows("SELECT * FROM outbox WHERE done_at IS NULL ORDER BY id")

@@ -11,6 +11,9 @@
   is recorded in ``acks``;
 * ``POST /respond/N`` records what bolt's ``respond`` posts to a response URL
   (``response_url()`` hands out a fresh one).
+
+An app may open several connections (one per replica); like Slack, the stub sends
+each envelope to one of them (in turn), and ``delivered_to`` records which.
 """
 
 from __future__ import annotations
@@ -30,7 +33,9 @@ class SocketModeStub:
         self.acks: dict[str, dict[str, Any]] = {}  # envelope_id -> the ack message
         self.responses: list[tuple[str, dict[str, Any]]] = []  # (path, JSON body)
         self.connections = 0
-        self._ws: web.WebSocketResponse | None = None
+        self._sockets: list[web.WebSocketResponse] = []
+        self._turn = 0
+        self.delivered_to: dict[str, int] = {}  # envelope_id -> connection number
         self._connected = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self._n = 0
@@ -43,8 +48,9 @@ class SocketModeStub:
         return self
 
     async def stop(self) -> None:
-        if self._ws is not None and not self._ws.closed:
-            await self._ws.close()
+        for ws in self._sockets:
+            if not ws.closed:
+                await ws.close()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -78,7 +84,7 @@ class SocketModeStub:
     async def _link(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(autoping=True)  # answers the client's pings
         await ws.prepare(request)
-        self._ws = ws
+        self._sockets.append(ws)
         self.connections += 1
         await ws.send_json({"type": "hello", "num_connections": 1,
                             "debug_info": {"host": "stub", "approximate_connection_time": 18060},
@@ -91,16 +97,24 @@ class SocketModeStub:
                     self.acks[data["envelope_id"]] = data
         return ws
 
-    async def wait_connected(self, timeout: float = 10) -> None:
-        await asyncio.wait_for(self._connected.wait(), timeout)
+    async def wait_connected(self, timeout: float = 10, *, count: int = 1) -> None:
+        async def enough() -> None:
+            while sum(not ws.closed for ws in self._sockets) < count:
+                self._connected.clear()
+                await self._connected.wait()
+        await asyncio.wait_for(enough(), timeout)
 
     async def send(self, type_: str, payload: dict[str, Any], *,
                    accepts_response_payload: bool = False) -> str:
-        assert self._ws is not None, "no Socket Mode client connected"
+        live = [i for i, ws in enumerate(self._sockets) if not ws.closed]
+        assert live, "no Socket Mode client connected"
+        which = live[self._turn % len(live)]
+        self._turn += 1
         envelope_id = str(uuid.uuid4())
+        self.delivered_to[envelope_id] = which
         envelope = {"envelope_id": envelope_id, "type": type_, "payload": payload,
                     "accepts_response_payload": accepts_response_payload}
         if type_ == "events_api":
             envelope |= {"retry_attempt": 0, "retry_reason": ""}
-        await self._ws.send_json(envelope)
+        await self._sockets[which].send_json(envelope)
         return envelope_id

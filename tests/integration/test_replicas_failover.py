@@ -17,10 +17,12 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import time
 from collections import Counter
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 from integration.replicas import (
@@ -70,6 +72,14 @@ def test_leader_killed_or_hung_around_apply_and_revert_never_doubles_an_action(
         poll(lambda: query(db_url, "SELECT COUNT(*) FROM runs WHERE state IN "
                            "('reverted', 'failed')") == [(TRIALS,)],
              what=f"{TRIALS} runs settled", timeout=60 + TRIALS * 5)
+        # The leader says so, with the lease's token; the other says it follows.
+        leader = cluster.leader()
+        token = query(db_url, "SELECT token FROM leases WHERE name = 'leader'")[0][0]
+        metrics = httpx.get(f"{cluster.url(leader)}/metrics", timeout=5).text
+        assert f"llm_incident_fencing_token {float(token)}" in metrics
+        assert re.search(r'llm_incident_leader\{replica="[^"]+"\} 1\.0', metrics)
+        other = httpx.get(f"{cluster.url(1 - leader)}/readyz", timeout=5).json()
+        assert other["ready"] and other["checks"]["lease"]["role"] == "follower"
     finally:
         am.stop()
         cluster.stop()

@@ -149,3 +149,42 @@ def test_serve_mounts_slack_events_and_starts_socket_mode(tmp_path):
             plain.engine.store.close()
 
     asyncio.run(main())
+
+
+def test_two_replicas_on_one_store_each_take_the_events_slack_sends_them(postgres):
+    # Two replicas, each with its own Socket Mode connection, on one Postgres database.
+    # Slack (the stub) sends each envelope to one connection; whichever gets it acts,
+    # through the shared store: every command takes effect exactly once.
+    db = postgres.new_database()
+
+    async def main() -> None:
+        first, second = Env(db=db), Env(db=db)
+        await first.engine.handle_alerts([alert()])  # INC-1, seen by both
+        async with SocketModeStub() as sock, WebApiStub(
+                handlers={"apps.connections.open": sock.connections_open}) as api:
+            cfg = Settings(slack_bot_token="xoxb-test", slack_app_token="xapp-1-test",
+                           slack_api_url=api.base_url, oncall_users=("U0ALICE",))
+            modes = [SocketMode(create_slack_app(env.engine, cfg), "xapp-1-test")
+                     for env in (first, second)]
+            for mode in modes:
+                await mode.start()
+            try:
+                await sock.wait_connected(count=2)
+                sent = []
+                for i in range(6):
+                    url = sock.response_url()
+                    eid = await sock.send("slash_commands", command_payload(
+                        f"note INC-1 replica check {i}", "U0ALICE", url),
+                        accepts_response_payload=True)
+                    sent.append((eid, url))
+                for eid, url in sent:
+                    await until(lambda e=eid: sock.acks.get(e), "every command acked")
+                    await until(lambda u=url: sock.responses_to(u), "every command answered")
+            finally:
+                for mode in modes:
+                    await mode.stop()
+        assert sorted(sock.delivered_to.values()) == [0, 0, 0, 1, 1, 1]  # both took events
+        notes = [e.text for e in second.store.timeline("INC-1") if e.kind == "note"]
+        assert sorted(notes) == [f"replica check {i}" for i in range(6)], notes
+
+    asyncio.run(main())

@@ -195,3 +195,63 @@ def test_one_top_message_per_incident_across_replicas(store_at):
         clock.tick(timedelta(seconds=20))
         store.beat("host-b:2:2", role="leader")
         assert chat.claim_top("INC-1", "C2", msg, owner="host-b:2:2") is None
+
+
+def test_a_new_outbox_item_wakes_a_listener_in_another_process(store_at):
+    import threading
+
+    from bot.intake.alert import Alert
+    from bot.store.outbox import OUTBOX_CHANNEL
+
+    leader, follower = store_at(), store_at()
+    woken = threading.Event()
+    stop = leader.db.listen(OUTBOX_CHANNEL, woken.set)
+    if leader.dialect == "sqlite":
+        assert stop is None  # one process on one file: nobody to wake
+        return
+    try:
+        assert woken.wait(5)  # the listener's first look, for what it may have missed
+        woken.clear()
+        inc = follower.record_alert(Alert(source="generic", fingerprint="f", status="firing",
+                                          labels={"alertname": "A"}, starts_at=T0),
+                                    group_key="g", title="t", klass="k", severity="high")
+        with follower.transaction():
+            follower.add_outbox(inc.incident_id, "opened")
+            assert not woken.wait(0.3)  # not before the commit
+        assert woken.wait(5)
+    finally:
+        stop()
+
+
+def test_the_same_alert_at_two_replicas_at_once_makes_one_incident(store_at):
+    # Alertmanager delivering to every replica: the same alerts arrive at two
+    # connections at the same moment. The write transaction makes it one incident.
+    import threading
+
+    from bot.intake.alert import Alert
+
+    replicas = [store_at(), store_at()]
+    alerts = [Alert(source="alertmanager", fingerprint=f"fp{i}", status="firing",
+                    labels={"alertname": "A", "route": f"r{i % 5}"}, starts_at=T0)
+              for i in range(40)]
+    start = threading.Barrier(2)
+    results: list[list[tuple[str, bool]]] = [[], []]
+
+    def take(n: int) -> None:
+        start.wait()
+        for a in alerts:
+            rec = replicas[n].record_alert(a, group_key=f"k|{a.labels['route']}", title="t",
+                                           klass="k", severity="high")
+            results[n].append((rec.incident_id, rec.created))
+
+    threads = [threading.Thread(target=take, args=(n,)) for n in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    store = replicas[0]
+    assert store.db.execute("SELECT COUNT(*) FROM alerts").fetchone()[0] == 40
+    assert store.count_incidents() == 5  # one per group, not one per replica
+    created = [inc for r in results for inc, new in r if new]
+    assert sorted(created) == sorted(set(created)) and len(created) == 5
+    assert [inc for inc, _ in results[0]] == [inc for inc, _ in results[1]]
