@@ -18,14 +18,18 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 
-def _start_ticks(pid: int) -> str | None:
+def _stat(pid: int) -> list[str]:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
-        return None
-    # Field 22 (starttime); the command name in field 2 may hold spaces, so split
-    # after its closing parenthesis.
-    fields = stat.rpartition(")")[2].split()
+        return []
+    # The command name in field 2 may hold spaces: split after its closing parenthesis
+    # (so field 3, the state, is [0] and field 22, starttime, is [19]).
+    return stat.rpartition(")")[2].split()
+
+
+def _start_ticks(pid: int) -> str | None:
+    fields = _stat(pid)
     return fields[19] if len(fields) > 19 else None
 
 
@@ -59,6 +63,9 @@ def owner_alive(owner: str | None, *, claimed_at: datetime | None = None,
         return False
     except PermissionError:
         pass  # exists, owned by another user
+    fields = _stat(pid)
+    if fields and fields[0] in ("Z", "X"):
+        return False  # it exited; only its parent has not collected it yet
     if start is None or start == "0":
         return True
-    return _start_ticks(pid) == start
+    return (fields[19] if len(fields) > 19 else None) == start

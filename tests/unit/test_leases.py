@@ -255,3 +255,25 @@ def test_the_same_alert_at_two_replicas_at_once_makes_one_incident(store_at):
     created = [inc for r in results for inc, new in r if new]
     assert sorted(created) == sorted(set(created)) and len(created) == 5
     assert [inc for inc, _ in results[0]] == [inc for inc, _ in results[1]]
+
+
+def test_a_process_that_exited_is_dead_even_before_its_parent_collects_it():
+    import os
+    import socket
+    import subprocess
+    import time
+
+    from bot.base.claims import owner_alive
+
+    child = subprocess.Popen(["sleep", "0"])
+    name = f"{socket.gethostname()}:{child.pid}:0"
+    deadline = time.monotonic() + 5
+    while Path(f"/proc/{child.pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z":
+        assert time.monotonic() < deadline, "the child never exited"
+        time.sleep(0.01)
+    try:
+        assert not owner_alive(name)  # a zombie: exited, not yet reaped
+    finally:
+        child.wait()
+    assert not owner_alive(name)
+    assert owner_alive(f"{socket.gethostname()}:{os.getpid()}:0")
