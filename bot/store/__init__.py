@@ -1,10 +1,14 @@
 """The store: the single source of truth, one package with one access style.
 
-``from bot.store import Store`` is the way in. ``sqlite`` holds the store itself
-(SQLite; the embedded default), with its halves ``runs`` (runs, approvals,
-mitigations, claims) and ``outbox``; ``records`` the typed rows; ``migrations``
-the schema history; ``chat_messages`` and ``replays`` the tables of the Slack
-adapter (thread anchors, signatures already seen).
+``from bot.store import Store`` is the way in. ``store`` holds the store itself
+(connection, schema, transactions, timeline, flags), with its halves
+``incidents`` (alerts, dedup, grouping), ``runs`` (runs, approvals, mitigations,
+claims), ``outbox`` and ``leases`` (the leader lease, replica heartbeats);
+``backend`` the two databases behind one connection interface (SQLite, the
+embedded default, and Postgres for replicas); ``records`` the typed rows;
+``migrations`` the schema history; ``playbook_sets`` the last good playbooks.
+Parts of the bot own tables of their own (drills, the Slack adapter's thread,
+delivery and replay tables) and register them with ``Store.ensure_schema``.
 """
 
 from bot.store.records import (
