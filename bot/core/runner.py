@@ -23,6 +23,7 @@ and ``resumed``.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Mapping
 from datetime import datetime
@@ -30,7 +31,7 @@ from typing import Any, Literal, NoReturn
 
 from actions.base import Action, MetricsSource, Plan, ServingDriver
 from actions.catalog import get_action
-from actions.fencing import fenced
+from actions.fencing import StaleFence, fenced
 from actions.policy import ServingPolicy
 from bot.base.errors import (
     ActionFailed,
@@ -68,6 +69,8 @@ __all__ = ["BOT_ACTOR", "Runner", "RunnerSettings"]
 # How long a request waits for another process's apply or revert of the same run
 # (a LiteLLM reload takes up to 90 s) before answering that it is still under way.
 CLAIM_WAIT_SECONDS = 180.0
+log = logging.getLogger(__name__)
+
 # Why an apply does not go ahead now: wait for another request's claim, hold it for
 # the pause, expire its approval, or refuse it (with the guard's refusal).
 Blocker = tuple[Literal["wait", "hold", "expire", "refuse"], GuardRefused | None]
@@ -311,6 +314,8 @@ class Runner(RunnerTimers):
             except PartialApplyError as exc:
                 await self._fail(run, act, driver, exc.message, actor, routes=exc.applied)
             except Exception as exc:  # a failed write may still have changed something
+                if isinstance(exc, StaleFence):  # a deposed leader woke up: say so loudly
+                    log.warning("%s: %s", run.id, exc)
                 await self._fail(run, act, driver, _why(exc), actor, routes=None)
             if mismatch:
                 await self._fail(run, act, driver, "the change did not take effect: "
