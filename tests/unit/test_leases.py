@@ -277,3 +277,26 @@ def test_a_process_that_exited_is_dead_even_before_its_parent_collects_it():
         child.wait()
     assert not owner_alive(name)
     assert owner_alive(f"{socket.gethostname()}:{os.getpid()}:0")
+
+
+def test_a_follower_stores_the_alert_and_leaves_the_announcement_to_the_leader(
+        store_location):
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from incident_env import Env, alert
+
+    follower, leader = Env(db=store_location), Env(db=store_location)
+    follower.runner.leader_id, leader.runner.leader_id = "follower", "leader"
+    assert leader.store.take_lease("leader", TTL) is not None
+
+    async def go() -> None:
+        (ingested,) = await follower.engine.accept_alerts([alert()])
+        assert ingested.outcome == "opened"
+        assert await follower.engine.drain_outbox() == 0  # not its work
+        assert not follower.published
+        assert await leader.engine.drain_outbox() == 1
+    asyncio.run(go())
+    assert [m.kind for m in leader.published][:1] == ["suggestion"]
+    assert not follower.published
+    assert follower.store.pending_outbox() == []
