@@ -157,8 +157,8 @@ def create_app(
         # Committed: answer now. Suggestions and automatic steps follow on the core,
         # supervised; a crash before they finish leaves them in the outbox.
         if any(i.outcome != "duplicate" for i in ingested) and getattr(scheduler, "leads", True):
-            # The leader announces and steps (a follower's items wait for its watch,
-            # within a second).
+            # The leader announces and steps; a follower's items wake it through the
+            # store (Postgres NOTIFY at the commit; its once-a-second watch otherwise).
             core.spawn("outbox", engine.drain_outbox)
         for alert in alerts:
             metrics.alerts_received.labels(source, alert.status).inc()

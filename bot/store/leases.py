@@ -121,6 +121,10 @@ class LeaseRecords:
         fresh. Any other process (a CLI verb): while its pid runs."""
         if not owner:
             return False
+        if self.holds_lease(owner) is not None:
+            # The leader, until its lease runs out: settling its claim earlier would be
+            # fenced with its own token, which cannot stop its late write.
+            return owner_alive(owner)
         rows = self._rows("SELECT heartbeat_at FROM replicas WHERE id = ?", [owner])
         if rows:
             # A fresh heartbeat, and (on this machine) a live pid: a replica that hung

@@ -300,3 +300,18 @@ def test_a_follower_stores_the_alert_and_leaves_the_announcement_to_the_leader(
     assert [m.kind for m in leader.published][:1] == ["suggestion"]
     assert not follower.published
     assert follower.store.pending_outbox() == []
+
+
+def test_the_leaders_claims_are_not_settled_before_its_lease_runs_out(store_at):
+    # A reconcile fences the target with the current token: the leader's own. Settling
+    # the leader's claim while its lease runs would not stop its late write.
+    with freeze_time(T0) as clock:
+        store = store_at()
+        store.replica_stale_after = TTL
+        store.beat("host-x:1:1", role="leader")
+        assert store.take_lease("host-x:1:1", TTL) is not None
+        clock.tick(timedelta(seconds=9))  # no beat for 9s, lease runs to 10s
+        store.replica_stale_after = timedelta(seconds=5)
+        assert store.holder_alive("host-x:1:1")
+        clock.tick(timedelta(seconds=2))  # lease over, heartbeat stale
+        assert not store.holder_alive("host-x:1:1")
