@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 # The route settings an action may change, in the order diffs show them.
 ROUTE_FIELDS: tuple[str, ...] = (
@@ -19,7 +19,27 @@ ROUTE_FIELDS: tuple[str, ...] = (
     "fallback",
     "prompt_version",
     "traffic",
+    "canary",
 )
+
+
+class CanaryPolicy(BaseModel):
+    """A release in progress on a route: this share of its requests is served with the
+    new prompt version and/or model, the rest as before, so both are measured on the
+    same live traffic (every metric carries the version a request was served with)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt_version: str | None = None
+    model: str | None = None
+    weight: float = Field(ge=0, le=1)
+    release: str | None = None
+
+    @model_validator(mode="after")
+    def _something_changes(self) -> CanaryPolicy:
+        if self.model is None and self.prompt_version is None:
+            raise ValueError("a canary changes the prompt_version, the model, or both")
+        return self
 
 
 class RoutePolicy(BaseModel):
@@ -37,6 +57,8 @@ class RoutePolicy(BaseModel):
     # Routes sharing a group serve the same callers; the blast-radius guard never
     # leaves a group without an enabled route (or an enabled fallback).
     group: str | None = None
+    # A release's canary (the release guard); None = every request as above.
+    canary: CanaryPolicy | None = None
 
     @field_validator("traffic")
     @classmethod

@@ -95,13 +95,23 @@ def decide(policy: ServingPolicy, route: str, rng: random.Random) -> RouteDecisi
             model = _pick(weights, rng)
             reason = "traffic weights"
     target = policy.route(model)
+    prompt_version = rp.prompt_version or target.prompt_version
+    extra: dict[str, Any] = {}
+    canary = rp.canary
+    if canary is not None and reason == "as requested" and rng.random() < canary.weight:
+        # A release's canary: this share of the route's own traffic gets the new
+        # version (never on top of a fallback or a disable: those are mitigations).
+        model = canary.model or model
+        prompt_version = canary.prompt_version or prompt_version
+        reason, extra = "canary", {"canary": canary.release or "canary"}
     return RouteDecision(
         route=route,
         model=model,
         reason=reason,
         # The tighter of the asked-for route's cap and the serving route's cap.
         max_output_tokens=_tighter(rp.max_output_tokens, target.max_output_tokens),
-        prompt_version=rp.prompt_version or target.prompt_version,
+        prompt_version=prompt_version,
+        extra=extra,
     )
 
 
@@ -144,6 +154,7 @@ def apply_decision(data: dict[str, Any], d: RouteDecision) -> dict[str, Any]:
         "model": d.model,
         "reason": d.reason,
         "max_output_tokens": cap,
+        **d.extra,
     }
     return data
 

@@ -306,6 +306,9 @@ def dump_policy(policy: ServingPolicy) -> bytes:
     data = policy.model_dump(mode="json")
     if data.get("change") is None:
         data.pop("change", None)  # a file the bot never fenced keeps its old shape
+    for route in data.get("routes", {}).values():
+        if route.get("canary") is None:
+            route.pop("canary", None)  # likewise a route with no release in progress
     text = yaml.dump(data, Dumper=_Dumper, sort_keys=False, default_flow_style=False)
     return text.encode()
 

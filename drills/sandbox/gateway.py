@@ -228,6 +228,17 @@ class Gateway:
                 type="service_unavailable", code="unknown_model",
             ))  # fmt: skip
         model = pick_weighted(weights, self.rng)
+        if rp.canary is not None and self.rng.random() < rp.canary.weight:
+            # A release's canary: this request is served with the new version (its
+            # metrics and faults go by that version, so only the canary sees a bad one).
+            pv = rp.canary.prompt_version or pv
+            if rp.canary.model is not None:
+                if rp.canary.model not in self.config.models:
+                    self._fail(requested, "", GatewayError(
+                        503, f"the canary of route '{requested}' names unknown model "
+                        f"'{rp.canary.model}'", type="service_unavailable",
+                        code="unknown_model"))  # fmt: skip
+                model = rp.canary.model
         misrouted = False
         for f in self.faults.matching("bad_routing", requested, model, pv):
             if self.rng.random() < f.ratio:  # type: ignore[attr-defined]
@@ -350,6 +361,11 @@ class Gateway:
         m.latency.labels(*gw).observe(s.total_s)
         m.ttft.labels(s.model).observe(s.ttft_s)
         m.responses.labels(*app).inc()
+        # Per request and per version: what the release guard's judge compares.
+        m.app_output_tokens.labels(*app).observe(s.output_tokens)
+        m.app_cost.labels(*app).observe(s.cost)
+        m.app_latency.labels(*app).observe(s.total_s)
+        m.app_ttft.labels(*app).observe(s.ttft_s)
         if s.fallback_route:
             m.fallbacks.labels(s.requested_route, s.fallback_route, s.model).inc()
         for flag, counter in (

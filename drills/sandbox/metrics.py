@@ -23,6 +23,13 @@ LATENCY_BUCKETS = (
     0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 7.5, 10.0,
     15.0, 20.0, 30.0, 60.0, 120.0, 300.0, float("inf"),
 )  # fmt: skip
+# Output tokens and cost per request (the release guard compares their distributions).
+TOKEN_BUCKETS = (
+    16, 32, 64, 128, 256, 384, 512, 768, 1024, 1536, 2048, 4096, 8192, float("inf"),
+)  # fmt: skip
+COST_BUCKETS = (
+    0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, float("inf"),
+)  # fmt: skip
 # vLLM's time-to-first-token buckets (seconds).
 TTFT_BUCKETS = (
     0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0,
@@ -103,6 +110,20 @@ class SandboxMetrics:
             registry=r,
         )
         self.refusals = Counter("llm_app_refusals", "Responses that refused", APP, registry=r)
+        self.app_output_tokens = Histogram(
+            "llm_app_output_tokens", "Output tokens per completion, by version", APP,
+            buckets=TOKEN_BUCKETS, registry=r)
+        self.app_cost = Histogram(
+            "llm_app_cost_usd", "Cost per completion in USD, by version", APP,
+            buckets=COST_BUCKETS, registry=r)
+        self.app_latency = Histogram(
+            "llm_app_request_latency_seconds",
+            "End-to-end latency per completion (simulated), by version", APP,
+            buckets=LATENCY_BUCKETS, registry=r)
+        self.app_ttft = Histogram(
+            "llm_app_time_to_first_token_seconds",
+            "Time to first token per completion (simulated), by version", APP,
+            buckets=TTFT_BUCKETS, registry=r)
         self.safety_flags = Counter(
             "llm_app_safety_flags", "Responses flagged by the safety classifier", APP, registry=r
         )

@@ -23,7 +23,7 @@ if importlib.util.find_spec("litellm") is None:
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 import litellm  # noqa: E402
 
-from bot_litellm_hook.hook import PolicyHook, RouteDisabled, decide  # noqa: E402
+from bot_litellm_hook.hook import PolicyHook, RouteDisabled, apply_decision, decide  # noqa: E402
 
 POLICY = """\
 version: 1
@@ -153,3 +153,22 @@ def test_fallback_on_an_enabled_route_moves_its_traffic_like_the_sandbox() -> No
         {"routes": {"chat": {"fallback": "chat-small"}, "chat-small": {"enabled": False}}})
     decision = decide(policy, "chat", random.Random(0))
     assert decision is not None and decision.model == "chat"
+
+
+def test_a_canary_takes_its_weight_of_the_routes_own_traffic_only() -> None:
+    policy = ServingPolicy.model_validate({"routes": {
+        "chat": {"prompt_version": "v42",
+                 "canary": {"prompt_version": "v43", "weight": 0.05, "release": "REL-3"}},
+        "chat-small": {}}})
+    rng = random.Random(11)
+    decisions = [decide(policy, "chat", rng) for _ in range(4000)]
+    canary = [d for d in decisions if d.reason == "canary"]
+    assert 0.04 < len(canary) / len(decisions) < 0.06  # 5% +- 1 point over 4,000
+    assert {d.prompt_version for d in canary} == {"v43"}
+    assert {d.prompt_version for d in decisions if d.reason != "canary"} == {"v42"}
+    body = apply_decision({"model": "chat", "messages": []}, canary[0])
+    assert body["metadata"]["llm_incident"]["canary"] == "REL-3"
+    assert body["metadata"]["prompt_version"] == "v43"
+    # A mitigation (fallback) takes the route's traffic: no canary on top of it.
+    fallen = policy.with_values({"chat": {"fallback": "chat-small"}})
+    assert {decide(fallen, "chat", rng).reason for _ in range(500)} == {"fallback"}

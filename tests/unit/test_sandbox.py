@@ -431,3 +431,52 @@ def test_traffic_generator_counts_statuses_and_stays_on_loopback(tmp_path: Path)
     assert sb.metric("litellm_proxy_total_requests_metric_total", requested_model="chat") == 10
     with pytest.raises(ValueError, match="loopback"):
         asyncio.run(generate("http://example.org", routes=["chat"], rate_per_s=1, duration_s=1))
+
+
+# -- a release's canary -------------------------------------------------------------------
+
+
+def _buckets(sb: Sandbox, name: str, **labels: str) -> list[tuple[float, float]]:
+    text = sb.call("GET", "/metrics").text
+    return sorted(
+        (float(s.labels["le"]), s.value)
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+        if s.name == f"{name}_bucket" and all(s.labels.get(k) == v for k, v in labels.items())
+    )
+
+
+def test_a_canary_takes_its_share_and_only_it_sees_a_fault_on_its_version(
+        tmp_path: Path) -> None:
+    from bot.core.canary_judge import Histogram, judge
+    from bot.playbook.canary_thresholds import load_thresholds
+
+    # The new prompt v43 doubles output tokens; 10% of chat's traffic tries it.
+    sb = Sandbox(tmp_path, {"chat": {"canary": {"prompt_version": "v43", "weight": 0.1,
+                                                "release": "REL-1"}}})
+    sb.fault(kind="token_blowup", prompt_version="v43", factor=2)
+    bodies = ok(sb.chat(n=3000))
+    versions = [b["sandbox"]["prompt_version"] for b in bodies]
+    share = versions.count("v43") / len(versions)
+    assert 0.08 < share < 0.12, share  # 10% +- 2 points over 3,000 requests
+    tokens = {v: [b["usage"]["completion_tokens"] for b in bodies
+                  if b["sandbox"]["prompt_version"] == v] for v in ("v42", "v43")}
+    mean = {v: sum(t) / len(t) for v, t in tokens.items()}
+    assert mean["v43"] > 1.6 * mean["v42"]  # only the canary is blown up
+    # The judge reads the per-version histograms the gateway exports and says roll back.
+    canary = Histogram(_buckets(sb, "llm_app_output_tokens", prompt_version="v43"))
+    baseline = Histogram(_buckets(sb, "llm_app_output_tokens", prompt_version="v42"))
+    assert canary.n == versions.count("v43") and baseline.n == versions.count("v42")
+    verdict = judge(load_thresholds().for_route("chat"),
+                    {"output_tokens": (canary, baseline)}, alpha=0.01)
+    assert verdict.decision == "rollback", verdict
+    # A good canary (no fault on its version) is judged fit to promote.
+    (tmp_path / "good").mkdir()
+    good = Sandbox(tmp_path / "good", {"chat": {"canary": {"prompt_version": "v43",
+                                                           "weight": 0.1}}})
+    ok(good.chat(n=3000))
+    verdict = judge(load_thresholds().for_route("chat"), {"output_tokens": (
+        Histogram(_buckets(good, "llm_app_output_tokens", prompt_version="v43")),
+        Histogram(_buckets(good, "llm_app_output_tokens", prompt_version="v42")))},
+        alpha=0.01)
+    assert verdict.decision == "promote", verdict
