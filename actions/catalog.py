@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from actions.base import Action
 from actions.policy import ServingPolicy
+from actions.release_actions import RELEASE_ACTIONS
 from bot.base.errors import InputError
 
 
@@ -188,6 +189,7 @@ CATALOG: dict[str, Action] = {
         Fallback(),
         RollbackPrompt(),
         ShiftTraffic(),
+        *RELEASE_ACTIONS,
     )
 }
 

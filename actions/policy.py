@@ -106,7 +106,9 @@ class ServingPolicy(BaseModel):
         return name in self.routes
 
     def get(self, route: str, field: str) -> Any:
-        return getattr(self.route(route), field)
+        """A field's value as plain data (a canary is its mapping), as plans store it."""
+        value = getattr(self.route(route), field)
+        return value.model_dump() if isinstance(value, BaseModel) else value
 
     def with_values(
         self, updates: dict[str, dict[str, Any]], *, create: bool = False

@@ -28,9 +28,13 @@ BASE = ServingPolicy.model_validate(
             },
             "chat-small": {"max_output_tokens": 256, "max_concurrency": 8},
             "spare": {"enabled": False},
+            "chat-long": {"canary": {"prompt_version": "v43", "weight": 0.25,
+                                     "release": "REL-1"}},
         }
     }
 )
+CANARY_1 = '{"model": null, "prompt_version": "v43", "release": "REL-1", "weight": 0.25}'
+CANARY_2 = {"model": None, "prompt_version": "v42", "release": "REL-2", "weight": 0.05}
 
 # (action, params, expected diff, (route, field, a value a human might set later))
 CASES: list[tuple[str, dict[str, Any], str, tuple[str, str, Any] | None]] = [
@@ -94,6 +98,29 @@ CASES: list[tuple[str, dict[str, Any], str, tuple[str, str, Any] | None]] = [
         '- routes.chat.traffic: {"chat-large": 0.9, "chat-small": 0.1}\n'
         '+ routes.chat.traffic: {"chat-large": 0.25, "chat-small": 0.75}',
         ("chat", "traffic", {"chat-large": 1.0}),
+    ),
+    (
+        "set_canary",
+        {"route": "chat", "release": "REL-2", "prompt_version": "v42", "weight": 0.05},
+        "# t: REL-2: prompt v42 on 5% of chat\n- routes.chat.canary: null\n"
+        '+ routes.chat.canary: {"model": null, "prompt_version": "v42", "release": "REL-2", '
+        '"weight": 0.05}',
+        ("chat", "canary", {**CANARY_2, "weight": 0.5}),
+    ),
+    (
+        "promote_canary",
+        {"route": "chat-long", "release": "REL-1"},
+        "# t: REL-1: promote the canary to all of chat-long\n"
+        '- routes.chat-long.prompt_version: null\n+ routes.chat-long.prompt_version: "v43"\n'
+        f"- routes.chat-long.canary: {CANARY_1}\n+ routes.chat-long.canary: null",
+        ("chat-long", "prompt_version", "v44"),
+    ),
+    (
+        "rollback_canary",
+        {"route": "chat-long", "release": "REL-1"},
+        "# t: REL-1: roll back the canary, all of chat-long on the baseline\n"
+        f"- routes.chat-long.canary: {CANARY_1}\n+ routes.chat-long.canary: null",
+        ("chat-long", "canary", {**CANARY_2, "release": "REL-1"}),
     ),
 ]
 IDS = [f"{c[0]}-{i}" for i, c in enumerate(CASES)]
