@@ -33,8 +33,10 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from bot.core.engine import Engine
 from bot.core.leadership import Leadership
 from bot.core.messages import Button, Message, Section
+from bot.core.release_cases import ReleaseGuard
 from bot.store import Run
 from bot.store.outbox import OUTBOX_CHANNEL
+from bot.store.releases import Release
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +73,8 @@ class Scheduler:
         self._woken: asyncio.Future[Any] | None = None
         self._unlisten: Callable[[], None] | None = None
         self._seen_event: int | None = None
+        # The release guard judges canaries on Prometheus: without one, no releases.
+        self.releases = ReleaseGuard(engine) if engine.runner.metrics is not None else None
         engine.add_change_listener(self.refresh)
 
     # --- start / stop ------------------------------------------------------------
@@ -231,6 +235,10 @@ class Scheduler:
         opened or since its last reminder (the engine's ``remind_unacknowledged``)."""
         return await self.engine.remind_unacknowledged(self.reminder_every)
 
+    async def check_releases(self) -> list[Release]:
+        """Judge every release whose step has baked: roll back, hold or promote."""
+        return await self.releases.check_due() if self.releases is not None else []
+
     async def watch_store(self) -> bool:
         """Refresh the timers when anything was written since the last look (any process:
         every change adds a timeline event). True when it refreshed."""
@@ -255,6 +263,7 @@ class Scheduler:
         done += await self.run_due()
         done += await self.check_verifications()
         done += await self.expire_approvals()
+        await self.check_releases()
         await self.engine.sync_lifecycle()
         return done
 
@@ -268,6 +277,7 @@ class Scheduler:
         await self._guarded("check_verifications", self.check_verifications)
         await self._guarded("run_due", self.run_due)
         await self._guarded("expire_approvals", self.expire_approvals)
+        await self._guarded("releases", self.check_releases)
         await self._guarded("send_reminders", self.send_reminders)
         await self._guarded("sync_lifecycle", self.engine.sync_lifecycle)
         self.refresh()

@@ -299,12 +299,52 @@ def _v9_leases(db: Db) -> None:
     )
 
 
+def _v10_releases(db: Db) -> None:
+    # The release guard: one row per release and its own timeline (bot/store/releases.py).
+    db.execute(
+        """CREATE TABLE releases (
+            id TEXT PRIMARY KEY,
+            seq INTEGER NOT NULL UNIQUE,
+            route TEXT NOT NULL,
+            target TEXT NOT NULL,
+            change TEXT NOT NULL,
+            baseline TEXT NOT NULL,
+            owner TEXT NOT NULL,
+            steps TEXT NOT NULL,
+            step INTEGER NOT NULL,
+            bake_seconds INTEGER NOT NULL,
+            auto_promote INTEGER NOT NULL DEFAULT 0,
+            state TEXT NOT NULL CHECK (state IN ('canary', 'promoted', 'rolled_back', 'aborted')),
+            held INTEGER NOT NULL DEFAULT 0,
+            step_started_at TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            incident_id TEXT
+        )"""
+    )
+    # One release in progress per route, whatever the replicas do at once.
+    db.execute("CREATE UNIQUE INDEX idx_releases_active ON releases (route) "
+               "WHERE state = 'canary'")
+    db.execute(
+        """CREATE TABLE release_events (
+            id INTEGER PRIMARY KEY,
+            release_id TEXT NOT NULL REFERENCES releases (id),
+            at TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            actor TEXT NOT NULL,
+            text TEXT NOT NULL,
+            data TEXT NOT NULL DEFAULT '{}'
+        )"""
+    )
+    db.execute("CREATE INDEX idx_release_events ON release_events (release_id, id)")
+
+
 # Append only; index + 1 is the schema version. Versions 2, 3, 6 and a part of 4
 # created tables that now belong to their owners (drills, the Slack adapter): those
 # positions stay, empty, so every version number keeps its meaning.
 MIGRATIONS: list[Callable[[Db], None]] = [
     _v1_initial, _v2_chat_messages, _v3_drills, _v4_trust, _v5_drill_scope,
-    _v6_drill_ownership, _v7_claims_and_outbox, _v8_components, _v9_leases,
+    _v6_drill_ownership, _v7_claims_and_outbox, _v8_components, _v9_leases, _v10_releases,
 ]
 
 LATEST_VERSION = len(MIGRATIONS)

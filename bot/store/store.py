@@ -44,6 +44,7 @@ from bot.store.records import (
     to_text,
     utc_now,
 )
+from bot.store.releases import ReleaseRecords
 from bot.store.runs import RunRecords
 
 __all__ = [
@@ -54,7 +55,7 @@ __all__ = [
 PAUSE_FLAG = "paused"
 
 
-class Store(IncidentRecords, RunRecords, OutboxRecords, LeaseRecords):
+class Store(IncidentRecords, RunRecords, OutboxRecords, LeaseRecords, ReleaseRecords):
     """Open (and migrate) the store at ``path``: a SQLite file, ``None`` or ``":memory:"``
     (in memory), or a ``postgresql://`` URL."""
 

@@ -9,6 +9,7 @@ from bot.adapters.commands import drill_verbs as dv
 from bot.adapters.commands import incident_verbs as iv
 from bot.adapters.commands import lifecycle_verbs as lv
 from bot.adapters.commands import playbook_verbs as pv
+from bot.adapters.commands import release_verbs as rv
 from bot.adapters.commands import step_verbs as sv
 from bot.adapters.commands.context import Context
 from bot.adapters.commands.grammar import AS, JSON, Command, Result, Verb, parse, split
@@ -118,6 +119,11 @@ VERBS: dict[str, Verb] = _verbs(
     Verb("drill", "drills: list | run CLASS_OR_ID | history [CLASS] | report DRILL_ID",
          optional=("sub", "arg"), options=("--target", AS), flags=("--auto-respond", JSON),
          changes_state=True, handler=dv.drill_verb),
+    Verb("release", "release guard: start ROUTE --prompt V | status [REL] | list | "
+         "promote REL | hold REL | rollback REL | judge REL",
+         optional=("sub", "arg"), options=("--prompt", "--model", "--baseline", "--steps",
+                                           "--bake", "--owner", "--reason", "--target", AS),
+         flags=("--auto-promote", JSON), changes_state=True, handler=rv.release_verb),
 )
 
 # Exit codes: 0 ok, 1 the check failed (lint/test found problems), 2 bad input,

@@ -1,0 +1,268 @@
+"""The release guard's use cases: start a release as a canary, judge it at each step,
+promote it, hold it, roll it back.
+
+Every change to the target is a run of a catalog action (``set_canary``,
+``promote_canary``, ``rollback_canary``): planned as a diff, guarded, applied,
+verified and audited like a mitigation, and never reverted by a TTL. The release
+record (``bot/store/releases.py``) says where the release stands; its timeline
+holds what the judge said at each step, with the numbers.
+
+Rolling back is the safe direction: the judge does it on its own when a critical
+signal fails. Promotion past a step is a person's (the owner or on-call), unless
+the release was started with ``auto_promote``. A rollback opens an incident of
+the failing signal's class, carrying the judge's table, so playbooks, chat and
+the postmortem see it like any alert.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+from bot.base.errors import InputError
+from bot.core.canary_judge import SIGNALS, Sample, Verdict, judge
+from bot.core.canary_samples import Version, read_samples
+from bot.core.messages import Message, Section
+from bot.intake.alert import Alert
+from bot.playbook.canary_thresholds import CanaryThresholds, load_thresholds
+from bot.playbook.schema import Guard
+from bot.store.releases import Release
+
+if TYPE_CHECKING:
+    from bot.core.engine import Engine
+
+log = logging.getLogger(__name__)
+
+DEFAULT_STEPS = (5, 25, 50, 100)
+DEFAULT_BAKE = timedelta(minutes=10)
+GUARD_ACTOR = "release-guard"
+# The release's runs: approval is the verb's (owner or on-call), and no TTL ever
+# undoes a promotion or a rollback.
+RELEASE_GUARD = Guard(approval="none")
+
+Reader = Callable[[Version, Version, timedelta], Awaitable[dict[str, tuple[Sample, Sample]]]]
+
+
+def parse_steps(text: str | Sequence[int]) -> list[int]:
+    try:
+        steps = [int(s) for s in (text.split(",") if isinstance(text, str) else text)]
+    except ValueError:
+        raise InputError(f"steps must be percents like 5,25,50,100, got {text!r}") from None
+    if not steps or steps[-1] != 100 or any(not 0 < s <= 100 for s in steps) or \
+            steps != sorted(set(steps)):
+        raise InputError(f"steps must rise from above 0 to 100, got {steps}",
+                         hint="e.g. --steps 5,25,50,100")
+    return steps
+
+
+class ReleaseGuard:
+    def __init__(self, engine: Engine, *, thresholds: CanaryThresholds | None = None,
+                 reader: Reader | None = None) -> None:
+        self.engine = engine
+        self.store = engine.store
+        self.runner = engine.runner
+        self.thresholds = thresholds or load_thresholds()
+        self._reader = reader
+
+    async def _read(self, canary: Version, baseline: Version,
+                    window: timedelta) -> dict[str, tuple[Sample, Sample]]:
+        if self._reader is not None:
+            return await self._reader(canary, baseline, window)
+        if self.runner.metrics is None:
+            raise InputError("the release guard needs Prometheus to judge a canary",
+                             hint="set LLM_INCIDENT_PROMETHEUS_URL")
+        return await read_samples(self.runner.metrics, canary, baseline, window)
+
+    # --- the use cases ------------------------------------------------------------------
+
+    async def start(self, route: str, *, actor: str, prompt_version: str | None = None,
+                    model: str | None = None, baseline_version: str | None = None,
+                    steps: Sequence[int] = DEFAULT_STEPS, bake: timedelta = DEFAULT_BAKE,
+                    owner: str | None = None, auto_promote: bool = False,
+                    target: str = "default") -> Release:
+        if prompt_version is None and model is None:
+            raise InputError("a release changes the prompt version, the model, or both",
+                             hint="release start ROUTE --prompt V | --model M")
+        if self._reader is None and self.runner.metrics is None:
+            raise InputError("the release guard judges canaries on Prometheus; none is set",
+                             hint="set LLM_INCIDENT_PROMETHEUS_URL (or --prometheus)")
+        steps = parse_steps(steps)
+        current = await self.runner._driver(target).read()
+        if not current.serves(route):
+            raise InputError(f"route '{route}' is not served by target '{target}'")
+        rp = current.route(route)
+        baseline: dict[str, str] = {}
+        if prompt_version is not None:
+            base = baseline_version or rp.prompt_version
+            if base is None:
+                raise InputError(f"route '{route}' names no prompt_version to compare against",
+                                 hint="give the version it serves now with --baseline V")
+            baseline["prompt_version"] = base
+        change = {k: v for k, v in (("prompt_version", prompt_version), ("model", model)) if v}
+        release = self.store.create_release(
+            route=route, target=target, change=change, baseline=baseline,
+            owner=owner or actor, steps=steps, bake=bake, auto_promote=auto_promote,
+            actor=actor)
+        try:
+            await self._set_weight(release, steps[0], actor=actor)
+        except Exception as exc:
+            self.store.move_release(release.id, expect_step=0, actor=actor, kind="aborted",
+                                    state="aborted", text=f"could not start the canary: {exc}")
+            raise
+        await self._announce(release.id, f"{release.id} started: {_change(release)} on "
+                             f"{steps[0]}% of {route}")
+        return self.store.release(release.id)
+
+    async def promote(self, release_id: str, *, actor: str, automatic: bool = False) -> Release:
+        release = self._active(release_id)
+        if release.last_step:
+            run = await self._run("promote_canary", release, {}, actor=actor,
+                                  automatic=automatic)
+            moved = self.store.move_release(
+                release.id, expect_step=release.step, actor=actor, kind="promoted",
+                state="promoted", text=f"promoted to all of {release.route} by {actor} "
+                                       f"({run})", data={"run": run})
+            await self._announce(moved.id, f"{moved.id} promoted: {_change(moved)} serves all "
+                                 f"of {moved.route}")
+            return moved
+        nxt = release.steps[release.step + 1]
+        run = await self._set_weight(release, nxt, actor=actor, automatic=automatic)
+        moved = self.store.move_release(
+            release.id, expect_step=release.step, step=release.step + 1, actor=actor,
+            kind="promoted_step", held=False,
+            text=f"step {release.step + 2}: {nxt}% of {release.route} by {actor} ({run})",
+            data={"run": run, "percent": nxt})
+        await self._announce(moved.id, f"{moved.id} at {nxt}% of {moved.route}")
+        return moved
+
+    async def hold(self, release_id: str, *, actor: str, reason: str = "") -> Release:
+        release = self._active(release_id)
+        why = f": {reason}" if reason else ""
+        return self.store.move_release(release.id, expect_step=release.step, held=True,
+                                       actor=actor, kind="held", text=f"held by {actor}{why}")
+
+    async def rollback(self, release_id: str, *, actor: str, reason: str,
+                       verdict: Verdict | None = None, automatic: bool = False) -> Release:
+        release = self._active(release_id)
+        run = await self._run("rollback_canary", release, {}, actor=actor, automatic=automatic)
+        incident_id = await self._open_incident(release, verdict) if verdict else None
+        moved = self.store.move_release(
+            release.id, expect_step=release.step, state="rolled_back", actor=actor,
+            kind="rolled_back", incident_id=incident_id,
+            text=f"rolled back by {actor} at {release.steps[release.step]}%: {reason} ({run})",
+            data={"run": run, "incident": incident_id})
+        where = f"; {incident_id} opened" if incident_id else ""
+        await self._announce(moved.id, f"{moved.id} rolled back: {reason}{where}",
+                             verdict=verdict)
+        return moved
+
+    async def judge(self, release_id: str) -> Verdict:
+        """Canary vs baseline over the current step's window, now."""
+        release = self.store.release(release_id)
+        window = max(self.store.now() - release.step_started_at, timedelta(minutes=1))
+        canary = Version(release.route, release.change.get("prompt_version"),
+                         release.change.get("model"))
+        baseline = Version(release.route, release.baseline.get("prompt_version"),
+                           release.baseline.get("model"))
+        samples = await self._read(canary, baseline, window)
+        return judge(self.thresholds.for_route(release.route), samples,
+                     alpha=self.thresholds.alpha)
+
+    async def check_due(self) -> list[Release]:
+        """Judge every release whose step has baked (the leader's scheduler calls it): a
+        critical failure rolls back at once, another failure holds, a pass promotes
+        when the release says ``auto_promote`` and waits for a person otherwise."""
+        done = []
+        for release in self.store.releases(active_only=True):
+            if self.store.now() - release.step_started_at < release.bake:
+                continue
+            verdict = await self.judge(release.id)
+            table = verdict_text(verdict)
+            if verdict.decision == "rollback":
+                failed = ", ".join(s.signal for s in verdict.failed if s.critical)
+                done.append(await self.rollback(release.id, actor=GUARD_ACTOR, automatic=True,
+                                                reason=f"the canary failed {failed}",
+                                                verdict=verdict))
+            elif verdict.decision == "promote" and release.auto_promote and not release.held:
+                done.append(await self.promote(release.id, actor=GUARD_ACTOR, automatic=True))
+            elif verdict.decision in ("hold", "promote") and not release.held:
+                ready = verdict.decision == "promote"
+                done.append(self.store.move_release(
+                    release.id, expect_step=release.step, held=not ready, actor=GUARD_ACTOR,
+                    kind="judged", data={"decision": verdict.decision},
+                    text=(f"step {release.step + 1} passed; promote when ready" if ready else
+                          "held: a signal failed") + f"\n{table}"))
+                if not ready:
+                    await self._announce(release.id, f"{release.id} held by the judge",
+                                         verdict=verdict)
+        return done
+
+    # --- helpers --------------------------------------------------------------------------
+
+    def _active(self, release_id: str) -> Release:
+        release = self.store.release(release_id)
+        if release.state != "canary":
+            raise InputError(f"{release.id} is {release.state}; only a release in canary "
+                             "can move", hint=f"`release status {release.id}`")
+        return release
+
+    async def _set_weight(self, release: Release, percent: int, *, actor: str,
+                          automatic: bool = False) -> str:
+        args = {**release.change, "weight": percent / 100}
+        return await self._run("set_canary", release, args, actor=actor, automatic=automatic)
+
+    async def _run(self, action: str, release: Release, args: dict[str, object], *,
+                   actor: str, automatic: bool) -> str:
+        run = await self.runner.plan(
+            incident_id=release.incident_id, playbook_id=None, step_id=release.id,
+            action=action, target=release.target,
+            args={"route": release.route, "release": release.id, **args},
+            guard=RELEASE_GUARD, verify_query=None, requested_by=actor, automatic=automatic)
+        if run.state != "planned":
+            raise InputError(f"{action} for {release.id} was not planned: "
+                             f"{run.error or run.state}")
+        run = await self.runner.apply(run.id, actor=actor, automatic=automatic)
+        # The release tracks this change, not the mitigation bookkeeping: it holds no
+        # lock, takes no slot of the active-mitigation cap, and nothing reverts it.
+        self.store.mark_reverted(run.id, f"a release change: {release.id} tracks it")
+        return run.id
+
+    async def _open_incident(self, release: Release, verdict: Verdict) -> str:
+        worst = next((s for s in verdict.failed if s.critical), verdict.failed[0])
+        spec = SIGNALS[worst.signal]
+        alert = Alert(
+            source="generic", fingerprint=f"{release.id}:{worst.signal}",
+            status="firing", starts_at=self.store.now(),
+            labels={"alertname": "CanaryRollback", "incident_class": spec.incident_class,
+                    "route": release.route, "release": release.id,
+                    "severity": "critical", "signal": worst.signal},
+            annotations={"summary": f"{release.id} rolled back: {worst.why}",
+                         "description": verdict_text(verdict)})
+        (ingested,) = await self.engine.handle_alerts([alert])
+        return ingested.incident_id
+
+    async def _announce(self, release_id: str, title: str,
+                        verdict: Verdict | None = None) -> None:
+        release = self.store.release(release_id)
+        sections = (Section(verdict_text(verdict), title="canary vs baseline"),) \
+            if verdict else ()
+        await self.engine.publish(Message(
+            "result", None, title, f"{title} (owner {release.owner}; steps "
+            f"{'/'.join(map(str, release.steps))}%)", sections=sections))
+
+
+def _change(release: Release) -> str:
+    return " ".join(f"{k.replace('_', ' ')} {v}" for k, v in sorted(release.change.items()))
+
+
+def verdict_text(verdict: Verdict) -> str:
+    """The judge's table, one line per signal: what it measures, both sides, the test."""
+    lines = []
+    for s in verdict.signals:
+        p = "" if s.p_value is None else f" p={s.p_value:.2g}"
+        lines.append(f"{s.outcome:>15}  {s.signal:<16} canary {s.canary:.4g} vs baseline "
+                     f"{s.baseline:.4g} (n={int(s.n_canary)}/{int(s.n_baseline)}){p}"
+                     f"{'  critical' if s.critical else ''}")
+    return "\n".join(lines) or "no signal had data"

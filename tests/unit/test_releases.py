@@ -1,0 +1,133 @@
+"""The release guard end to end in the core: a canary started, judged at each step,
+promoted by a person or on its own, rolled back by the judge with an incident."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from fakes import InMemoryDriver
+
+from actions.policy import ServingPolicy
+from bot.base.errors import Conflict, InputError
+from bot.core.canary_judge import Histogram
+from bot.core.canary_samples import Version
+from bot.core.release_cases import ReleaseGuard, parse_steps
+
+sys.path.insert(0, str(Path(__file__).parent))
+from incident_env import Env  # noqa: E402
+
+BUCKETS = [16, 32, 64, 128, 256, 512, 1024, 2048, 4096, math.inf]
+POLICY = ServingPolicy.model_validate({"routes": {
+    "chat": {"prompt_version": "v42", "max_concurrency": 16, "group": "chat"},
+    "chat-small": {"group": "chat"}}})
+
+
+class Traffic:
+    """What Prometheus would say over the step's window: 5% of 8,000 requests on the
+    canary, whose output tokens are ``canary_factor`` times the baseline's."""
+
+    def __init__(self) -> None:
+        self.canary_factor = 1.0
+        self.rng = random.Random(12)
+        self.asked: list[tuple[Version, Version, timedelta]] = []
+
+    def _hist(self, n: int, mean: float) -> Histogram:
+        values = [self.rng.lognormvariate(math.log(mean), 0.5) for _ in range(n)]
+        return Histogram([(le, float(sum(v <= le for v in values))) for le in BUCKETS])
+
+    async def __call__(self, canary: Version, baseline: Version, window: timedelta):
+        self.asked.append((canary, baseline, window))
+        return {"output_tokens": (self._hist(400, 300 * self.canary_factor),
+                                  self._hist(7600, 300))}
+
+
+def rig() -> tuple[Env, ReleaseGuard, Traffic]:
+    env = Env(driver=InMemoryDriver(POLICY, name="default"))
+    traffic = Traffic()
+    return env, ReleaseGuard(env.engine, reader=traffic), traffic
+
+
+def canary(env: Env) -> dict | None:
+    return asyncio.run(env.driver.read()).get("chat", "canary")
+
+
+def test_a_good_release_goes_out_step_by_step_when_a_person_promotes_it():
+    env, guard, traffic = rig()
+    rel = asyncio.run(guard.start("chat", prompt_version="v43", actor="alice"))
+    assert (rel.id, rel.state, rel.weight, rel.baseline) == ("REL-1", "canary", 0.05,
+                                                             {"prompt_version": "v42"})
+    assert canary(env) == {"prompt_version": "v43", "model": None, "weight": 0.05,
+                           "release": "REL-1"}
+    assert asyncio.run(guard.check_due()) == []  # not baked yet: nothing judged
+    env.clock.advance(minutes=10)
+    (judged,) = asyncio.run(guard.check_due())
+    assert judged.step == 0 and not judged.held  # passed; waits for a person
+    assert "promote when ready" in guard.store.release_timeline("REL-1")[-1].text
+    canary_v, baseline_v, window = traffic.asked[-1]
+    assert (canary_v.prompt_version, baseline_v.prompt_version) == ("v43", "v42")
+    assert window == timedelta(minutes=10)
+    for percent in (25, 50, 100):
+        rel = asyncio.run(guard.promote("REL-1", actor="bob"))
+        assert canary(env)["weight"] == percent / 100
+    rel = asyncio.run(guard.promote("REL-1", actor="bob"))
+    assert rel.state == "promoted" and canary(env) is None
+    assert asyncio.run(env.driver.read()).get("chat", "prompt_version") == "v43"
+    kinds = [e.kind for e in guard.store.release_timeline("REL-1")]
+    assert kinds == ["started", "judged", "promoted_step", "promoted_step", "promoted_step",
+                     "promoted"]
+    # Every change was a run, none with a TTL: nothing will ever revert a promotion.
+    runs = env.store.runs()
+    assert [r.action for r in runs] == ["set_canary"] * 4 + ["promote_canary"]
+    assert all(r.state == "applied" for r in runs) and not list(env.runner.timers())
+
+
+def test_a_canary_that_doubles_tokens_is_rolled_back_by_the_judge_with_an_incident():
+    env, guard, traffic = rig()
+    asyncio.run(guard.start("chat", prompt_version="v43", actor="alice", auto_promote=True))
+    env.clock.advance(minutes=10)
+    asyncio.run(guard.check_due())  # good at 5%: auto_promote takes it to 25%
+    assert guard.store.release("REL-1").weight == 0.25
+    traffic.canary_factor = 2.0  # the bad part shows at 25%
+    env.clock.advance(minutes=10)
+    (rolled,) = asyncio.run(guard.check_due())
+    assert rolled.state == "rolled_back" and canary(env) is None
+    assert asyncio.run(env.driver.read()).get("chat", "prompt_version") == "v42"
+    inc = env.store.incident(rolled.incident_id)
+    assert inc.klass == "runaway_cost" and inc.status != "resolved"
+    (alert,) = env.store.alerts_for(inc.id)
+    assert alert.labels["release"] == "REL-1" and alert.labels["signal"] == "output_tokens"
+    assert "fail" in alert.annotations["description"]
+    assert any("REL-1 rolled back" in m.title for m in env.published)
+
+
+def test_one_release_per_route_and_no_move_after_the_end():
+    env, guard, _ = rig()
+    asyncio.run(guard.start("chat", prompt_version="v43", actor="alice"))
+    with pytest.raises(Conflict, match="already has REL-1 in progress"):
+        asyncio.run(guard.start("chat", prompt_version="v44", actor="carol"))
+    asyncio.run(guard.rollback("REL-1", actor="alice", reason="changed my mind"))
+    with pytest.raises(InputError, match="REL-1 is rolled_back"):
+        asyncio.run(guard.promote("REL-1", actor="bob"))
+    rel = asyncio.run(guard.start("chat", prompt_version="v44", actor="carol"))
+    assert rel.id == "REL-2"  # the route is free again
+
+
+def test_a_held_release_is_not_promoted_on_its_own_and_bad_input_is_named():
+    env, guard, _ = rig()
+    asyncio.run(guard.start("chat", prompt_version="v43", actor="alice", auto_promote=True))
+    asyncio.run(guard.hold("REL-1", actor="bob", reason="launch freeze"))
+    env.clock.advance(minutes=10)
+    assert asyncio.run(guard.check_due()) == []
+    assert guard.store.release("REL-1").step == 0
+    with pytest.raises(InputError, match="rise from above 0 to 100"):
+        parse_steps("50,25,100")
+    with pytest.raises(InputError, match="not served"):
+        asyncio.run(guard.start("nope", prompt_version="v1", actor="alice"))
+    with pytest.raises(InputError, match="no prompt_version to compare"):
+        asyncio.run(guard.start("chat-small", prompt_version="v9", actor="alice"))
