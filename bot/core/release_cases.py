@@ -50,10 +50,10 @@ def parse_steps(text: str | Sequence[int]) -> list[int]:
         steps = [int(s) for s in (text.split(",") if isinstance(text, str) else text)]
     except ValueError:
         raise InputError(f"steps must be percents like 5,25,50,100, got {text!r}") from None
-    if not steps or steps[-1] != 100 or any(not 0 < s <= 100 for s in steps) or \
+    if len(steps) < 2 or steps[-1] != 100 or any(not 0 < s <= 100 for s in steps) or \
             steps != sorted(set(steps)):
         raise InputError(f"steps must rise from above 0 to 100, got {steps}",
-                         hint="e.g. --steps 5,25,50,100")
+                         hint="e.g. --steps 5,25,50,100 (100 is the promotion)")
     return steps
 
 
@@ -116,8 +116,10 @@ class ReleaseGuard:
         return self.store.release(release.id)
 
     async def promote(self, release_id: str, *, actor: str, automatic: bool = False) -> Release:
+        """To the next step; the step of 100% is the promotion itself (there is nothing
+        left to compare a canary on all traffic with)."""
         release = self._active(release_id)
-        if release.last_step:
+        if release.steps[release.step + 1] == 100:
             run = await self._run("promote_canary", release, {}, actor=actor,
                                   automatic=automatic)
             moved = self.store.move_release(

@@ -51,9 +51,6 @@ class Release:
     def weight(self) -> float:
         return self.steps[self.step] / 100
 
-    @property
-    def last_step(self) -> bool:
-        return self.step >= len(self.steps) - 1
 
 
 @dataclass(frozen=True)

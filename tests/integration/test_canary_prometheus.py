@@ -131,3 +131,41 @@ def test_a_release_that_doubles_tokens_is_rolled_back_at_5_percent_with_an_incid
     assert incident["class"] == "runaway_cost", incident
     kinds = [e["kind"] for e in status["timeline"]]
     assert kinds == ["started", "rolled_back"], kinds
+
+
+def test_a_good_release_is_promoted_to_all_traffic_with_no_incident(tmp_path: Path) -> None:
+    policy = tmp_path / "serving-policy.yaml"
+    policy.write_text(yaml.safe_dump({"version": 1, "routes": {
+        "chat": {"prompt_version": "v42"}, "chat-small": {}, "chat-long": {}}}))
+    port = free_port()
+    sandbox = spawn("sandbox", [sys.executable, "-m", "drills.sandbox", "--port", str(port),
+                                "--policy", str(policy), "--time-scale", "0", "--seed", "9"],
+                    tmp_path, f"http://127.0.0.1:{port}", ready_path="/health", cwd=REPO)
+    try:
+        with start_prometheus(tmp_path / "prometheus",
+                              targets=[sandbox.url.removeprefix("http://")]) as prom:
+            env = {k: v for k, v in os.environ.items() if not k.startswith("LLM_INCIDENT_")}
+            env |= {"LLM_INCIDENT_DB": str(tmp_path / "bot.db"),
+                    "LLM_INCIDENT_POLICY": str(policy),
+                    "LLM_INCIDENT_PROMETHEUS_URL": prom.url, "LLM_INCIDENT_USER": "alice"}
+            started = _cli(env, "release", "start", "chat", "--prompt", "v43", "--steps",
+                           "10,50,100", "--bake", "1s", "--auto-promote")
+            assert started.returncode == 0, started.stderr + started.stdout
+
+            def promoted() -> dict[str, Any] | None:
+                asyncio.run(generate(sandbox.url, routes=["chat"], rate_per_s=1000,
+                                     duration_s=1.5))
+                assert _cli(env, "tick").returncode == 0
+                status = json.loads(_cli(env, "release", "status", "REL-1", "--json").stdout)
+                return status if status["state"] != "canary" else None
+
+            status = poll(promoted, what="REL-1 promoted step by step", timeout=180,
+                          interval=0.2)
+    finally:
+        sandbox.stop()
+    assert status["state"] == "promoted" and status["incident"] is None, status
+    chat = yaml.safe_load(policy.read_text())["routes"]["chat"]
+    assert chat["prompt_version"] == "v43" and "canary" not in chat
+    kinds = [e["kind"] for e in status["timeline"]]
+    assert kinds == ["started", "promoted_step", "promoted"], kinds
+    assert json.loads(_cli(env, "incidents", "--json").stdout) == []
