@@ -35,14 +35,15 @@ from typing import Literal
 from bot.base.errors import InputError
 
 ButtonAction = Literal[
-    "run_step", "dry_run", "approve", "deny", "revert", "ack", "not_this_playbook"
+    "run_step", "dry_run", "approve", "deny", "revert", "ack", "not_this_playbook",
+    "release_promote", "release_hold", "release_rollback",
 ]
 MessageKind = Literal["suggestion", "update", "timeline", "reminder", "result", "drill"]
 
 # How many ``:``-separated parts each action's value has.
 VALUE_PARTS: dict[str, int] = {
     "run_step": 3, "dry_run": 3, "approve": 1, "deny": 1, "revert": 1, "ack": 1,
-    "not_this_playbook": 2,
+    "not_this_playbook": 2, "release_promote": 1, "release_hold": 1, "release_rollback": 1,
 }  # fmt: skip
 
 
@@ -117,6 +118,10 @@ BUTTON_COMMANDS: dict[str, Callable[[tuple[str, ...]], list[str]]] = {
     "revert": lambda p: ["revert", p[0]],
     "ack": lambda p: ["ack", p[0]],
     "not_this_playbook": lambda p: ["reject", p[0], p[1]],
+    "release_promote": lambda p: ["release", "promote", p[0]],
+    "release_hold": lambda p: ["release", "hold", p[0], "--reason", "held from chat"],
+    "release_rollback": lambda p: ["release", "rollback", p[0], "--reason",
+                                   "rolled back from chat"],
 }
 
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from bot.core.leadership import NotLeader
 from bot.core.lifecycle import ENGINE_ACTOR, Change
-from bot.core.suggestions import build_suggestion
+from bot.core.suggestions import build_suggestion, release_on
 from bot.store.outbox import MAX_ATTEMPTS, OutboxItem
 
 if TYPE_CHECKING:
@@ -93,7 +93,8 @@ async def _do(engine: Engine, item: OutboxItem) -> None:
         if item.stage == "new":
             msg = await build_suggestion(inc, alert, matches, diagnose=engine.diagnose,
                                          metrics=engine.runner.metrics,
-                                         timeout=engine.diagnose_timeout)
+                                         timeout=engine.diagnose_timeout,
+                                         release=release_on(engine, alert))
             await engine.publish(msg)
         top = matches[0].playbook if matches else None
         playbook = top if top is not None and top.id == suggested else None

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from bot.base.errors import InputError
 from bot.core.canary_judge import SIGNALS, Sample, Verdict, judge
 from bot.core.canary_samples import Version, read_samples
-from bot.core.messages import Message, Section
+from bot.core.messages import Button, Message, Section
 from bot.intake.alert import Alert
 from bot.playbook.canary_thresholds import CanaryThresholds, load_thresholds
 from bot.playbook.schema import Guard
@@ -247,12 +247,24 @@ class ReleaseGuard:
 
     async def _announce(self, release_id: str, title: str,
                         verdict: Verdict | None = None) -> None:
+        """The release's one live message (keyed by its id, like an incident's): posted at
+        the start, edited at every move; Promote / Hold / Roll back while in canary."""
         release = self.store.release(release_id)
-        sections = (Section(verdict_text(verdict), title="canary vs baseline"),) \
-            if verdict else ()
+        steps = " -> ".join(f"[{p}%]" if i == release.step and release.state == "canary"
+                            else f"{p}%" for i, p in enumerate(release.steps))
+        sections = [Section(f"{_change(release)} on {release.route}; owner {release.owner}; "
+                            f"steps {steps}{'; held' if release.held else ''}",
+                            title=f"{release.id}: {release.state.replace('_', ' ')}")]
+        if verdict is not None:
+            sections.append(Section(verdict_text(verdict), title="canary vs baseline"))
+        live = release.state == "canary"
+        buttons = (Button("release_promote", f"Promote {release.id}", release.id, "primary"),
+                   Button("release_hold", "Hold", release.id),
+                   Button("release_rollback", "Roll back", release.id, "danger")) if live else ()
+        first = len(self.store.release_timeline(release.id)) <= 1
         await self.engine.publish(Message(
-            "result", None, title, f"{title} (owner {release.owner}; steps "
-            f"{'/'.join(map(str, release.steps))}%)", sections=sections))
+            "suggestion" if first else "update", release.id, title, title,
+            sections=tuple(sections), buttons=buttons, closes=not live))
 
 
 def _change(release: Release) -> str:

@@ -8,7 +8,7 @@ from typing import Any
 
 from bot.base.errors import InputError
 from bot.core.engine_base import EngineBase
-from bot.core.suggestions import build_suggestion
+from bot.core.suggestions import build_suggestion, release_on
 from bot.playbook.matcher import MatchResult
 from bot.playbook.schema import Guard
 from bot.store import Incident, Run
@@ -113,5 +113,6 @@ class StepCases(EngineBase):
                                    "others": [m.playbook.id for m in rest[1:]]})
         await self.publish(await build_suggestion(
             self.store.incident(inc.id), alert, rest, diagnose=self.diagnose,
-            metrics=self.runner.metrics, timeout=self.diagnose_timeout))
+            metrics=self.runner.metrics, timeout=self.diagnose_timeout,
+            release=release_on(self, alert)))
         return nxt

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from actions.base import MetricsSource, Sample
 from bot.base.errors import IncidentBotError
@@ -22,7 +23,8 @@ from bot.intake.alert import Alert
 from bot.playbook.matcher import MatchResult
 from bot.playbook.render import render_params, render_step_args
 from bot.playbook.schema import Guard, Playbook, Step, format_duration
-from bot.store import Incident, Run
+from bot.store import Incident, Run, Store
+from bot.store.releases import Release
 
 MAX_SAMPLES_SHOWN = 5
 APPROVAL_WORDS = {
@@ -104,6 +106,17 @@ async def diagnose_values(
     return [Field(title, value) for (title, _), value in zip(queries, values, strict=True)]
 
 
+def release_on(engine: Any, alert: Alert) -> Release | None:
+    """The release in progress on the alert's route (not when the alert is that
+    release's own rollback): an incident there most likely started with it."""
+    route, _ = route_and_model(alert)
+    store: Store = engine.store
+    release = store.active_release(route) if route else None
+    if release is None or alert.labels.get("release") == release.id:
+        return None
+    return release
+
+
 def route_and_model(alert: Alert) -> tuple[str | None, str | None]:
     labels = alert.labels
     route = labels.get("route") or labels.get("requested_model")
@@ -129,8 +142,10 @@ async def build_suggestion(
     diagnose: Callable[[Playbook, Alert], list[tuple[str, str]]],
     metrics: MetricsSource | None,
     timeout: float = 2.0,
+    release: Release | None = None,
 ) -> Message:
-    """The ``suggestion`` Message for a newly opened incident."""
+    """The ``suggestion`` Message for a newly opened incident. With ``release`` (one in
+    progress on the incident's route) it says so first, and its rollback comes first."""
     route, model = route_and_model(alert)
     head = [
         Field("Class", incident.klass), Field("Severity", incident.severity),
@@ -140,6 +155,15 @@ async def build_suggestion(
     summary = alert.annotations.get("summary") or alert.annotations.get("description") or ""
     sections = [Section(summary, title="Alert", fields=tuple(head))]
     buttons: list[Button] = []
+    if release is not None:
+        change = " ".join(f"{k.replace('_', ' ')} {v}" for k, v in sorted(release.change.items()))
+        sections.insert(0, Section(
+            f"{release.id} is going out on {release.route}: {change} on "
+            f"{release.steps[release.step]}% of its traffic (owner {release.owner}). "
+            f"Rolling it back is the cheapest first step: `release rollback {release.id}`.",
+            title="Release in progress"))
+        buttons.append(Button("release_rollback", f"Roll back {release.id}", release.id,
+                              "danger"))
     drill = "[DRILL] " if incident.is_drill else ""
     top = matches[0].playbook if matches else None
     if top is None:

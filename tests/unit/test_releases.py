@@ -132,3 +132,28 @@ def test_a_held_release_is_not_promoted_on_its_own_and_bad_input_is_named():
         asyncio.run(guard.start("nope", prompt_version="v1", actor="alice"))
     with pytest.raises(InputError, match="no prompt_version to compare"):
         asyncio.run(guard.start("chat-small", prompt_version="v9", actor="alice"))
+
+
+def test_the_release_has_one_live_message_and_an_incident_on_its_route_names_it_first():
+    from incident_env import alert
+
+    env, guard, traffic = rig()
+    asyncio.run(guard.start("chat", prompt_version="v43", actor="alice"))
+    live = [m for m in env.published if m.incident_id == "REL-1"]
+    assert [m.kind for m in live] == ["suggestion"]
+    assert [b.action for b in live[0].buttons] == ["release_promote", "release_hold",
+                                                  "release_rollback"]
+    # Any incident on the route meanwhile: the release comes first, its rollback first.
+    asyncio.run(env.engine.handle_alerts([alert(route="chat")]))
+    (suggestion,) = [m for m in env.published if m.kind == "suggestion" and
+                     m.incident_id and m.incident_id.startswith("INC-")]
+    assert suggestion.sections[0].title == "Release in progress"
+    assert "REL-1 is going out on chat" in suggestion.sections[0].text
+    assert suggestion.buttons[0].action == "release_rollback"
+    from bot.core.messages import button_command
+    assert button_command(suggestion.buttons[0]) == (
+        "release rollback REL-1 --reason 'rolled back from chat'")
+    asyncio.run(guard.rollback("REL-1", actor="bob", reason="tokens doubled"))
+    final = [m for m in env.published if m.incident_id == "REL-1"][-1]
+    assert final.kind == "update" and final.closes and not final.buttons
+    assert "rolled back" in final.title

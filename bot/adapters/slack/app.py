@@ -26,12 +26,19 @@ from bot.adapters.slack.blocks import action_of, escape_mrkdwn, render
 from bot.adapters.slack.channel_alerts import ChannelAlerts
 from bot.base.errors import IncidentBotError, InputError
 from bot.core.engine import Engine
-from bot.core.messages import BUTTON_COMMANDS, Button, Message, Section, parse_value
+from bot.core.messages import (
+    BUTTON_COMMANDS,
+    VALUE_PARTS,
+    Button,
+    Message,
+    Section,
+    parse_value,
+)
 
 log = logging.getLogger(__name__)
 
 SLASH_COMMAND = "/llm-incident"
-BUTTON_ACTIONS = ("run_step", "dry_run", "approve", "deny", "revert", "ack", "not_this_playbook")
+BUTTON_ACTIONS = tuple(VALUE_PARTS)  # every button the core's messages may carry
 # bot.adapters.slack.blocks numbers action ids (``approve#3``); a bare action name is accepted too.
 BUTTON_RE = re.compile(rf"^({'|'.join(BUTTON_ACTIONS)})(#\d+)?$")
 READ_ONLY_BUTTONS = ("dry_run",)  # plans and records, can never be applied
@@ -40,6 +47,7 @@ MAX_REPLY_TEXT = 2800  # inside one section with the code fence (Slack's limit i
 BUTTON_WORDS = {
     "run_step": "run", "dry_run": "dry run", "approve": "approve", "deny": "deny",
     "revert": "revert", "ack": "acknowledge", "not_this_playbook": "not this playbook",
+    "release_promote": "promote", "release_hold": "hold", "release_rollback": "roll back",
 }
 
 
@@ -187,6 +195,8 @@ class SlackHandlers:
             await respond(**reply(msg, in_channel=True) | {"replace_original": False})
 
     async def _incident_for(self, name: str, parts: Sequence[str]) -> str | None:
+        if name.startswith("release_"):
+            return parts[0]  # the release's own live message is keyed by its id
         if name not in ("approve", "deny", "revert"):
             return parts[0]
         try:  # a refusal's Result carries no run data: find the run's incident
