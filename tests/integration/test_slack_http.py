@@ -447,3 +447,28 @@ def test_any_signed_body_at_the_slack_endpoint_is_answered_without_a_5xx():
 
     check()
     assert len(seen) >= 100
+
+
+def test_a_release_is_started_by_command_and_rolled_back_by_its_button_by_on_call_only():
+    async def main() -> None:
+        async with slack_http() as s:
+            resp, url = await s.command("release start chat --prompt v43 --baseline v42")
+            assert resp.status_code == 200
+            await s.reply(url)
+            assert s.env.store.release("REL-1").state == "canary"
+            assert s.env.driver.policy.routes["chat"].canary.weight == 0.05
+            live = [m for m in s.env.published if m.incident_id == "REL-1"]
+            assert live and live[0].buttons[-1].action == "release_rollback"
+            _, url = await s.click("release_rollback", "REL-1", user="U0MALLORY")
+            refused = await s.reply(url)
+            assert "refused" in refused["text"]
+            assert s.env.store.release("REL-1").state == "canary"
+            await s.click("release_rollback", "REL-1", user="U0BOB")
+            await until(lambda: s.env.store.release("REL-1").state == "rolled_back",
+                        "the rollback")
+            assert s.env.driver.policy.routes["chat"].canary is None
+            (event,) = [e for e in s.env.store.release_timeline("REL-1")
+                        if e.kind == "rolled_back"]
+            assert event.actor == "U0BOB" and "rolled back from chat" in event.text
+
+    go(main())
