@@ -173,15 +173,17 @@ class ReleaseGuard:
                      alpha=self.thresholds.alpha)
 
     async def check_due(self) -> list[Release]:
-        """Judge every release whose step has baked (the leader's scheduler calls it): a
-        critical failure rolls back at once, another failure holds, a pass promotes
+        """Judge every release in canary (the leader's scheduler calls it each poll): a
+        critical failure rolls back at once, bake time or not, as soon as the data
+        shows it; once the step has baked, another failure holds, and a pass promotes
         when the release says ``auto_promote`` and waits for a person otherwise."""
         done = []
         for release in self.store.releases(active_only=True):
-            if self.store.now() - release.step_started_at < release.bake:
-                continue
+            baked = self.store.now() - release.step_started_at >= release.bake
             verdict = await self.judge(release.id)
             table = verdict_text(verdict)
+            if verdict.decision != "rollback" and not baked:
+                continue
             if verdict.decision == "rollback":
                 failed = ", ".join(s.signal for s in verdict.failed if s.critical)
                 done.append(await self.rollback(release.id, actor=GUARD_ACTOR, automatic=True,

@@ -64,7 +64,7 @@ def test_a_good_release_goes_out_step_by_step_when_a_person_promotes_it():
                                                              {"prompt_version": "v42"})
     assert canary(env) == {"prompt_version": "v43", "model": None, "weight": 0.05,
                            "release": "REL-1"}
-    assert asyncio.run(guard.check_due()) == []  # not baked yet: nothing judged
+    assert asyncio.run(guard.check_due()) == []  # not baked yet: nothing but a rollback
     env.clock.advance(minutes=10)
     (judged,) = asyncio.run(guard.check_due())
     assert judged.step == 0 and not judged.held  # passed; waits for a person
@@ -157,3 +157,12 @@ def test_the_release_has_one_live_message_and_an_incident_on_its_route_names_it_
     final = [m for m in env.published if m.incident_id == "REL-1"][-1]
     assert final.kind == "update" and final.closes and not final.buttons
     assert "rolled back" in final.title
+
+
+def test_a_critical_failure_rolls_back_before_the_step_has_baked():
+    env, guard, traffic = rig()
+    traffic.canary_factor = 2.0
+    asyncio.run(guard.start("chat", prompt_version="v43", actor="alice"))
+    env.clock.advance(minutes=1)  # the bake is 10 minutes; the data is clear already
+    (rolled,) = asyncio.run(guard.check_due())
+    assert rolled.state == "rolled_back" and rolled.incident_id is not None
