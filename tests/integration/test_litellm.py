@@ -257,3 +257,26 @@ def test_proxy_exports_litellm_prometheus_metrics(gateway: Gateway) -> None:
     names = {line.split("{")[0].split(" ")[0] for line in resp.text.splitlines() if line.startswith("litellm_")}
     # The names the rules pack and the sandbox speak (DESIGN.md "Metrics").
     assert "litellm_output_tokens_metric_total" in names, sorted(names)
+
+
+def test_a_release_canary_splits_the_routes_traffic_through_the_real_proxy(
+        gateway: Gateway) -> None:
+    # The hook sends the canary's share of `chat` with the new prompt version upstream;
+    # rolled back, none. Measured over 300 requests through the proxy.
+    gateway.apply("set_canary", {"route": "chat", "release": "REL-1", "prompt_version": "v43",
+                                 "weight": 0.25})
+    n = 300
+    for _ in range(n):
+        assert gateway.chat().status_code == 200
+    versions = [s.prompt_version for s in gateway.upstream.seen[-n:]]
+    share = versions.count("v43") / n
+    print(f"\ncanary share through LiteLLM at weight 0.25: {share:.1%} of {n}")
+    assert 0.15 < share < 0.35, share  # 25% +- 4 standard deviations (sd 2.5 points)
+    assert set(versions) == {"v43", None}
+    rollback = get_action("rollback_canary").plan({"route": "chat", "release": "REL-1"},
+                                                  asyncio.run(gateway.driver.read()),
+                                                  target="litellm")
+    asyncio.run(get_action("rollback_canary").apply(rollback, gateway.driver, reason="test"))
+    for _ in range(50):
+        gateway.chat()
+    assert "v43" not in [s.prompt_version for s in gateway.upstream.seen[-50:]]
