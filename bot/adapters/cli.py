@@ -83,6 +83,7 @@ def make_context(settings: Settings) -> Context:
         return drill_service(engine, settings)
 
     return Context(actor=settings.user, playbooks_dir=settings.playbooks_dir,
+                   release_gate=settings.release_gate,
                    open_engine=open_engine, local=True, open_drills=open_drills)
 
 

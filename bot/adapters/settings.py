@@ -62,6 +62,9 @@ ENV_VARS = {
     "those channels are alerts; anything else is ignored and counted (default: none)",
     "LLM_INCIDENT_SELF_APPROVAL": "false: the requester of an oncall step never approves it "
     "alone (default true; a step can say self_approval: false)",
+    "LLM_INCIDENT_RELEASE_GATE": "releases: a command (exit 0 passes) or an http(s) URL (a "
+    "2xx passes unless it answers {\"pass\": false}) every release must pass before its "
+    "first step (default: none)",
     "LLM_INCIDENT_LEASE_TTL": "replicas: the leader lease; a dead or hung leader is replaced "
     "within it plus a quarter of it (default 10s)",
     "LLM_INCIDENT_FLAP_WINDOW": "a group that fires again this soon after it resolved reopens "
@@ -85,6 +88,7 @@ class Settings:
     self_approval: bool = True
     flap_window: timedelta = timedelta(minutes=10)
     lease_ttl: timedelta = timedelta(seconds=10)
+    release_gate: str | None = None
     user: str = "cli"
     # `llm-incident serve`
     host: str = "127.0.0.1"
@@ -153,6 +157,8 @@ class Settings:
             s = replace(s, max_active_mitigations=int(v))
         if v := env.get("LLM_INCIDENT_SELF_APPROVAL"):
             s = replace(s, self_approval=_flag("LLM_INCIDENT_SELF_APPROVAL", v))
+        if v := env.get("LLM_INCIDENT_RELEASE_GATE"):
+            s = replace(s, release_gate=v)
         if v := env.get("LLM_INCIDENT_LEASE_TTL"):
             s = replace(s, lease_ttl=_duration("LLM_INCIDENT_LEASE_TTL", v))
         if v := env.get("LLM_INCIDENT_FLAP_WINDOW"):

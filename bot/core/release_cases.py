@@ -19,9 +19,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
-from bot.base.errors import InputError
+from bot.base.errors import GuardRefused, InputError
 from bot.core.canary_judge import SIGNALS, Sample, Verdict, judge
 from bot.core.canary_samples import Version, read_samples
 from bot.core.messages import Button, Message, Section
@@ -45,6 +45,12 @@ RELEASE_GUARD = Guard(approval="none")
 Reader = Callable[[Version, Version, timedelta], Awaitable[dict[str, tuple[Sample, Sample]]]]
 
 
+class EvalGate(Protocol):
+    """Checks a release before its first step (an offline eval): (passed, what it said)."""
+
+    async def check(self, release: Release) -> tuple[bool, str]: ...
+
+
 def parse_steps(text: str | Sequence[int]) -> list[int]:
     try:
         steps = [int(s) for s in (text.split(",") if isinstance(text, str) else text)]
@@ -59,7 +65,8 @@ def parse_steps(text: str | Sequence[int]) -> list[int]:
 
 class ReleaseGuard:
     def __init__(self, engine: Engine, *, thresholds: CanaryThresholds | None = None,
-                 reader: Reader | None = None) -> None:
+                 reader: Reader | None = None, gate: EvalGate | None = None) -> None:
+        self.gate = gate
         self.engine = engine
         self.store = engine.store
         self.runner = engine.runner
@@ -105,6 +112,16 @@ class ReleaseGuard:
             route=route, target=target, change=change, baseline=baseline,
             owner=owner or actor, steps=steps, bake=bake, auto_promote=auto_promote,
             actor=actor)
+        if self.gate is not None:
+            passed, said = await self.gate.check(release)
+            if not passed:
+                self.store.move_release(release.id, expect_step=0, actor=actor,
+                                        kind="gate_failed", state="aborted",
+                                        text=f"the eval gate refused it: {said}")
+                raise GuardRefused("eval_gate", f"{release.id} not started: {said}",
+                                   hint="fix the release and start it again")
+            self.store.add_release_event(release.id, "gate_passed", f"eval gate: {said}",
+                                         actor=actor)
         try:
             await self._set_weight(release, steps[0], actor=actor)
         except Exception as exc:

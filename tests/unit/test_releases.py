@@ -166,3 +166,47 @@ def test_a_critical_failure_rolls_back_before_the_step_has_baked():
     env.clock.advance(minutes=1)  # the bake is 10 minutes; the data is clear already
     (rolled,) = asyncio.run(guard.check_due())
     assert rolled.state == "rolled_back" and rolled.incident_id is not None
+
+
+def test_an_eval_gate_that_fails_keeps_the_release_from_starting_and_says_why(tmp_path):
+    from bot.adapters.release_gate import CommandGate, UrlGate, build_gate
+    from bot.base.errors import GuardRefused
+
+    env, _, traffic = rig()
+    seen = tmp_path / "seen"
+    failing = ReleaseGuard(env.engine, reader=traffic, gate=CommandGate(
+        f'echo "$LLM_INCIDENT_RELEASE $LLM_INCIDENT_RELEASE_PROMPT_VERSION" > {seen}; '
+        'echo "eval: 71% of 200 cases pass, 90% needed"; exit 1'))
+    with pytest.raises(GuardRefused, match="eval command exited 1: eval: 71% of 200"):
+        asyncio.run(failing.start("chat", prompt_version="v43", actor="alice"))
+    assert seen.read_text().strip() == "REL-1 v43"
+    rel = env.store.release("REL-1")
+    assert rel.state == "aborted" and canary(env) is None  # nothing reached traffic
+    assert env.store.release_timeline("REL-1")[-1].kind == "gate_failed"
+    passing = ReleaseGuard(env.engine, reader=traffic, gate=CommandGate("echo ok"))
+    rel = asyncio.run(passing.start("chat", prompt_version="v43", actor="alice"))
+    assert [e.kind for e in env.store.release_timeline(rel.id)][:2] == ["started",
+                                                                        "gate_passed"]
+    assert isinstance(build_gate("https://evals.example/gate"), UrlGate)
+    assert build_gate(None) is None
+
+
+def test_a_url_gate_passes_on_2xx_unless_it_says_no():
+    import httpx
+
+    from bot.adapters.release_gate import UrlGate
+
+    env, guard, _ = rig()
+    rel = asyncio.run(guard.start("chat", prompt_version="v43", actor="alice"))
+    answers = iter([httpx.Response(200, json={"pass": True}),
+                    httpx.Response(200, json={"pass": False, "why": "regressions"}),
+                    httpx.Response(503, text="down")])
+    bodies = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        bodies.append(request.content)
+        return next(answers)
+    gate = UrlGate("http://evals.test/gate", transport=httpx.MockTransport(handler))
+    results = [asyncio.run(gate.check(rel))[0] for _ in range(3)]
+    assert results == [True, False, False]
+    assert b'"release": "REL-1"' in bodies[0] or b'"release":"REL-1"' in bodies[0]

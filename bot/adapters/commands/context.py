@@ -24,6 +24,8 @@ class Context:
     # injected by the composition root so the command layer never imports the drills'
     # sandbox or drivers. None: this front end offers no drills.
     open_drills: Callable[[Engine], Any] | None = None
+    # LLM_INCIDENT_RELEASE_GATE: the eval a release must pass before its first step.
+    release_gate: str | None = None
     _engine: Engine | None = field(default=None, repr=False)
     _drills: Any = field(default=None, repr=False)
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from bot.adapters.commands.context import Context
 from bot.adapters.commands.grammar import Command, Result
+from bot.adapters.release_gate import build_gate
 from bot.base.durations import parse_duration
 from bot.base.errors import InputError
 from bot.core.release_cases import (
@@ -42,7 +43,7 @@ def _line(r: Release) -> str:
 async def release_verb(ctx: Context, cmd: Command) -> Result:
     sub = (cmd.args.get("sub") or "list").lower()
     arg = cmd.args.get("arg")
-    guard = ReleaseGuard(ctx.engine)
+    guard = ReleaseGuard(ctx.engine, gate=build_gate(ctx.release_gate))
     store = ctx.engine.store
     if sub == "list":
         releases = store.releases()

@@ -121,6 +121,7 @@ class SlackHandlers:
 
     def context(self, user_id: str) -> Context:
         return Context(actor=user_id, playbooks_dir=self.settings.playbooks_dir,
+                       release_gate=self.settings.release_gate,
                        open_engine=lambda: self.engine, local=False,
                        open_drills=self._open_drills)
 
