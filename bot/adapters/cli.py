@@ -84,6 +84,7 @@ def make_context(settings: Settings) -> Context:
 
     return Context(actor=settings.user, playbooks_dir=settings.playbooks_dir,
                    release_gate=settings.release_gate,
+                   canary_thresholds=settings.canary_thresholds,
                    open_engine=open_engine, local=True, open_drills=open_drills)
 
 

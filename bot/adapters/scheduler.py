@@ -26,6 +26,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -34,6 +35,7 @@ from bot.core.engine import Engine
 from bot.core.leadership import Leadership
 from bot.core.messages import Button, Message, Section
 from bot.core.release_cases import ReleaseGuard
+from bot.playbook.canary_thresholds import load_thresholds
 from bot.store import Run
 from bot.store.outbox import OUTBOX_CHANNEL
 from bot.store.releases import Release
@@ -55,6 +57,7 @@ class Scheduler:
         reminder_every: timedelta = timedelta(minutes=10),
         clock: Callable[[], datetime] | None = None,
         leadership: Leadership | None = None,
+        canary_thresholds: Path | None = None,
     ) -> None:
         self.engine = engine
         self.leadership = leadership
@@ -74,7 +77,8 @@ class Scheduler:
         self._unlisten: Callable[[], None] | None = None
         self._seen_event: int | None = None
         # The release guard judges canaries on Prometheus: without one, no releases.
-        self.releases = ReleaseGuard(engine) if engine.runner.metrics is not None else None
+        self.releases = ReleaseGuard(engine, thresholds=load_thresholds(canary_thresholds)) \
+            if engine.runner.metrics is not None else None
         engine.add_change_listener(self.refresh)
 
     # --- start / stop ------------------------------------------------------------

@@ -89,7 +89,8 @@ def build_notifier(settings: Settings) -> Notifier:
 
 def build_scheduler(engine: Engine, settings: Settings) -> Scheduler:
     # Every serve bids for the leader lease; alone on its store it simply leads.
-    return Scheduler(engine, leadership=Leadership(engine.store, ttl=settings.lease_ttl))
+    return Scheduler(engine, leadership=Leadership(engine.store, ttl=settings.lease_ttl),
+                     canary_thresholds=settings.canary_thresholds)
 
 
 class Service:

@@ -65,6 +65,8 @@ ENV_VARS = {
     "LLM_INCIDENT_RELEASE_GATE": "releases: a command (exit 0 passes) or an http(s) URL (a "
     "2xx passes unless it answers {\"pass\": false}) every release must pass before its "
     "first step (default: none)",
+    "LLM_INCIDENT_CANARY_THRESHOLDS": "releases: the canary thresholds file (default: the "
+    "shipped bot/playbook/canary_thresholds.yaml); `release thresholds` checks one",
     "LLM_INCIDENT_LEASE_TTL": "replicas: the leader lease; a dead or hung leader is replaced "
     "within it plus a quarter of it (default 10s)",
     "LLM_INCIDENT_FLAP_WINDOW": "a group that fires again this soon after it resolved reopens "
@@ -89,6 +91,7 @@ class Settings:
     flap_window: timedelta = timedelta(minutes=10)
     lease_ttl: timedelta = timedelta(seconds=10)
     release_gate: str | None = None
+    canary_thresholds: Path | None = None
     user: str = "cli"
     # `llm-incident serve`
     host: str = "127.0.0.1"
@@ -157,6 +160,8 @@ class Settings:
             s = replace(s, max_active_mitigations=int(v))
         if v := env.get("LLM_INCIDENT_SELF_APPROVAL"):
             s = replace(s, self_approval=_flag("LLM_INCIDENT_SELF_APPROVAL", v))
+        if v := env.get("LLM_INCIDENT_CANARY_THRESHOLDS"):
+            s = replace(s, canary_thresholds=Path(v))
         if v := env.get("LLM_INCIDENT_RELEASE_GATE"):
             s = replace(s, release_gate=v)
         if v := env.get("LLM_INCIDENT_LEASE_TTL"):

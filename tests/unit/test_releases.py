@@ -210,3 +210,18 @@ def test_a_url_gate_passes_on_2xx_unless_it_says_no():
     results = [asyncio.run(gate.check(rel))[0] for _ in range(3)]
     assert results == [True, False, False]
     assert b'"release": "REL-1"' in bodies[0] or b'"release":"REL-1"' in bodies[0]
+
+
+def test_release_thresholds_shows_the_file_in_force_and_names_a_bad_files_line(tmp_path):
+    from bot.adapters.cli import run as cli_run
+    from bot.adapters.settings import Settings
+
+    settings = Settings(db_path=tmp_path / "bot.db", policy_path=tmp_path / "policy.yaml")
+    shipped = asyncio.run(cli_run(["release", "thresholds"], settings))
+    assert shipped.exit_code == 0 and "output_tokens" in shipped.text
+    assert "fails beyond +25% with 200 requests a side (critical: rolls back)" in shipped.text
+    bad = tmp_path / "canary.yaml"
+    bad.write_text("version: 1\nsignals:\n  output_tokens: {max_change: 0.25}\n"
+                   "  ttft: {max_change: 0.2}\n")
+    refused = asyncio.run(cli_run(["release", "thresholds", str(bad)], settings))
+    assert refused.exit_code == 2 and f"{bad}:4" in refused.text, refused.text

@@ -26,6 +26,7 @@ class Context:
     open_drills: Callable[[Engine], Any] | None = None
     # LLM_INCIDENT_RELEASE_GATE: the eval a release must pass before its first step.
     release_gate: str | None = None
+    canary_thresholds: Path | None = None  # LLM_INCIDENT_CANARY_THRESHOLDS
     _engine: Engine | None = field(default=None, repr=False)
     _drills: Any = field(default=None, repr=False)
 

@@ -4,6 +4,7 @@ guard from the CLI and from Slack (one grammar; in Slack every release verb but
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from bot.adapters.commands.context import Context
@@ -11,6 +12,7 @@ from bot.adapters.commands.grammar import Command, Result
 from bot.adapters.release_gate import build_gate
 from bot.base.durations import parse_duration
 from bot.base.errors import InputError
+from bot.core.canary_judge import SIGNALS
 from bot.core.release_cases import (
     DEFAULT_BAKE,
     DEFAULT_STEPS,
@@ -18,12 +20,13 @@ from bot.core.release_cases import (
     parse_steps,
     verdict_text,
 )
+from bot.playbook.canary_thresholds import load_thresholds
 from bot.store.releases import Release
 
 USAGE = ("release start ROUTE --prompt V | --model M [--baseline V] [--steps 5,25,50,100] "
          "[--bake 10m] [--owner U] [--auto-promote] | release status [REL] | release list | "
          "release promote REL | release hold REL [--reason R] | "
-         "release rollback REL [--reason R] | release judge REL")
+         "release rollback REL [--reason R] | release judge REL | release thresholds [FILE]")
 
 
 def _data(r: Release) -> dict[str, Any]:
@@ -40,10 +43,27 @@ def _line(r: Release) -> str:
     return f"{r.id} {r.route}: {change} at {where}{held} (owner {r.owner})"
 
 
+def _thresholds(ctx: Context, path: str | None) -> Result:
+    """The thresholds in force (or FILE's, checked like a playbook), per signal."""
+    if path is not None:
+        ctx.require_local("release thresholds FILE")
+    where = Path(path) if path else ctx.canary_thresholds
+    thresholds = load_thresholds(where)  # a bad file raises, naming file, line and field
+    rows = [f"{name:<17} {SIGNALS[name].means}: fails beyond +{t.max_change:.0%} "
+            f"with {t.min_samples} requests a side{' (critical: rolls back)' if t.critical else ''}"
+            for name, t in thresholds.signals.items()]
+    shown = str(where) if where else "the shipped defaults"
+    text = f"{shown}: alpha {thresholds.alpha:g}\n" + "\n".join(rows)
+    return Result(text, thresholds.model_dump(mode="json"))
+
+
 async def release_verb(ctx: Context, cmd: Command) -> Result:
     sub = (cmd.args.get("sub") or "list").lower()
     arg = cmd.args.get("arg")
-    guard = ReleaseGuard(ctx.engine, gate=build_gate(ctx.release_gate))
+    if sub == "thresholds":
+        return _thresholds(ctx, arg)
+    guard = ReleaseGuard(ctx.engine, gate=build_gate(ctx.release_gate),
+                         thresholds=load_thresholds(ctx.canary_thresholds))
     store = ctx.engine.store
     if sub == "list":
         releases = store.releases()

@@ -122,6 +122,7 @@ class SlackHandlers:
     def context(self, user_id: str) -> Context:
         return Context(actor=user_id, playbooks_dir=self.settings.playbooks_dir,
                        release_gate=self.settings.release_gate,
+                       canary_thresholds=self.settings.canary_thresholds,
                        open_engine=lambda: self.engine, local=False,
                        open_drills=self._open_drills)
 
