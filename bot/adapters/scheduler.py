@@ -31,11 +31,12 @@ from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+from bot.base.errors import PlaybookError
 from bot.core.engine import Engine
 from bot.core.leadership import Leadership
 from bot.core.messages import Button, Message, Section
 from bot.core.release_cases import ReleaseGuard
-from bot.playbook.canary_thresholds import load_thresholds
+from bot.playbook.canary_thresholds import CanaryThresholds, load_thresholds
 from bot.store import Run
 from bot.store.outbox import OUTBOX_CHANNEL
 from bot.store.releases import Release
@@ -46,6 +47,17 @@ TIMER_PREFIX = "timer:"
 WATCH_SECONDS = 1.0
 # What a run's change looks like before/after a job: (state, verify_state).
 Snapshot = tuple[str, str | None]
+
+
+def _thresholds(path: Path | None) -> CanaryThresholds:
+    """The configured canary thresholds; a broken file must not stop the bot serving
+    incidents: it says so loudly and judges with the shipped defaults."""
+    try:
+        return load_thresholds(path)
+    except PlaybookError as exc:
+        log.error("canary thresholds file %s does not load, judging releases with the "
+                  "shipped defaults: %s", path, exc)
+        return load_thresholds()
 
 
 class Scheduler:
@@ -77,7 +89,7 @@ class Scheduler:
         self._unlisten: Callable[[], None] | None = None
         self._seen_event: int | None = None
         # The release guard judges canaries on Prometheus: without one, no releases.
-        self.releases = ReleaseGuard(engine, thresholds=load_thresholds(canary_thresholds)) \
+        self.releases = ReleaseGuard(engine, thresholds=_thresholds(canary_thresholds)) \
             if engine.runner.metrics is not None else None
         engine.add_change_listener(self.refresh)
 

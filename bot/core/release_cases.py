@@ -96,7 +96,7 @@ class ReleaseGuard:
             raise InputError("the release guard judges canaries on Prometheus; none is set",
                              hint="set LLM_INCIDENT_PROMETHEUS_URL (or --prometheus)")
         steps = parse_steps(steps)
-        current = await self.runner._driver(target).read()
+        current = await self.runner.read_target(target)
         if not current.serves(route):
             raise InputError(f"route '{route}' is not served by target '{target}'")
         rp = current.route(route)

@@ -515,6 +515,10 @@ class Runner(RunnerTimers):
             return found[1]
         return self._driver(run.target)
 
+    async def read_target(self, target: str) -> ServingPolicy:
+        """What ``target`` serves now (its policy), read through its driver."""
+        return await self._driver(target).read()
+
     def _driver(self, target: str) -> ServingDriver:
         try:
             return self.drivers[target]
