@@ -28,6 +28,7 @@ from bot.core.messages import Button, Message, Section
 from bot.intake.alert import Alert
 from bot.playbook.canary_thresholds import CanaryThresholds, load_thresholds
 from bot.playbook.schema import Guard
+from bot.store import PAUSE_FLAG
 from bot.store.releases import Release
 
 if TYPE_CHECKING:
@@ -194,10 +195,17 @@ class ReleaseGuard:
         critical failure rolls back at once, bake time or not, as soon as the data
         shows it; once the step has baked, another failure holds, and a pass promotes
         when the release says ``auto_promote`` and waits for a person otherwise."""
-        done = []
+        done: list[Release] = []
+        if self.store.flag(PAUSE_FLAG) is not None:
+            return done  # the kill switch stops the guard's own moves; people still can
         for release in self.store.releases(active_only=True):
             baked = self.store.now() - release.step_started_at >= release.bake
-            verdict = await self.judge(release.id)
+            try:
+                verdict = await self.judge(release.id)
+            except Exception:  # noqa: BLE001 - one release's data must not stop the others
+                log.exception("judging %s failed; it is judged again at the next poll",
+                              release.id)
+                continue
             table = verdict_text(verdict)
             if verdict.decision != "rollback" and not baked:
                 continue
@@ -208,7 +216,8 @@ class ReleaseGuard:
                                                 verdict=verdict))
             elif verdict.decision == "promote" and release.auto_promote and not release.held:
                 done.append(await self.promote(release.id, actor=GUARD_ACTOR, automatic=True))
-            elif verdict.decision in ("hold", "promote") and not release.held:
+            elif verdict.decision in ("hold", "promote") and not release.held \
+                    and not self._judged_this_step(release):
                 ready = verdict.decision == "promote"
                 done.append(self.store.move_release(
                     release.id, expect_step=release.step, held=not ready, actor=GUARD_ACTOR,
@@ -221,6 +230,11 @@ class ReleaseGuard:
         return done
 
     # --- helpers --------------------------------------------------------------------------
+
+    def _judged_this_step(self, release: Release) -> bool:
+        """A passing step waiting for a person is said once, not at every poll."""
+        return any(e.kind == "judged" and e.at >= release.step_started_at
+                   for e in self.store.release_timeline(release.id))
 
     def _active(self, release_id: str) -> Release:
         release = self.store.release(release_id)

@@ -72,6 +72,8 @@ def test_a_good_release_goes_out_step_by_step_when_a_person_promotes_it():
     canary_v, baseline_v, window = traffic.asked[-1]
     assert (canary_v.prompt_version, baseline_v.prompt_version) == ("v43", "v42")
     assert window == timedelta(minutes=10)
+    env.clock.advance(seconds=15)
+    assert asyncio.run(guard.check_due()) == []  # said once per step, not at every poll
     for percent in (25, 50):
         rel = asyncio.run(guard.promote("REL-1", actor="bob"))
         assert canary(env)["weight"] == percent / 100
@@ -225,3 +227,15 @@ def test_release_thresholds_shows_the_file_in_force_and_names_a_bad_files_line(t
                    "  ttft: {max_change: 0.2}\n")
     refused = asyncio.run(cli_run(["release", "thresholds", str(bad)], settings))
     assert refused.exit_code == 2 and f"{bad}:4" in refused.text, refused.text
+
+
+def test_the_kill_switch_stops_the_guards_own_moves():
+    env, guard, traffic = rig()
+    traffic.canary_factor = 2.0
+    asyncio.run(guard.start("chat", prompt_version="v43", actor="alice"))
+    env.store.set_flag("paused", "incident freeze", actor="bob")
+    env.clock.advance(minutes=1)
+    assert asyncio.run(guard.check_due()) == [] and canary(env) is not None
+    assert len(env.store.runs()) == 1  # no run planned and held at every poll
+    rel = asyncio.run(guard.rollback("REL-1", actor="bob", reason="by hand"))
+    assert rel.state == "rolled_back" and canary(env) is None
