@@ -95,15 +95,18 @@ class StoreCollector(Collector):
             labels=["action", "result", "drill"],
         )
         states = ", ".join("?" for _ in RUN_STATES)
-        for action, result, scope, n in db.execute(
-            # CROSS JOIN keeps runs as the outer loop: each run's few events come
-            # from idx_events_run, instead of a scan of every event (alerts included).
-            "SELECT r.action, json_extract(e.data, '$.state') AS result, r.scope, COUNT(*) "
-            "FROM runs r CROSS JOIN events e ON e.run_id = r.id "
-            f"WHERE result IN ({states}) GROUP BY r.action, result, r.scope",
+        result = db.json_field("e.data", "state")
+        # On SQLite, CROSS JOIN keeps runs as the outer loop: each run's few events come
+        # from idx_events_run, instead of a scan of every event (alerts included).
+        # Postgres plans the join itself (and takes no ON after CROSS JOIN).
+        join = "CROSS JOIN" if db.dialect == "sqlite" else "JOIN"
+        for action, result_, scope, n in db.execute(
+            f"SELECT r.action, {result}, r.scope, COUNT(*) "  # noqa: S608 - our constants
+            f"FROM runs r {join} events e ON e.run_id = r.id "
+            f"WHERE {result} IN ({states}) GROUP BY r.action, {result}, r.scope",
             list(RUN_STATES),
         ).fetchall():
-            actions.add_metric([action, result, _flag(scope == "drill")], n)
+            actions.add_metric([action, result_, _flag(scope == "drill")], n)
         yield actions
 
         refusals = CounterMetricFamily(
@@ -114,13 +117,13 @@ class StoreCollector(Collector):
         )
         refused: collections.Counter[str] = collections.Counter()
         for guard, n in db.execute(
-            "SELECT COALESCE(json_extract(data, '$.guard'), 'unknown'), COUNT(*) FROM events "
-            "WHERE kind = 'guard_refused' GROUP BY 1"
+            f"SELECT COALESCE({db.json_field('data', 'guard')}, 'unknown'), COUNT(*) "
+            "FROM events WHERE kind = 'guard_refused' GROUP BY 1"
         ).fetchall():
             refused[guard] += n
         for guard, n in db.execute(
-            "SELECT COALESCE(json_extract(data, '$.refusals[0].guard'), 'unknown'), COUNT(*) "
-            "FROM events WHERE kind = 'refused' GROUP BY 1"
+            f"SELECT COALESCE({db.json_field('data', 'refusals', 0, 'guard')}, 'unknown'), "
+            "COUNT(*) FROM events WHERE kind = 'refused' GROUP BY 1"
         ).fetchall():
             refused[guard] += n
         for guard, n in sorted(refused.items()):
@@ -134,8 +137,8 @@ class StoreCollector(Collector):
             labels=["kind"],
         )
         for kind, n in db.execute(
-            "SELECT COALESCE(json_extract(data, '$.kind'), 'unknown'), COUNT(*) FROM events "
-            "WHERE kind = 'background_failed' GROUP BY 1"
+            f"SELECT COALESCE({db.json_field('data', 'kind')}, 'unknown'), COUNT(*) "
+            "FROM events WHERE kind = 'background_failed' GROUP BY 1"
         ).fetchall():
             failures.add_metric([kind], n)
         yield failures

@@ -81,6 +81,11 @@ class Db:
     def table_names(self) -> list[str]:
         raise NotImplementedError
 
+    def json_field(self, column: str, *path: str | int) -> str:
+        """SQL for the text at ``path`` inside a JSON text ``column`` (our own constants,
+        never user input): ``json_extract`` on SQLite, ``#>>`` on Postgres."""
+        raise NotImplementedError
+
     def notify(self, channel: str) -> None:
         """Tell listeners in other processes, when this transaction commits."""
 
@@ -173,6 +178,10 @@ class SqliteDb(Db):
     def table_names(self) -> list[str]:
         return list(self.utils.table_names())
 
+    def json_field(self, column: str, *path: str | int) -> str:
+        where = "$" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path)
+        return f"json_extract({column}, '{where}')"
+
     def columns(self, table: str) -> set[str]:
         return {c.name for c in self.utils[table].columns}
 
@@ -227,6 +236,9 @@ class PostgresDb(Db):
     def rollback(self) -> None:
         if not self.conn.closed:
             self.conn.execute("ROLLBACK")
+
+    def json_field(self, column: str, *path: str | int) -> str:
+        return f"({column}::jsonb #>> '{{{','.join(str(p) for p in path)}}}')"
 
     def notify(self, channel: str) -> None:
         self.execute(f"NOTIFY {channel}")  # transactional: delivered at commit, once

@@ -76,7 +76,8 @@ def test_leader_killed_or_hung_around_apply_and_revert_never_doubles_an_action(
         leader = cluster.leader()
         token = query(db_url, "SELECT token FROM leases WHERE name = 'leader'")[0][0]
         metrics = httpx.get(f"{cluster.url(leader)}/metrics", timeout=5).text
-        assert f"llm_incident_fencing_token {float(token)}" in metrics
+        assert f"llm_incident_fencing_token {float(token)}" in metrics, metrics[-2000:]
+        assert "llm_incident_store_up 1.0" in metrics  # the store's families read on Postgres
         assert re.search(r'llm_incident_leader\{replica="[^"]+"\} 1\.0', metrics)
         other = httpx.get(f"{cluster.url(1 - leader)}/readyz", timeout=5).json()
         assert other["ready"] and other["checks"]["lease"]["role"] == "follower"

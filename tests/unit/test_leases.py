@@ -315,3 +315,34 @@ def test_the_leaders_claims_are_not_settled_before_its_lease_runs_out(store_at):
         assert store.holder_alive("host-x:1:1")
         clock.tick(timedelta(seconds=2))  # lease over, heartbeat stale
         assert not store.holder_alive("host-x:1:1")
+
+
+def test_the_store_metrics_read_the_same_on_either_backend(store_location):
+    # /metrics counts actions, refusals and background failures with JSON lookups in
+    # SQL: each database has its own syntax for them.
+    import sys
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from bot.adapters.service_metrics import ServiceMetrics
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from incident_env import Env, alert
+
+    env = Env(db=store_location)
+
+    async def go() -> str:
+        await env.engine.handle_alerts([alert()])
+        run, _ = await env.engine.run_step("INC-1", None, None, "alice")
+        return run.state
+    run_state = asyncio.run(go())
+    env.store.add_event("INC-1", "guard_refused", "x", actor="bot", data={"guard": "cooldown"})
+    env.store.add_event("INC-1", "background_failed", "y", actor="bot", data={"kind": "opened"})
+    text = ServiceMetrics(env.store).render().decode()
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for fam in text_string_to_metric_families(text) for s in fam.samples}
+    assert samples[("llm_incident_store_up", ())] == 1.0
+    assert any(name == "llm_incident_actions_total" and ("result", run_state) in labels
+               for name, labels in samples)
+    assert samples[("llm_incident_guard_refusals_total", (("guard", "cooldown"),))] == 1.0
+    assert samples[("llm_incident_background_failures_total", (("kind", "opened"),))] == 1.0
