@@ -20,6 +20,7 @@ import yaml
 from bot.base.errors import InputError
 from bot.playbook.schema import parse_duration
 from bot.playbook.shipped import shipped_dir
+from bot.store.backend import is_postgres_url
 
 SHIPPED_PLAYBOOKS = shipped_dir("playbooks")
 
@@ -121,7 +122,7 @@ class Settings:
 
     def with_db(self, where: str) -> Settings:
         """A SQLite path or a ``postgresql://`` URL (``LLM_INCIDENT_DB``, ``--db``)."""
-        if where.startswith(("postgresql://", "postgres://")):
+        if is_postgres_url(where):
             return replace(self, db_url=where)
         return replace(self, db_path=Path(where), db_url=None)
 

@@ -129,7 +129,7 @@ class ReleaseGuard:
             self.store.move_release(release.id, expect_step=0, actor=actor, kind="aborted",
                                     state="aborted", text=f"could not start the canary: {exc}")
             raise
-        await self._announce(release.id, f"{release.id} started: {_change(release)} on "
+        await self._announce(release.id, f"{release.id} started: {release.what} on "
                              f"{steps[0]}% of {route}")
         return self.store.release(release.id)
 
@@ -144,7 +144,7 @@ class ReleaseGuard:
                 release.id, expect_step=release.step, actor=actor, kind="promoted",
                 state="promoted", text=f"promoted to all of {release.route} by {actor} "
                                        f"({run})", data={"run": run})
-            await self._announce(moved.id, f"{moved.id} promoted: {_change(moved)} serves all "
+            await self._announce(moved.id, f"{moved.id} promoted: {moved.what} serves all "
                                  f"of {moved.route}")
             return moved
         nxt = release.steps[release.step + 1]
@@ -285,7 +285,7 @@ class ReleaseGuard:
         release = self.store.release(release_id)
         steps = " -> ".join(f"[{p}%]" if i == release.step and release.state == "canary"
                             else f"{p}%" for i, p in enumerate(release.steps))
-        sections = [Section(f"{_change(release)} on {release.route}; owner {release.owner}; "
+        sections = [Section(f"{release.what} on {release.route}; owner {release.owner}; "
                             f"steps {steps}{'; held' if release.held else ''}",
                             title=f"{release.id}: {release.state.replace('_', ' ')}")]
         if verdict is not None:
@@ -299,9 +299,6 @@ class ReleaseGuard:
             "suggestion" if first else "update", release.id, title, title,
             sections=tuple(sections), buttons=buttons, closes=not live))
 
-
-def _change(release: Release) -> str:
-    return " ".join(f"{k.replace('_', ' ')} {v}" for k, v in sorted(release.change.items()))
 
 
 def verdict_text(verdict: Verdict) -> str:

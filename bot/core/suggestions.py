@@ -156,9 +156,8 @@ async def build_suggestion(
     sections = [Section(summary, title="Alert", fields=tuple(head))]
     buttons: list[Button] = []
     if release is not None:
-        change = " ".join(f"{k.replace('_', ' ')} {v}" for k, v in sorted(release.change.items()))
         sections.insert(0, Section(
-            f"{release.id} is going out on {release.route}: {change} on "
+            f"{release.id} is going out on {release.route}: {release.what} on "
             f"{release.steps[release.step]}% of its traffic (owner {release.owner}). "
             f"Rolling it back is the cheapest first step: `release rollback {release.id}`.",
             title="Release in progress"))

@@ -19,7 +19,6 @@ from bot.base.errors import Conflict, InputError, NotFound
 from bot.store.backend import Db
 from bot.store.records import from_text, required_time, to_text
 
-RELEASE_STATES = ("canary", "promoted", "rolled_back", "aborted")
 ACTIVE_RELEASE = "canary"
 # state -> the states it may become
 RELEASE_MOVES: dict[str, tuple[str, ...]] = {
@@ -46,6 +45,11 @@ class Release:
     created_at: datetime
     updated_at: datetime
     incident_id: str | None
+
+    @property
+    def what(self) -> str:
+        """What goes out, for people: "prompt version v43", "model chat-large"..."""
+        return describe_change(self.change)
 
     @property
     def weight(self) -> float:
@@ -101,7 +105,7 @@ class ReleaseRecords:
                 "step_started_at": now, "created_at": now, "updated_at": now,
                 "incident_id": None})
             self.add_release_event(release_id, "started", f"started by {owner}: "
-                                   f"{_what(change)} on {steps[0]}% of {route}", actor=actor,
+                                   f"{describe_change(change)} on {steps[0]}% of {route}", actor=actor,
                                    data={"steps": steps, "change": change,
                                          "baseline": baseline})
         return self.release(release_id)
@@ -166,5 +170,5 @@ class ReleaseRecords:
                              json.loads(r["data"])) for r in rows]
 
 
-def _what(change: dict[str, str]) -> str:
+def describe_change(change: dict[str, str]) -> str:
     return " ".join(f"{k.replace('_', ' ')} {v}" for k, v in sorted(change.items()))

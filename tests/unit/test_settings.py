@@ -91,3 +91,17 @@ def test_new_settings_are_parsed():
     assert s.self_approval is False and s.flap_window == timedelta(0)
     assert s.drill_speed == 60.0 and s.alert_posters == ("B0AM", "A0AM")
 
+
+
+def test_a_postgres_url_in_llm_incident_db_is_kept_whole_and_files_go_beside_the_policy():
+    from pathlib import Path
+
+    from bot.adapters.settings import Settings
+
+    s = Settings.from_env({"LLM_INCIDENT_DB": "postgresql://bot:pw@db.internal:5432/llm",
+                           "LLM_INCIDENT_POLICY": "/srv/policy.yaml"})
+    assert s.store_location == "postgresql://bot:pw@db.internal:5432/llm"  # not a Path
+    assert s.state_dir == Path("/srv")
+    assert "pw" not in repr(s)  # the URL (with its password) is kept out of repr
+    back = s.with_db("var/other.db")
+    assert back.db_url is None and back.store_location == "var/other.db"

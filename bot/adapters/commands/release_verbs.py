@@ -37,10 +37,9 @@ def _data(r: Release) -> dict[str, Any]:
 
 
 def _line(r: Release) -> str:
-    change = " ".join(f"{k.replace('_', ' ')} {v}" for k, v in sorted(r.change.items()))
     held = ", held" if r.held else ""
     where = f"{r.steps[r.step]}%" if r.state == "canary" else r.state.replace("_", " ")
-    return f"{r.id} {r.route}: {change} at {where}{held} (owner {r.owner})"
+    return f"{r.id} {r.route}: {r.what} at {where}{held} (owner {r.owner})"
 
 
 def _thresholds(ctx: Context, path: str | None) -> Result:
