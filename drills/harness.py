@@ -33,12 +33,13 @@ from bot.core.engine import Engine
 from bot.core.runner import Runner
 from drills.detector import Observer, PrometheusObserver, StandInDetector
 from drills.report import render_report
-from drills.runner import DrillOptions, DrillRunner, recover_interrupted
+from drills.runner import DrillOptions, DrillRunner
 from drills.sandbox.policy import seed_policy_text
 from drills.scenario import SCENARIOS_DIR, Scenario, load_scenarios
 from drills.scoring import Trend, trend
 from drills.store import Drill, DrillStore
 from drills.targets import drill_targets
+from drills.undo import recover_interrupted
 
 # The sandbox's engines serve these routes (vLLM metrics carry only the model name).
 SANDBOX_MODEL_ROUTES = {"chat-large": "chat", "chat-small": "chat-small", "chat-long": "chat-long"}
@@ -123,9 +124,14 @@ class DrillService:
     def find(self, class_or_id: str) -> Scenario:
         found = self.scenarios()
         key = class_or_id.strip().lower()
-        for s in found.values():
-            if key in (s.id, s.class_, s.class_.replace("_", "-"), s.id.replace("-", "_")):
-                return s
+        # An id first; a class names its own scenario (runaway-cost for runaway_cost)
+        # before the others of the class (bad-release-tokens).
+        by_id = [s for s in found.values() if key in (s.id, s.id.replace("-", "_"))]
+        by_class = sorted((s for s in found.values()
+                           if key in (s.class_, s.class_.replace("_", "-"))),
+                          key=lambda s: s.id != s.class_.replace("_", "-"))
+        for s in by_id + by_class:
+            return s
         raise NotFound(f"no drill scenario or class {class_or_id!r}",
                        hint=f"scenarios: {', '.join(sorted(found))}")
 

@@ -49,6 +49,9 @@ def render_report(drills: DrillStore, drill_id: str, scenario: Scenario | None =
     ]
     well, badly = went_well_and_badly(drill.breakdown)
     timeline = drills.store.timeline(drill.incident_id) if drill.incident_id else []
+    events = drills.events(drill.id)
+    # A release drill: what the bad version cost, and what a post-rollout alert would have.
+    exposure = next((e.text for e in reversed(events) if e.phase == "exposure"), None)
     return _env.get_template("drill_report.md.j2").render(
         drill=drill,
         scenario_id=drill.scenario_id,
@@ -58,6 +61,7 @@ def render_report(drills: DrillStore, drill_id: str, scenario: Scenario | None =
         breakdown=drill.breakdown,
         well=well,
         badly=badly,
-        events=drills.events(drill.id),
+        events=events,
+        exposure=exposure,
         timeline=timeline,
     )

@@ -9,7 +9,11 @@ Like a chaos experiment, every phase is recorded (the ``drills`` row and its
    written (so a killed drill can be undone), the setup patch applied, traffic
    started, the warm-up run.
 3. inject: ``POST /faults`` on the target (the sandbox, or a staging gateway's
-   same API at ``target.base_url``) plus the injection's policy change.
+   same API at ``target.base_url``) plus the injection's policy change. A release
+   drill (``injection.release``) instead ships the change as a canary release
+   through the bot's release guard (``drills.release_phase``): detect is the judge
+   catching it, respond is someone owning the incident its rollback opened, and a
+   promotion to all traffic fails the drill.
 4. detect: the observer (Prometheus, or the drill's own stand-in detector) must
    see the expected alert; it goes to ``engine.handle_alerts(..., is_drill=True)``
    and the bot suggests a playbook through its notifier.
@@ -21,9 +25,8 @@ Like a chaos experiment, every phase is recorded (the ``drills`` row and its
    back byte for byte. Then the drill is scored (``drills.scoring``).
 
 Stop conditions are checked on every tick from the injection to the rollback;
-one tripping aborts the drill (and rolls back at once). ``recover_interrupted``
-undoes a drill whose process died half way (called by ``drill run``, the
-scheduler and ``serve`` at start).
+one tripping aborts the drill (and rolls back at once). The rollback is
+``drills.undo``, also run for a drill whose process died half way.
 """
 
 from __future__ import annotations
@@ -31,8 +34,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,17 +41,19 @@ from typing import Any
 
 import httpx
 
-from bot.base.errors import DriverError, IncidentBotError, InputError
+from bot.base.errors import IncidentBotError, InputError
 from bot.core.engine import Engine
+from bot.playbook.schema import format_duration
 from drills.detector import STAND_IN_NOTE, Observer, StandInDetector
-from drills.responders import Response, ScriptedResponder, observe
+from drills.release_phase import ReleaseDrill, ScrapeSamples, reached
+from drills.responders import SCRIPTED_1, Response, ScriptedResponder, observe
 from drills.sandbox.traffic import generate, require_loopback
 from drills.scenario import Scenario
 from drills.scoring import Deadlines, Measured, score
 from drills.store import Drill, DrillStore
+from drills.undo import DRILL_ACTOR, undo_injection
 
 log = logging.getLogger(__name__)
-DRILL_ACTOR = "drill"
 
 
 class DrillAborted(IncidentBotError):
@@ -99,6 +102,7 @@ class DrillRunner:
         self.on_phase = on_phase  # a test hook: called after each phase is recorded
         self._drill: Drill | None = None
         self._policy_errors = 0.0
+        self._release: ReleaseDrill | None = None  # a release drill's canary, once started
 
     @property
     def drill(self) -> Drill:
@@ -140,8 +144,11 @@ class DrillRunner:
                 await self._steady_state_before(scenario)
                 traffic = await self._setup(scenario)
                 await self._inject(scenario)
-                incident_id = await self._detect(scenario)
-                response = await self._respond(scenario, incident_id)
+                if scenario.injection.release is None:
+                    response = await self._respond(scenario, await self._detect(scenario))
+                else:
+                    response = await self._release_respond(
+                        scenario, await self._catch_release(scenario))
                 await self._recover(scenario, response)
             status = "completed"
         except DrillAborted as exc:
@@ -163,6 +170,9 @@ class DrillRunner:
         self.drills.beat(self.drill.id)  # this process still runs the drill
         await self.observer.tick()
         self._notice_policy_errors()
+        if self._release is not None and isinstance(self.observer, StandInDetector) and \
+                self._release.reader is not None and self.observer.scrapes.history:
+            self._release.reader.record(self.drills.now(), self.observer.scrapes.history[-1])
         if not stop_conditions:
             return
         for cond in scenario.stop_conditions:
@@ -273,6 +283,79 @@ class DrillRunner:
         self._log("injected", f"fault {body['kind']} on {body['route']} ({fault_id})"
                   + (f" with policy {scenario.injection.policy}" if scenario.injection.policy
                      else ""), fault=body)
+        if scenario.injection.release is not None:
+            await self._start_release(scenario)
+
+    # --- a release drill: the fault ships as a canary the release guard must catch ----
+
+    async def _start_release(self, scenario: Scenario) -> None:
+        spec = scenario.injection.release
+        assert spec is not None
+        reader = ScrapeSamples() if isinstance(self.observer, StandInDetector) else None
+        self._release = ReleaseDrill(
+            self.engine, spec, scenario.injection.fault.route, drill_id=self.drill.id,
+            speed=self.opts.speed, reader=reader, client=self.client,
+            target_url=self.target_url)
+        release = await self._release.start(DRILL_ACTOR)
+        self._set(injection={**self.drill.injection, "release": release.id})
+        self._log("released", f"{release.id}: {release.what} on {release.steps[0]}% of "
+                  f"{release.route} (steps {release.steps}, bake {format_duration(spec.bake)} of drill time"
+                  f"{', auto-promote' if release.auto_promote else ''}), on the drill's target",
+                  release=release.id)
+
+    async def _catch_release(self, scenario: Scenario) -> str | None:
+        """Judge the release each tick until it leaves canary; a promotion is a miss."""
+        assert self._release is not None
+        limit = 2 * scenario.deadlines.detect.total_seconds()
+        while True:
+            await self._tick(scenario)
+            release = await self._release.judge()
+            if release.held and self.drill.detected_at is None:
+                self._set(detected_at=self.drills.now())
+                self._log("detected", f"{release.id} held at {release.steps[release.step]}%: "
+                          "a signal failed")
+                if self.opts.auto_respond:  # a person rolls back what the judge held
+                    release = await self._release.guard.rollback(
+                        release.id, actor=SCRIPTED_1, reason="held by the judge")
+            if release.state != "canary":
+                break
+            if self._past(limit):
+                raise IncidentBotError(f"{release.id} was still in canary {limit:g}s of drill "
+                                       "time after its start: the judge never decided",
+                                       hint="check the scenario's traffic and thresholds")
+        now = self.drills.now()
+        spent = await self._release.exposure(self.drill.drill_seconds(now) or 0.0)
+        self._log("exposure", spent.text(), **spent.as_data())
+        if release.state == "promoted":
+            raise IncidentBotError(f"the bad release {release.id} {reached(release)}: the "
+                                   "judge never caught it")
+        suggested = self.engine.suggested_playbook(release.incident_id) \
+            if release.incident_id else None
+        self._set(detected_at=self.drill.detected_at or now, incident_id=release.incident_id,
+                  suggested_playbook=suggested, phase="detected")
+        self._log("detected", f"{release.id} {reached(release)}, before full rollout: "
+                  f"incident {release.incident_id or 'none'}, suggested playbook "
+                  f"{suggested or 'none'}")
+        return release.incident_id
+
+    async def _release_respond(self, scenario: Scenario, incident_id: str | None) -> Response:
+        """The rollback was the mitigation; what is left is someone owning the incident."""
+        assert self._release is not None and self._release.release_id is not None
+        release = self.engine.store.release(self._release.release_id)
+        response = Response(mitigated_at=release.updated_at)
+        if incident_id and self.opts.auto_respond:
+            await self.engine.acknowledge(incident_id, SCRIPTED_1)
+            response.acknowledged_at = self.drills.now()
+            self._log("acknowledged", f"scripted responder ({SCRIPTED_1}) acknowledged "
+                      f"{incident_id}")
+        elif incident_id:
+            limit = 2 * scenario.deadlines.acknowledge.total_seconds()
+            while response.acknowledged_at is None and not self._past(limit):
+                await self._tick(scenario)
+                observe(self.engine, incident_id, response)
+        self._set(acknowledged_at=response.acknowledged_at, mitigated_at=response.mitigated_at,
+                  phase="responded")
+        return response
 
     def _past(self, seconds: float) -> bool:
         """Has ``seconds`` of drill time passed since the injection?"""
@@ -365,6 +448,12 @@ class DrillRunner:
         else:
             self._log("rollback", "fault removed, mitigations reverted, serving policy restored")
 
+    def _contained(self) -> str:
+        """How far a release drill's bad version got (the mitigate component's detail)."""
+        if self._release is None or self._release.release_id is None:
+            return ""
+        return reached(self.engine.store.release(self._release.release_id))
+
     async def _finish(self, scenario: Scenario, status: str, reason: str | None) -> Drill:
         d = self._drill = self.drills.get(self.drill.id)
         breakdown, total = [], None
@@ -374,7 +463,8 @@ class DrillRunner:
                 Measured(d.drill_seconds(d.detected_at), d.drill_seconds(d.acknowledged_at),
                          d.drill_seconds(d.mitigated_at), d.suggested_playbook,
                          scenario.expect.playbook, d.recovered_at is not None,
-                         d.rolled_back_at is not None and not d.injection_active),
+                         d.rolled_back_at is not None and not d.injection_active,
+                         mitigation=self._contained()),
                 Deadlines(dl.detect.total_seconds(), dl.acknowledge.total_seconds(),
                           dl.mitigate.total_seconds()),
             )
@@ -391,72 +481,3 @@ class DrillRunner:
                   finished_at=self.drills.now(), phase="finished")
         self._log("finished", f"{status}" + (f", score {total}/100" if total is not None else ""))
         return self._drill
-
-
-async def undo_injection(engine: Engine, client: httpx.AsyncClient, d: Drill, *,
-                         actor: str) -> list[str]:
-    """Remove the drill's fault, revert the bot's mitigations, restore the policy snapshot."""
-    problems: list[str] = []
-    inj = d.injection
-    base = str(inj.get("base_url", "")).rstrip("/")
-    for fault_id in inj.get("fault_ids", []):
-        try:
-            resp = await client.delete(f"{base}/faults/{fault_id}", timeout=10)
-            if resp.status_code not in (204, 404):
-                problems.append(f"DELETE fault {fault_id}: HTTP {resp.status_code}")
-        except httpx.HTTPError as exc:
-            problems.append(f"DELETE fault {fault_id}: {exc}")
-    if d.incident_id:
-        for run in engine.store.runs(incident_id=d.incident_id):
-            if run.state in ("applied", "verified"):
-                try:
-                    await engine.revert(run.id, actor, f"drill {d.id} over")
-                except IncidentBotError as exc:
-                    problems.append(f"revert {run.id}: {exc}")
-    try:
-        if "policy_path" in inj:
-            restore_file(Path(inj["policy_path"]), inj.get("policy_text"))
-        elif "policy_routes" in inj:
-            await engine.runner.drivers["default"].write(
-                inj["policy_routes"], reason=f"drill {d.id} rollback", action="drill_rollback")
-    except (OSError, DriverError) as exc:
-        problems.append(f"restoring the serving policy: {exc}")
-    return problems
-
-
-def restore_file(path: Path, text: str | None) -> None:
-    """Put the file back as it was (atomically), or remove it if there was none."""
-    if text is None:
-        path.unlink(missing_ok=True)
-        return
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".drill")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-async def recover_interrupted(engine: Engine, drills: DrillStore, client: httpx.AsyncClient,
-                              say: Callable[[str], None] = print) -> list[Drill]:
-    """Roll back and mark aborted every drill a dead process left running or injected
-    (a drill another live process is running is left alone)."""
-    out = []
-    for d in drills.orphaned():  # never a drill whose process is alive
-        problems = await undo_injection(engine, client, d, actor=DRILL_ACTOR) \
-            if d.injection_active else []
-        reason = "interrupted (the process running it stopped); rolled back at restart"
-        if problems:
-            reason += " with problems: " + "; ".join(problems)
-        drills.event(d.id, "recovered-interrupted", reason, incident_id=d.incident_id)
-        if d.incident_id and engine.store.incident(d.incident_id).is_open:
-            # Announced like any status change: the drill incident does not stay open.
-            with contextlib.suppress(IncidentBotError):
-                await engine.cancel(d.incident_id, DRILL_ACTOR, f"drill {d.id} {reason}")
-        out.append(drills.update(d.id, status="aborted", reason=reason, injection_active=False,
-                                 rolled_back_at=drills.now() if d.injection_active else None,
-                                 finished_at=drills.now(), phase="finished"))
-        say(f"[DRILL {d.id}] {reason}")
-    return out

@@ -183,11 +183,37 @@ class Fault(_Strict):
         }
 
 
+class ReleaseSpec(_Strict):
+    """The fault ships as a release the bot's release guard rolls out as a canary on the
+    fault's route; the drill rehearses the judge catching it before full rollout."""
+
+    prompt_version: str | None = Field(default=None, description="the canary's prompt version")
+    model: str | None = Field(default=None, description="the canary's model")
+    steps: list[int] = Field(default=[5, 25, 50, 100], description="percent per step")
+    bake: Duration = Field(default=timedelta(minutes=10), description="per step, drill time")
+    auto_promote: bool = Field(
+        default=True, description="a passing step moves on by itself, so a miss reaches 100%")
+    alert_delay: Duration = Field(
+        default=timedelta(minutes=10),
+        description="how long a post-rollout alert would take: the report's what-if")
+
+    @model_validator(mode="after")
+    def _changes_something(self) -> ReleaseSpec:
+        if not (self.prompt_version or self.model):
+            raise ValueError("a release changes the prompt_version, the model, or both")
+        if self.steps != sorted(set(self.steps)) or self.steps[-1:] != [100] or \
+                len(self.steps) < 2 or self.steps[0] <= 0:
+            raise ValueError(f"steps must rise from above 0 to 100, got {self.steps}")
+        return self
+
+
 class Injection(_Strict):
     fault: Fault
     policy: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="policy changes that ship with the fault (a release)"
     )
+    release: ReleaseSpec | None = Field(
+        default=None, description="ship the fault as a canary release the bot judges")
 
     @field_validator("policy")
     @classmethod
@@ -318,6 +344,8 @@ class Scenario(_Strict):
                 f"the fault is on route '{self.injection.fault.route}' but traffic only "
                 f"goes to {', '.join(self.traffic.routes)}: nothing would trigger it"
             )
+        if self.injection.release is not None:
+            self._release_consistent(self.injection.release)
         changes_policy = self.setup.policy or self.injection.policy
         if changes_policy and not self.rollback.restore_policy:
             raise ValueError(
@@ -325,6 +353,27 @@ class Scenario(_Strict):
                 "restore it (rollback.restore_policy: true)"
             )
         return self
+
+
+    def _release_consistent(self, release: ReleaseSpec) -> None:
+        fault = self.injection.fault
+        if self.target.kind != "sandbox":
+            raise ValueError("a release drill runs on the sandbox: its canary is judged on "
+                             "the sandbox's own numbers")
+        if self.injection.policy:
+            raise ValueError("a release drill's policy change is the release itself; "
+                             "leave injection.policy empty")
+        for key in ("prompt_version", "model"):
+            if getattr(release, key) != getattr(fault, key):
+                raise ValueError(f"the fault must hit only the canary: injection.fault.{key} "
+                                 f"({getattr(fault, key)}) must equal injection.release.{key} "
+                                 f"({getattr(release, key)})")
+        baseline = self.setup.policy.get(fault.route, {}).get("prompt_version")
+        if release.prompt_version and not baseline:
+            raise ValueError(f"setup.policy.{fault.route}.prompt_version must name the "
+                             "baseline the canary is compared with")
+        if release.prompt_version == baseline:
+            raise ValueError(f"the release's prompt_version is the baseline ({baseline})")
 
 
 # --- loading -----------------------------------------------------------------------

@@ -57,6 +57,7 @@ class Measured:
     expected_playbook: str
     recovered: bool
     rolled_back: bool
+    mitigation: str = ""  # what the mitigation was, when it is not a playbook step
 
 
 @dataclass(frozen=True)
@@ -86,15 +87,16 @@ def _fmt(seconds: float) -> str:
     return f"{seconds / 60:.1f}m"
 
 
-def timed(name: str, took: float | None, deadline: float) -> Component:
+def timed(name: str, took: float | None, deadline: float, what: str = "") -> Component:
     weight = WEIGHTS[name]
+    said = f"{what}: " if what else ""
     if took is None:
-        return Component(name, 0, weight, f"never happened (deadline {_fmt(deadline)})")
+        return Component(name, 0, weight, f"{said}never happened (deadline {_fmt(deadline)})")
     if took <= deadline:
-        return Component(name, weight, weight, f"{_fmt(took)}, within {_fmt(deadline)}")
+        return Component(name, weight, weight, f"{said}{_fmt(took)}, within {_fmt(deadline)}")
     share = max(0.0, 1 - (took - deadline) / deadline)
-    return Component(name, round(weight * share, 1), weight,
-                     f"{_fmt(took)}, {_fmt(took - deadline)} past the {_fmt(deadline)} deadline")
+    return Component(name, round(weight * share, 1), weight, f"{said}{_fmt(took)}, "
+                     f"{_fmt(took - deadline)} past the {_fmt(deadline)} deadline")
 
 
 def score(m: Measured, d: Deadlines) -> Score:
@@ -105,7 +107,7 @@ def score(m: Measured, d: Deadlines) -> Score:
         Component("playbook", WEIGHTS["playbook"] if right else 0, WEIGHTS["playbook"],
                   f"suggested {m.suggested_playbook or 'nothing'}"
                   + ("" if right else f", expected {m.expected_playbook}")),
-        timed("mitigate", m.mitigate_s, d.mitigate_s),
+        timed("mitigate", m.mitigate_s, d.mitigate_s, m.mitigation),
         Component("recovery", WEIGHTS["recovery"] if m.recovered else 0, WEIGHTS["recovery"],
                   "steady state held again" if m.recovered else "steady state did not return"),
         Component("rollback", WEIGHTS["rollback"] if m.rolled_back else 0, WEIGHTS["rollback"],

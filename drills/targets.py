@@ -4,7 +4,8 @@ A drill on the sandbox records its serving-policy file in the store when it sets
 up (``drills.injection.policy_path``). Any process that acts on the drill's
 incident (the CLI, Slack's buttons, a second ``serve``) finds that file here, so a
 responder's step is planned against the sandbox's values, applied to it, and
-reverted by the drill's rollback. A staging drill records no file: its steps use
+reverted by the drill's rollback. A release the drill rolls out names its
+target ``drill:DRILL-n``, found here by the drill's id. A staging drill records no file: its steps use
 the target named in the playbook, as before.
 """
 
@@ -25,11 +26,14 @@ def drill_targets(store: Store) -> Callable[[str], tuple[str, ServingDriver] | N
 
     store.ensure_schema("drills", DRILL_SCHEMA)  # this reads the drills' own table
 
-    def resolve(incident_id: str) -> tuple[str, ServingDriver] | None:
+    def resolve(incident_or_target: str) -> tuple[str, ServingDriver] | None:
+        # "drill:DRILL-3" names the drill itself (its release has no incident yet).
+        by_id = incident_or_target.startswith("drill:")
+        key = incident_or_target.removeprefix("drill:") if by_id else incident_or_target
         row = store.db.execute(
-            "SELECT id, injection FROM drills WHERE incident_id = ? "
+            f"SELECT id, injection FROM drills WHERE {'id' if by_id else 'incident_id'} = ? "
             "AND (status = 'running' OR injection_active = 1) ORDER BY seq DESC LIMIT 1",
-            [incident_id],
+            [key],
         ).fetchone()
         if row is None:
             return None

@@ -309,6 +309,8 @@ def dump_policy(policy: ServingPolicy) -> bytes:
     for route in data.get("routes", {}).values():
         if route.get("canary") is None:
             route.pop("canary", None)  # likewise a route with no release in progress
+        else:  # and a canary says only what it changes (a prompt version, or a model)
+            route["canary"] = {k: v for k, v in route["canary"].items() if v is not None}
     text = yaml.dump(data, Dumper=_Dumper, sort_keys=False, default_flow_style=False)
     return text.encode()
 

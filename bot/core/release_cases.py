@@ -178,6 +178,15 @@ class ReleaseGuard:
                              verdict=verdict)
         return moved
 
+    async def abort(self, release_id: str, *, actor: str, reason: str) -> Release:
+        """Close a release without touching its target: its drill already restored the
+        target (a drill's rollback, or the next start after a crash)."""
+        release = self._active(release_id)
+        moved = self.store.move_release(release.id, expect_step=release.step, state="aborted",
+                                        actor=actor, kind="aborted", text=f"aborted: {reason}")
+        await self._announce(moved.id, f"{moved.id} aborted: {reason}")
+        return moved
+
     async def judge(self, release_id: str) -> Verdict:
         """Canary vs baseline over the current step's window, now."""
         release = self.store.release(release_id)
@@ -190,15 +199,21 @@ class ReleaseGuard:
         return judge(self.thresholds.for_route(release.route), samples,
                      alpha=self.thresholds.alpha)
 
-    async def check_due(self) -> list[Release]:
+    async def check_due(self, only: Sequence[str] | None = None) -> list[Release]:
         """Judge every release in canary (the leader's scheduler calls it each poll): a
         critical failure rolls back at once, bake time or not, as soon as the data
         shows it; once the step has baked, another failure holds, and a pass promotes
-        when the release says ``auto_promote`` and waits for a person otherwise."""
+        when the release says ``auto_promote`` and waits for a person otherwise.
+
+        A drill's release (target ``drill:DRILL-n``) is judged only by that drill,
+        on its own target's numbers (``only``): the bot's Prometheus never sees the
+        drill's sandbox."""
         done: list[Release] = []
         if self.store.flag(PAUSE_FLAG) is not None:
             return done  # the kill switch stops the guard's own moves; people still can
         for release in self.store.releases(active_only=True):
+            if (release.id not in only) if only is not None else is_drill(release):
+                continue
             baked = self.store.now() - release.step_started_at >= release.bake
             try:
                 verdict = await self.judge(release.id)
@@ -275,7 +290,8 @@ class ReleaseGuard:
                     "severity": "critical", "signal": worst.signal},
             annotations={"summary": f"{release.id} rolled back: {worst.why}",
                          "description": verdict_text(verdict)})
-        (ingested,) = await self.engine.handle_alerts([alert])
+        # A drill's release opens a drill incident, whichever process rolls it back.
+        (ingested,) = await self.engine.handle_alerts([alert], is_drill=is_drill(release))
         return ingested.incident_id
 
     async def _announce(self, release_id: str, title: str,
@@ -297,8 +313,14 @@ class ReleaseGuard:
         first = len(self.store.release_timeline(release.id)) <= 1
         await self.engine.publish(Message(
             "suggestion" if first else "update", release.id, title, title,
-            sections=tuple(sections), buttons=buttons, closes=not live))
+            sections=tuple(sections), buttons=buttons, closes=not live,
+            is_drill=is_drill(release)))
 
+
+
+def is_drill(release: Release) -> bool:
+    """Rolled out by a drill, on the drill's own target."""
+    return release.target.startswith("drill:")
 
 
 def verdict_text(verdict: Verdict) -> str:

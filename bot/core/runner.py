@@ -74,8 +74,8 @@ log = logging.getLogger(__name__)
 # Why an apply does not go ahead now: wait for another request's claim, hold it for
 # the pause, expire its approval, or refuse it (with the guard's refusal).
 Blocker = tuple[Literal["wait", "hold", "expire", "refuse"], GuardRefused | None]
-# incident id -> (target name such as "drill:DRILL-3", its driver), or None when no
-# drill with a target of its own owns the incident.
+# incident id, or a target name such as "drill:DRILL-3" -> (that target name, its
+# driver), or None when no running drill with a target of its own owns it.
 DrillTargets = Callable[[str], "tuple[str, ServingDriver] | None"]
 
 class Runner(RunnerTimers):
@@ -119,7 +119,7 @@ class Runner(RunnerTimers):
         automatic: bool = False,
     ) -> Run:
         """Plan and persist a run (plan and diff) before anything is applied."""
-        scope = self._scope(incident_id)
+        scope = self._scope(incident_id, target)
         try:
             act = get_action(action)
             target, driver = self._target_for(target, incident_id, scope)
@@ -169,9 +169,11 @@ class Runner(RunnerTimers):
                 self._hold(run, pause)  # an auto step waits for resume instead of being refused
         return self.store.run(run.id)
 
-    def _scope(self, incident_id: str | None) -> str:
-        """A drill incident's runs are drill runs, whoever plans them and from where."""
-        if incident_id and self.store.incident(incident_id).is_drill:
+    def _scope(self, incident_id: str | None, target: str = "") -> str:
+        """A drill incident's runs are drill runs, whoever plans them and from where; so
+        are runs on a drill's own target (a drill's release has no incident yet)."""
+        if target.startswith("drill:") or (
+                incident_id and self.store.incident(incident_id).is_drill):
             return "drill"
         return "production"
 
@@ -504,22 +506,22 @@ class Runner(RunnerTimers):
         return target, self._driver(target)
 
     def _run_driver(self, run: Run) -> ServingDriver:
-        if run.target.startswith("drill:"):
-            found = self.drill_targets(run.incident_id) if (
-                self.drill_targets is not None and run.incident_id) else None
-            if found is None or found[0] != run.target:
-                raise GuardRefused(
-                    "drill", f"{run.id} acts on {run.target}, which is over or not reachable "
-                    "from here; it never falls back to production",
-                    hint="the drill's rollback reverts its changes")
-            return found[1]
-        return self._driver(run.target)
+        return self._driver(run.target)  # a drill's target by its name, see _driver
 
     async def read_target(self, target: str) -> ServingPolicy:
         """What ``target`` serves now (its policy), read through its driver."""
         return await self._driver(target).read()
 
     def _driver(self, target: str) -> ServingDriver:
+        if target.startswith("drill:"):
+            # A drill's own target, by name (a release a drill rolls out): found while
+            # the drill runs, refused after; never a fall back to a configured target.
+            found = self.drill_targets(target) if self.drill_targets is not None else None
+            if found is None or found[0] != target:
+                raise GuardRefused("drill", f"{target} is over or not reachable from here; "
+                                   "nothing falls back to production",
+                                   hint="the drill's rollback restores its target")
+            return found[1]
         try:
             return self.drivers[target]
         except KeyError:

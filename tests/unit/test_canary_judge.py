@@ -99,8 +99,10 @@ def test_the_decision_rolls_back_on_a_critical_failure_and_holds_on_another():
     verdict = judge(t, {"output_tokens": (bad, base), "error": ok_ratio}, alpha=0.01)
     assert verdict.decision == "rollback" and [s.signal for s in verdict.failed] == [
         "output_tokens"]
-    refusing = (Ratio(60, 400), Ratio(150, 3000))  # 15% vs 5%: not critical by default
-    assert judge(t, {"refusal": refusing}, alpha=0.01).decision == "hold"
+    worse = (Ratio(60, 400), Ratio(150, 3000))  # 15% vs 5%
+    assert judge(t, {"fallback": worse}, alpha=0.01).decision == "hold"  # not critical
+    # Refusing users is user-visible breakage, and rolling back is the safe direction.
+    assert judge(t, {"refusal": worse}, alpha=0.01).decision == "rollback"
     assert judge(t, {"refusal": (Ratio(1, 20), Ratio(5, 100))}, alpha=0.01).decision == "wait"
 
 
