@@ -26,12 +26,15 @@ HISTOGRAMS = {
     "cost_per_request": "llm_app_cost_usd",
     "latency_p95": "llm_app_request_latency_seconds",
     "ttft_p95": "llm_app_time_to_first_token_seconds",
+    "quality_score": "llm_app_sampled_quality",
 }
 # signal -> (counted metric, total metric, True when the signal is the complement)
 RATIOS = {
     "schema_valid": ("llm_app_output_invalid_total", "llm_app_responses_total", True),
     "refusal": ("llm_app_refusals_total", "llm_app_responses_total", False),
     "safety_flag": ("llm_app_safety_flags_total", "llm_app_responses_total", False),
+    "error": ("llm_app_errors_total", "llm_app_requests_total", False),
+    "fallback": ("llm_app_fallback_responses_total", "llm_app_requests_total", False),
 }
 
 

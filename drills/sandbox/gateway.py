@@ -143,6 +143,9 @@ class Gateway:
         self.faults = faults
         self.metrics = metrics
         self.rng = rng
+        # The sampled quality score's spread has a generator of its own, so adding it
+        # left every seeded traffic sequence as it was.
+        self.quality_rng = random.Random(0)
         self.clock = clock
         self.in_flight: Tally[str] = Tally()  # per requested route
         self.running: Tally[str] = Tally()  # per model
@@ -237,7 +240,7 @@ class Gateway:
                     self._fail(requested, "", GatewayError(
                         503, f"the canary of route '{requested}' names unknown model "
                         f"'{rp.canary.model}'", type="service_unavailable",
-                        code="unknown_model"))  # fmt: skip
+                        code="unknown_model"), pv)  # fmt: skip
                 model = rp.canary.model
         misrouted = False
         for f in self.faults.matching("bad_routing", requested, model, pv):
@@ -266,7 +269,7 @@ class Gateway:
                     status,
                     f"upstream provider for model '{model}' answered {status} (injected fault)",
                     type="api_error", code="provider_error",
-                ))  # fmt: skip
+                ), pv)  # fmt: skip
 
         wanted = shape.output_tokens.sample(self.rng)
         for f in self.faults.matching("token_blowup", requested, model, pv):
@@ -341,14 +344,17 @@ class Gateway:
             f"this model's maximum context length is {window} tokens; the request needs "
             f"{needed} (input plus reserved output)",
             code="context_length_exceeded", param="messages",
-        ))  # fmt: skip
+        ), pv)  # fmt: skip
 
     # -- metrics --------------------------------------------------------------------
 
-    def _fail(self, route: str, model: str, err: GatewayError) -> NoReturn:
+    def _fail(self, route: str, model: str, err: GatewayError, pv: str | None = None) -> NoReturn:
         m = self.metrics
         m.requests.labels(route, model, str(err.status)).inc()
         m.failed.labels(route, model, str(err.status), _EXCEPTION_CLASS.get(err.status, "")).inc()
+        if pv is not None:  # past admission: the version that took it is known
+            m.app_requests.labels(route, model, pv).inc()
+            m.app_errors.labels(route, model, pv).inc()
         raise err
 
     def _record(self, s: Served) -> None:
@@ -366,8 +372,14 @@ class Gateway:
         m.app_cost.labels(*app).observe(s.cost)
         m.app_latency.labels(*app).observe(s.total_s)
         m.app_ttft.labels(*app).observe(s.ttft_s)
+        m.app_requests.labels(*app).inc()
+        # A sampled quality score per answer, spread like a grader's, for the judge's
+        # rank test (the gauge below keeps the recent level the alert rules read).
+        sampled = s.quality + self.quality_rng.gauss(0.0, 0.05)
+        m.app_quality.labels(*app).observe(min(1.0, max(0.0, sampled)))
         if s.fallback_route:
             m.fallbacks.labels(s.requested_route, s.fallback_route, s.model).inc()
+            m.app_fallbacks.labels(*app).inc()
         for flag, counter in (
             ("invalid_output", m.invalid),
             ("refusal", m.refusals),

@@ -30,6 +30,7 @@ TOKEN_BUCKETS = (
 COST_BUCKETS = (
     0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, float("inf"),
 )  # fmt: skip
+QUALITY_BUCKETS = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1.0, float("inf"))
 # vLLM's time-to-first-token buckets (seconds).
 TTFT_BUCKETS = (
     0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0,
@@ -124,6 +125,18 @@ class SandboxMetrics:
             "llm_app_time_to_first_token_seconds",
             "Time to first token per completion (simulated), by version", APP,
             buckets=TTFT_BUCKETS, registry=r)
+        # Every request a version took (failed ones too, once past admission), its
+        # failures, and those a fallback served: the judge's error and fallback shares.
+        self.app_requests = Counter(
+            "llm_app_requests", "Requests served or failed, by the version that took them",
+            APP, registry=r)
+        self.app_errors = Counter(
+            "llm_app_errors", "Requests that failed after a version took them", APP, registry=r)
+        self.app_fallbacks = Counter(
+            "llm_app_fallback_responses", "Responses a fallback route served", APP, registry=r)
+        self.app_quality = Histogram(
+            "llm_app_sampled_quality", "Sampled quality score per answer, 0..1, by version",
+            APP, buckets=QUALITY_BUCKETS, registry=r)
         self.safety_flags = Counter(
             "llm_app_safety_flags", "Responses flagged by the safety classifier", APP, registry=r
         )

@@ -230,3 +230,50 @@ def test_a_class_names_its_own_scenario_before_its_release_drill(tmp_path):
     assert service.find("runaway_cost").id == "runaway-cost"
     assert service.find("bad-release-tokens").injection.release is not None
     assert service.find("bad_release_refusals").class_ == "quality_degradation"
+
+
+@pytest.mark.parametrize(("fault", "failing", "decision"), [
+    (None, set(), "promote"),
+    ({"kind": "provider_errors", "ratio": 0.3, "statuses": [503]}, {"error"}, "rollback"),
+    ({"kind": "quality_drop", "drop": 0.2}, {"quality_score"}, "hold"),
+])
+def test_the_sandbox_gives_the_judge_errors_fallbacks_and_sampled_quality_by_version(
+        tmp_path, fault, failing, decision):
+    from bot.core.canary_judge import judge
+    from bot.core.canary_samples import Version
+    from bot.playbook.canary_thresholds import load_thresholds
+    from drills.release_phase import ScrapeSamples
+    from drills.sandbox.traffic import generate
+    from drills.signals import parse_scrape
+
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("version: 1\nroutes:\n  chat:\n    prompt_version: v42\n    canary: "
+                      "{prompt_version: v43, weight: 0.2}\n  chat-small: {}\n  chat-long: {}\n")
+    app = sandbox_app(policy, seed=3)
+    reader = ScrapeSamples()
+    clock = iter(range(100))
+
+    async def scrape(client):
+        text = (await client.get(f"{URL}/metrics")).text
+        from datetime import UTC, datetime, timedelta
+        reader.record(datetime(2026, 1, 1, tzinfo=UTC) + timedelta(minutes=next(clock)),
+                      parse_scrape(text, 0.0))
+
+    async def scenario():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app)) as client:
+            if fault:
+                resp = await client.post(f"{URL}/faults", json={
+                    **fault, "route": "chat", "prompt_version": "v43"})
+                assert resp.status_code == 201, resp.text
+            await scrape(client)
+            await generate(URL, routes=["chat"], rate_per_s=1500, duration_s=2, client=client)
+            await scrape(client)
+            from datetime import timedelta
+            return await reader(Version("chat", "v43"), Version("chat", "v42"),
+                                timedelta(minutes=1))
+
+    samples = asyncio.run(scenario())
+    assert {"error", "fallback", "quality_score"} <= set(samples)  # by version, both sides
+    verdict = judge(load_thresholds().for_route("chat"), samples, alpha=0.01)
+    assert {s.signal for s in verdict.failed} == failing
+    assert verdict.decision == decision
