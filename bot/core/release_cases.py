@@ -28,7 +28,7 @@ from bot.core.messages import Button, Message, Section
 from bot.intake.alert import Alert
 from bot.playbook.canary_thresholds import CanaryThresholds, load_thresholds
 from bot.playbook.schema import Guard
-from bot.store import PAUSE_FLAG
+from bot.store import PAUSE_FLAG, Run
 from bot.store.releases import Release
 
 if TYPE_CHECKING:
@@ -97,6 +97,10 @@ class ReleaseGuard:
             raise InputError("the release guard judges canaries on Prometheus; none is set",
                              hint="set LLM_INCIDENT_PROMETHEUS_URL (or --prometheus)")
         steps = parse_steps(steps)
+        if auto_promote and self.approvals(route)[0] == "two_person":
+            raise GuardRefused("approval", f"route '{route}' needs two people to promote a "
+                               "release; it cannot promote itself",
+                               hint="start it without --auto-promote")
         current = await self.runner.read_target(target)
         if not current.serves(route):
             raise InputError(f"route '{route}' is not served by target '{target}'")
@@ -140,6 +144,8 @@ class ReleaseGuard:
         if release.steps[release.step + 1] == 100:
             run = await self._run("promote_canary", release, {}, actor=actor,
                                   automatic=automatic)
+            if run is None:
+                return await self._awaiting(release, "promotion to 100%", actor)
             moved = self.store.move_release(
                 release.id, expect_step=release.step, actor=actor, kind="promoted",
                 state="promoted", text=f"promoted to all of {release.route} by {actor} "
@@ -149,6 +155,8 @@ class ReleaseGuard:
             return moved
         nxt = release.steps[release.step + 1]
         run = await self._set_weight(release, nxt, actor=actor, automatic=automatic)
+        if run is None:
+            return await self._awaiting(release, f"promotion to {nxt}%", actor)
         moved = self.store.move_release(
             release.id, expect_step=release.step, step=release.step + 1, actor=actor,
             kind="promoted_step", held=False,
@@ -167,7 +175,14 @@ class ReleaseGuard:
                        verdict: Verdict | None = None, automatic: bool = False) -> Release:
         release = self._active(release_id)
         run = await self._run("rollback_canary", release, {}, actor=actor, automatic=automatic)
+        # The judge's evidence opens an incident now, approval or not: people must know.
         incident_id = await self._open_incident(release, verdict) if verdict else None
+        if run is None:  # the release policy wants a person to confirm it; hold meanwhile
+            self.store.move_release(release.id, expect_step=release.step, held=True,
+                                    actor=actor, kind="held", incident_id=incident_id,
+                                    text=f"held: {reason}; the rollback waits for a person")
+            return await self._awaiting(self.store.release(release.id), "rollback", actor,
+                                        verdict=verdict)
         moved = self.store.move_release(
             release.id, expect_step=release.step, state="rolled_back", actor=actor,
             kind="rolled_back", incident_id=incident_id,
@@ -214,6 +229,8 @@ class ReleaseGuard:
         for release in self.store.releases(active_only=True):
             if (release.id not in only) if only is not None else is_drill(release):
                 continue
+            if self._asked(release):
+                continue  # a change of it waits for a second person; the judge waits too
             baked = self.store.now() - release.step_started_at >= release.bake
             try:
                 verdict = await self.judge(release.id)
@@ -258,26 +275,70 @@ class ReleaseGuard:
                              "can move", hint=f"`release status {release.id}`")
         return release
 
+    def approvals(self, route: str) -> tuple[str, str]:
+        """The release policy's (promote, rollback) approval on ``route``."""
+        return self.thresholds.approvals.for_route(route)
+
     async def _set_weight(self, release: Release, percent: int, *, actor: str,
-                          automatic: bool = False) -> str:
+                          automatic: bool = False) -> str | None:
         args = {**release.change, "weight": percent / 100}
-        return await self._run("set_canary", release, args, actor=actor, automatic=automatic)
+        # The first step is the start (the eval gate guards it); the others are promotions.
+        first = percent == release.steps[0]
+        return await self._run("set_canary", release, args, actor=actor, automatic=automatic,
+                               rule="none" if first else self.approvals(release.route)[0])
 
     async def _run(self, action: str, release: Release, args: dict[str, object], *,
-                   actor: str, automatic: bool) -> str:
-        run = await self.runner.plan(
-            incident_id=release.incident_id, playbook_id=None, step_id=release.id,
-            action=action, target=release.target,
-            args={"route": release.route, "release": release.id, **args},
-            guard=RELEASE_GUARD, verify_query=None, requested_by=actor, automatic=automatic)
-        if run.state != "planned":
-            raise InputError(f"{action} for {release.id} was not planned: "
-                             f"{run.error or run.state}")
-        run = await self.runner.apply(run.id, actor=actor, automatic=automatic)
+                   actor: str, automatic: bool, rule: str | None = None) -> str | None:
+        """Plan and apply one change of the release; None when the release policy wants a
+        second person and this is the first asking (their run waits, approvable)."""
+        promote_rule, rollback_rule = self.approvals(release.route)
+        if rule is None:
+            rule = rollback_rule if action == "rollback_canary" else promote_rule
+        full = {"route": release.route, "release": release.id, **args}
+        pending = self._pending(release, action, full)
+        if pending is not None:  # someone asked already: this is the second person
+            await self.runner.approve(pending.id, actor)  # never the one who asked
+            run_id = pending.id
+        else:
+            guard = RELEASE_GUARD if rule == "none" else Guard(approval="two_person")
+            run = await self.runner.plan(
+                incident_id=release.incident_id, playbook_id=None, step_id=release.id,
+                action=action, target=release.target, args=full, guard=guard,
+                verify_query=None, requested_by=actor, automatic=automatic)
+            if run.state == "awaiting_approval":
+                return None
+            if run.state != "planned":
+                raise InputError(f"{action} for {release.id} was not planned: "
+                                 f"{run.error or run.state}")
+            run_id = run.id
+        run = await self.runner.apply(run_id, actor=actor, automatic=automatic)
         # The release tracks this change, not the mitigation bookkeeping: it holds no
         # lock, takes no slot of the active-mitigation cap, and nothing reverts it.
         self.store.mark_reverted(run.id, f"a release change: {release.id} tracks it")
         return run.id
+
+    def _asked(self, release: Release) -> list[Run]:
+        """The release's runs awaiting their second person."""
+        return [r for state in ("awaiting_approval", "approved")
+                for r in self.store.runs(state=state) if r.step_id == release.id]
+
+    def _pending(self, release: Release, action: str,
+                 args: dict[str, object]) -> Run | None:
+        """This very change, asked for and awaiting its second person."""
+        return next((r for r in self._asked(release)
+                     if r.action == action and r.args == args), None)
+
+    async def _awaiting(self, release: Release, what: str, actor: str,
+                        verdict: Verdict | None = None) -> Release:
+        pending = self._asked(release)
+        run = pending[-1].id if pending else "?"
+        self.store.add_release_event(
+            release.id, "awaiting_approval", f"{what} asked by {actor}; the release policy "
+            f"wants a second person: `release {'rollback' if what == 'rollback' else 'promote'} "
+            f"{release.id}` by someone else ({run})", actor=actor, data={"run": run})
+        await self._announce(release.id, f"{release.id}: {what} awaits a second person",
+                             verdict=verdict)
+        return self.store.release(release.id)
 
     async def _open_incident(self, release: Release, verdict: Verdict) -> str:
         worst = next((s for s in verdict.failed if s.critical), verdict.failed[0])

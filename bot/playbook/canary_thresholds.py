@@ -12,6 +12,10 @@ canary whose mean output is more than 25% above the baseline's, if the
 difference is also statistically significant (``alpha``) and both sides have at
 least ``min_samples`` requests. What each signal measures, and which direction is
 worse, is fixed in ``bot.core.canary_judge.SIGNALS``.
+
+The same file holds the release policy's approval rules (``approvals``): whether
+promoting past a step, or rolling back, needs a second person, by default and per
+route. Rolling back needs nobody by default: it is the safe direction.
 """
 
 from __future__ import annotations
@@ -48,6 +52,34 @@ class ThresholdOverride(BaseModel):
     critical: bool | None = None
 
 
+Approval = Literal["none", "two_person"]
+
+
+class RouteApprovals(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    promote: Approval | None = None
+    rollback: Approval | None = None
+
+
+class Approvals(BaseModel):
+    """Who must agree before a release's run moves traffic. Past that, the ``release``
+    verb and the Slack buttons already need the owner or an on-call engineer."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    promote: Approval = Field(default="none", description="two_person: a second person "
+                              "confirms each promotion (and auto_promote is refused)")
+    rollback: Approval = Field(default="none", description="two_person: a person confirms a "
+                               "rollback someone else (or the judge) asked for")
+    routes: dict[str, RouteApprovals] = Field(default_factory=dict)
+
+    def for_route(self, route: str) -> tuple[Approval, Approval]:
+        """(promote, rollback) on ``route``."""
+        o = self.routes.get(route, RouteApprovals())
+        return o.promote or self.promote, o.rollback or self.rollback
+
+
 class CanaryThresholds(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -56,6 +88,7 @@ class CanaryThresholds(BaseModel):
                          description="one-sided significance level of each signal's test")
     signals: dict[SignalName, Threshold]
     routes: dict[str, dict[SignalName, ThresholdOverride]] = Field(default_factory=dict)
+    approvals: Approvals = Field(default_factory=Approvals)
 
     def for_route(self, route: str) -> dict[str, Threshold]:
         """Every signal's threshold on ``route``: the defaults, with its overrides."""

@@ -239,3 +239,56 @@ def test_the_kill_switch_stops_the_guards_own_moves():
     assert len(env.store.runs()) == 1  # no run planned and held at every poll
     rel = asyncio.run(guard.rollback("REL-1", actor="bob", reason="by hand"))
     assert rel.state == "rolled_back" and canary(env) is None
+
+
+def two_person(env: Env, traffic: Traffic, rule: str) -> ReleaseGuard:
+    """A guard whose release policy file puts `chat` under ``rule`` (e.g. promote: two_person)."""
+    from bot.playbook.canary_thresholds import SHIPPED, load_thresholds_text
+
+    text = SHIPPED.read_text()
+    assert text.endswith("  routes: {}\n")  # the approvals' routes, last in the file
+    text = text.removesuffix("  routes: {}\n") + f"  routes: {{chat: {{{rule}}}}}\n"
+    return ReleaseGuard(env.engine, reader=traffic, thresholds=load_thresholds_text(text))
+
+
+def test_a_route_whose_release_policy_wants_two_people_promotes_on_the_second_one():
+    from bot.base.errors import GuardRefused
+
+    env, _, traffic = rig()
+    guard = two_person(env, traffic, "promote: two_person")
+    with pytest.raises(GuardRefused, match="cannot promote itself"):
+        asyncio.run(guard.start("chat", prompt_version="v43", actor="alice", auto_promote=True))
+    asyncio.run(guard.start("chat", prompt_version="v43", actor="alice"))
+    asked = asyncio.run(guard.promote("REL-1", actor="alice"))
+    assert asked.step == 0 and canary(env)["weight"] == 0.05  # nothing moved yet
+    last = guard.store.release_timeline("REL-1")[-1]
+    assert last.kind == "awaiting_approval" and "second person" in last.text
+    [waiting] = env.store.runs(state="awaiting_approval")
+    assert waiting.requested_by == "alice" and waiting.args["weight"] == 0.25
+    with pytest.raises(GuardRefused, match="cannot approve it"):
+        asyncio.run(guard.promote("REL-1", actor="alice"))  # not her own request
+    moved = asyncio.run(guard.promote("REL-1", actor="bob"))
+    assert moved.step == 1 and canary(env)["weight"] == 0.25
+    assert env.store.run(waiting.id).state == "applied"
+    assert [a.user for a in env.store.approvals(waiting.id)] == ["bob"]
+    # A route without the rule promotes on one person, as before.
+    assert guard.approvals("chat-small") == ("none", "none")
+
+
+def test_a_rollback_the_policy_wants_confirmed_holds_the_release_and_opens_the_incident():
+    env, _, traffic = rig()
+    guard = two_person(env, traffic, "rollback: two_person")
+    traffic.canary_factor = 2.0
+    asyncio.run(guard.start("chat", prompt_version="v43", actor="alice"))
+    env.clock.advance(minutes=1)
+    (held,) = asyncio.run(guard.check_due())  # the judge asks; a person must confirm
+    assert held.state == "canary" and held.held and canary(env)["weight"] == 0.05
+    assert held.incident_id is not None  # people are told at once, with the evidence
+    assert env.store.incident(held.incident_id).klass == "runaway_cost"
+    events = len(guard.store.release_timeline("REL-1"))
+    env.clock.advance(seconds=30)
+    assert asyncio.run(guard.check_due()) == []  # waiting: the judge asks only once
+    assert len(guard.store.release_timeline("REL-1")) == events
+    rolled = asyncio.run(guard.rollback("REL-1", actor="carol", reason="confirmed"))
+    assert rolled.state == "rolled_back" and canary(env) is None
+    assert rolled.incident_id == held.incident_id

@@ -107,4 +107,6 @@ async def release_verb(ctx: Context, cmd: Command) -> Result:
                                    reason=cmd.opt("--reason") or f"rolled back by {ctx.actor}")
     else:
         raise InputError(f"no release command '{sub[:40]}'", hint=USAGE)
-    return Result(_line(rel), _data(rel))
+    last = store.release_timeline(rel.id)[-1]
+    waiting = f"\n{last.text}" if last.kind == "awaiting_approval" else ""
+    return Result(_line(rel) + waiting, _data(rel))
