@@ -16,7 +16,7 @@ Run: ``python bench/bench_release.py [--rate 100] [--trials 20]``.
    what the same fault would cost if it had gone to all traffic and waited for a
    post-rollout alert (the runaway-cost rule's 10 minutes).
 2. **Error rates**: ``--trials`` good and ``--trials`` bad canaries (5% of 8,000
-   requests each, a new prompt version per trial) judged on the sandbox's own
+   requests each, a new prompt version per trial) judged on every signal of the sandbox's own
    per-version histograms with the default thresholds: false rollbacks (good
    ones rolled back) and misses (bad ones not rolled back). Goal: 0 and 0.
 """
@@ -31,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -43,10 +44,14 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 from integration.services import free_port, spawn, start_prometheus  # noqa: E402
 
-from bot.core.canary_judge import Histogram, judge  # noqa: E402
+from bot.core.canary_judge import judge  # noqa: E402
+from bot.core.canary_samples import Version  # noqa: E402
 from bot.playbook.canary_thresholds import load_thresholds  # noqa: E402
+from drills.release_phase import ScrapeSamples  # noqa: E402
 from drills.sandbox.traffic import generate  # noqa: E402
+from drills.signals import Scrape, parse_scrape  # noqa: E402
 
+T0 = datetime(2026, 1, 1, tzinfo=UTC)  # the two scrapes of a trial: T0 and a minute on
 ALERT_DELAY_S = 600  # what a post-rollout runaway-cost alert takes (the rule's `for`)
 
 
@@ -127,7 +132,7 @@ def time_to_rollback(rate: float) -> None:
 
 def error_rates(trials: int) -> None:
     thresholds = load_thresholds()
-    false_rollbacks = misses = 0
+    false_rollbacks = false_holds = misses = signals = 0
     with tempfile.TemporaryDirectory(prefix="bench-judge-") as tmp:
         work = Path(tmp)
         box, policy = sandbox(work, {"version": 1, "routes": {
@@ -140,7 +145,8 @@ def error_rates(trials: int) -> None:
                     httpx.post(f"{box.url}/faults", json={
                         "kind": "token_blowup", "route": "chat", "prompt_version": version,
                         "factor": 2}, timeout=5).raise_for_status()
-                before = _hists(box.url, version)
+                reader = ScrapeSamples()
+                reader.record(T0, _scrape(box.url))
                 policy.write_text(yaml.safe_dump({"version": 1, "routes": {
                     "chat": {"prompt_version": "v42", "canary": {
                         "prompt_version": version, "weight": 0.05}},
@@ -148,36 +154,24 @@ def error_rates(trials: int) -> None:
                 time.sleep(0.05)
                 asyncio.run(generate(box.url, routes=["chat"], rate_per_s=4000,
                                      duration_s=2.0))
-                after = _hists(box.url, version)
-                samples = {"output_tokens": (
-                    _delta(after[version], before.get(version)),
-                    _delta(after["v42"], before.get("v42")))}
+                reader.record(T0 + timedelta(minutes=1), _scrape(box.url))
+                samples = asyncio.run(reader(Version("chat", version), Version("chat", "v42"),
+                                             timedelta(minutes=1)))
+                signals = max(signals, len(samples))
                 decision = judge(thresholds.for_route("chat"), samples,
                                  alpha=thresholds.alpha).decision
                 false_rollbacks += (not bad) and decision == "rollback"
+                false_holds += (not bad) and decision == "hold"
                 misses += bad and decision != "rollback"
         finally:
             box.stop()
     print(f"judge over {trials} good and {trials} bad canaries (5% of ~8,000 requests, a "
-          f"prompt that doubles output tokens): {false_rollbacks} false rollbacks, "
-          f"{misses} misses")
+          f"prompt that doubles output tokens; all {signals} signals judged): "
+          f"{false_rollbacks} false rollbacks, {false_holds} false holds, {misses} misses")
 
 
-def _hists(url: str, version: str) -> dict[str, list[tuple[float, float]]]:
-    text = httpx.get(f"{url}/metrics", timeout=10).text
-    out: dict[str, list[tuple[float, float]]] = {}
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            if s.name == "llm_app_output_tokens_bucket" and s.labels.get("route") == "chat" \
-                    and s.labels.get("prompt_version") in (version, "v42"):
-                out.setdefault(s.labels["prompt_version"], []).append(
-                    (float(s.labels["le"]), s.value))
-    return {k: sorted(v) for k, v in out.items()}
-
-
-def _delta(now: list[tuple[float, float]], then: list[tuple[float, float]] | None) -> Histogram:
-    earlier = dict(then or [])
-    return Histogram([(le, count - earlier.get(le, 0.0)) for le, count in now])
+def _scrape(url: str) -> Scrape:
+    return parse_scrape(httpx.get(f"{url}/metrics", timeout=10).text, 0.0)
 
 
 def main() -> None:

@@ -19,6 +19,7 @@ from typing import Any, TextIO
 
 from bot.adapters.commands import VERBS, Context, Result, execute
 from bot.adapters.commands.grammar import JSON, Verb
+from bot.adapters.pagers import build_escalations
 from bot.adapters.settings import Settings
 from bot.base.errors import IncidentBotError
 from bot.core.engine import Engine
@@ -85,6 +86,7 @@ def make_context(settings: Settings) -> Context:
     return Context(actor=settings.user, playbooks_dir=settings.playbooks_dir,
                    release_gate=settings.release_gate,
                    canary_thresholds=settings.canary_thresholds,
+                   open_escalations=lambda engine: build_escalations(engine, settings),
                    open_engine=open_engine, local=True, open_drills=open_drills)
 
 

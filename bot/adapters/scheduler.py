@@ -35,9 +35,10 @@ from bot.base.errors import PlaybookError
 from bot.core.engine import Engine
 from bot.core.leadership import Leadership
 from bot.core.messages import Button, Message, Section
+from bot.core.paging import Escalations
 from bot.core.release_cases import ReleaseGuard
 from bot.playbook.canary_thresholds import CanaryThresholds, load_thresholds
-from bot.store import Run
+from bot.store import Page, Run
 from bot.store.outbox import OUTBOX_CHANNEL
 from bot.store.releases import Release
 
@@ -70,8 +71,10 @@ class Scheduler:
         clock: Callable[[], datetime] | None = None,
         leadership: Leadership | None = None,
         canary_thresholds: Path | None = None,
+        escalations: Escalations | None = None,
     ) -> None:
         self.engine = engine
+        self.escalations = escalations  # paging; None when no pager is configured
         self.leadership = leadership
         self.store = engine.store
         self.runner = engine.runner
@@ -255,6 +258,10 @@ class Scheduler:
         """Judge every release whose step has baked: roll back, hold or promote."""
         return await self.releases.check_due() if self.releases is not None else []
 
+    async def page(self) -> list[Page]:
+        """The escalation rules: page, acknowledge and resolve pages, retry what failed."""
+        return await self.escalations.round() if self.escalations is not None else []
+
     async def watch_store(self) -> bool:
         """Refresh the timers when anything was written since the last look (any process:
         every change adds a timeline event). True when it refreshed."""
@@ -281,6 +288,7 @@ class Scheduler:
         done += await self.expire_approvals()
         await self.check_releases()
         await self.engine.sync_lifecycle()
+        await self.page()
         return done
 
     async def poll(self) -> None:
@@ -296,6 +304,7 @@ class Scheduler:
         await self._guarded("releases", self.check_releases)
         await self._guarded("send_reminders", self.send_reminders)
         await self._guarded("sync_lifecycle", self.engine.sync_lifecycle)
+        await self._guarded("paging", self.page)
         self.refresh()
 
     # --- reporting -------------------------------------------------------------------

@@ -26,6 +26,7 @@ from typing import Any
 import uvicorn
 
 from bot.adapters.core_loop import CoreLoop
+from bot.adapters.pagers import build_escalations
 from bot.adapters.playbook_watch import PlaybookWatcher
 from bot.adapters.scheduler import Scheduler
 from bot.adapters.service_metrics import ServiceMetrics
@@ -90,7 +91,14 @@ def build_notifier(settings: Settings) -> Notifier:
 def build_scheduler(engine: Engine, settings: Settings) -> Scheduler:
     # Every serve bids for the leader lease; alone on its store it simply leads.
     return Scheduler(engine, leadership=Leadership(engine.store, ttl=settings.lease_ttl),
-                     canary_thresholds=settings.canary_thresholds)
+                     canary_thresholds=settings.canary_thresholds,
+                     escalations=build_escalations(engine, settings,
+                                                   console_url=console_base(settings)))
+
+
+def console_base(settings: Settings) -> str:
+    """Where people open the console: LLM_INCIDENT_CONSOLE_URL, or serve's own address."""
+    return settings.console_url or f"http://{settings.host}:{settings.port}"
 
 
 class Service:

@@ -70,6 +70,18 @@ ENV_VARS = {
     "shipped bot/playbook/canary_thresholds.yaml); `release thresholds` checks one",
     "LLM_INCIDENT_LEASE_TTL": "replicas: the leader lease; a dead or hung leader is replaced "
     "within it plus a quarter of it (default 10s)",
+    "LLM_INCIDENT_PAGERDUTY_ROUTING_KEY": "paging: a PagerDuty Events API v2 integration key; "
+    "with it the escalation rules page (default: none, nothing pages)",
+    "LLM_INCIDENT_PAGERDUTY_URL": "paging: the Events API URL (default "
+    "https://events.pagerduty.com/v2/enqueue)",
+    "LLM_INCIDENT_PAGE_WEBHOOK": "paging: an http(s) URL that gets each page event as JSON, "
+    "when PagerDuty is not used (default: none)",
+    "LLM_INCIDENT_PAGE_UNACKED": "paging: page when an incident of a severity stays "
+    "unacknowledged this long (default critical=5m,warning=30m; none: never)",
+    "LLM_INCIDENT_PAGE_APPROVAL": "paging: page when a run waits for approval this long "
+    "(default 10m; 0: never). Failed verifications that escalate and failed reverts page at once",
+    "LLM_INCIDENT_CONSOLE_URL": "the web console's public base URL, for links in pages, Slack "
+    "and the CLI (default: http://HOST:PORT of serve)",
     "LLM_INCIDENT_FLAP_WINDOW": "a group that fires again this soon after it resolved reopens "
     "its incident instead of opening a new one (default 10m; 0 turns it off)",
 }
@@ -117,6 +129,14 @@ class Settings:
     oncall_group: str | None = None
     alert_channels: tuple[str, ...] = ()
     alert_posters: tuple[str, ...] = ()
+    # Paging (bot/core/paging.py): nothing pages unless a routing key or webhook is set.
+    pagerduty_routing_key: str | None = field(default=None, repr=False)
+    pagerduty_url: str | None = None
+    page_webhook: str | None = None
+    page_unacked: Mapping[str, timedelta] = field(default_factory=lambda: {
+        "critical": timedelta(minutes=5), "warning": timedelta(minutes=30)})
+    page_approval: timedelta | None = timedelta(minutes=10)
+    console_url: str | None = None
     # Whatever the HTTP driver may template as {{ env.X }} (credentials).
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
 
@@ -174,6 +194,7 @@ class Settings:
         s = _serve_settings(s, env)
         s = _drill_settings(s, env)
         s = _slack_settings(s, env)
+        s = _paging_settings(s, env)
         overrides = {k: v for k, v in overrides.items() if v is not None}
         return replace(s, **overrides)
 
@@ -246,6 +267,25 @@ def _slack_settings(s: Settings, env: Mapping[str, str]) -> Settings:
     if s.slack_app_token and not s.slack_app_token.startswith("xapp-"):
         raise InputError("SLACK_APP_TOKEN must be an app-level token (xapp-...)",
                          hint="Basic Information > App-Level Tokens, scope connections:write")
+    return s
+
+
+def _paging_settings(s: Settings, env: Mapping[str, str]) -> Settings:
+    from bot.core.paging import EscalationRules
+
+    for name in ("LLM_INCIDENT_PAGERDUTY_URL", "LLM_INCIDENT_PAGE_WEBHOOK",
+                 "LLM_INCIDENT_CONSOLE_URL"):
+        if (v := env.get(name)) and not v.startswith(("http://", "https://")):
+            raise InputError(f"{name} must be an http(s) URL, got {v!r}")
+    s = replace(s, pagerduty_routing_key=env.get("LLM_INCIDENT_PAGERDUTY_ROUTING_KEY") or None,
+                pagerduty_url=env.get("LLM_INCIDENT_PAGERDUTY_URL") or None,
+                page_webhook=env.get("LLM_INCIDENT_PAGE_WEBHOOK") or None,
+                console_url=(env.get("LLM_INCIDENT_CONSOLE_URL") or "").rstrip("/") or None)
+    if v := env.get("LLM_INCIDENT_PAGE_UNACKED"):
+        s = replace(s, page_unacked=EscalationRules.parse_unacknowledged(v))
+    if v := env.get("LLM_INCIDENT_PAGE_APPROVAL"):
+        s = replace(s, page_approval=None if v.strip() == "0" else
+                    _duration("LLM_INCIDENT_PAGE_APPROVAL", v))
     return s
 
 

@@ -339,12 +339,32 @@ def _v10_releases(db: Db) -> None:
     db.execute("CREATE INDEX idx_release_events ON release_events (release_id, id)")
 
 
+def _v11_pages(db: Db) -> None:
+    # Paging (bot/store/pages.py): one row per paged incident, wanted vs sent.
+    db.execute(
+        """CREATE TABLE pages (
+            incident_id TEXT PRIMARY KEY,
+            dedup_key TEXT NOT NULL UNIQUE,
+            reason TEXT NOT NULL,
+            severity TEXT NOT NULL,
+            wanted TEXT NOT NULL CHECK (wanted IN ('trigger', 'acknowledge', 'resolve')),
+            sent TEXT CHECK (sent IN ('trigger', 'acknowledge', 'resolve')),
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_try_at TEXT NOT NULL,
+            last_error TEXT,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL
+        )"""
+    )
+
+
 # Append only; index + 1 is the schema version. Versions 2, 3, 6 and a part of 4
 # created tables that now belong to their owners (drills, the Slack adapter): those
 # positions stay, empty, so every version number keeps its meaning.
 MIGRATIONS: list[Callable[[Db], None]] = [
     _v1_initial, _v2_chat_messages, _v3_drills, _v4_trust, _v5_drill_scope,
     _v6_drill_ownership, _v7_claims_and_outbox, _v8_components, _v9_leases, _v10_releases,
+    _v11_pages,
 ]
 
 LATEST_VERSION = len(MIGRATIONS)

@@ -30,6 +30,7 @@ from bot.store.incidents import IncidentRecords, Recorded, group_key_for
 from bot.store.leases import DEFAULT_LEASE, LeaseRecords
 from bot.store.migrations import LATEST_VERSION, MIGRATIONS
 from bot.store.outbox import OutboxRecords
+from bot.store.pages import PageRecords
 from bot.store.records import (
     CLOSED_STATUSES,
     Approval,
@@ -55,7 +56,8 @@ __all__ = [
 PAUSE_FLAG = "paused"
 
 
-class Store(IncidentRecords, RunRecords, OutboxRecords, LeaseRecords, ReleaseRecords):
+class Store(IncidentRecords, RunRecords, OutboxRecords, LeaseRecords, ReleaseRecords,
+            PageRecords):
     """Open (and migrate) the store at ``path``: a SQLite file, ``None`` or ``":memory:"``
     (in memory), or a ``postgresql://`` URL."""
 

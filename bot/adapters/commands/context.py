@@ -27,6 +27,8 @@ class Context:
     # LLM_INCIDENT_RELEASE_GATE: the eval a release must pass before its first step.
     release_gate: str | None = None
     canary_thresholds: Path | None = None  # LLM_INCIDENT_CANARY_THRESHOLDS
+    # Paging's escalation rules for `tick` (None: no pager configured).
+    open_escalations: Callable[[Engine], Any] | None = None
     _engine: Engine | None = field(default=None, repr=False)
     _drills: Any = field(default=None, repr=False)
 

@@ -187,6 +187,8 @@ async def tick_verb(ctx: Context, cmd: Command) -> Result:
     """Run what is due now, as `serve`'s timers would: cron-friendly."""
     from bot.adapters.scheduler import Scheduler  # the jobs, run once, without starting timers
 
-    runs = await Scheduler(ctx.engine, canary_thresholds=ctx.canary_thresholds).tick()
+    paging = ctx.open_escalations(ctx.engine) if ctx.open_escalations is not None else None
+    runs = await Scheduler(ctx.engine, canary_thresholds=ctx.canary_thresholds,
+                           escalations=paging).tick()
     lines = [f"{r.id} -> {r.state}" for r in runs]
     return Result("\n".join(lines) or "nothing due", [run_data(r) for r in runs])

@@ -1,0 +1,98 @@
+"""The paging services ``bot.core.paging.Pager`` speaks to.
+
+- ``PagerDutyEvents``: PagerDuty's Events API v2 (``POST /v2/enqueue``): one JSON
+  event per action, ``routing_key`` (the integration key), ``event_action``
+  (trigger / acknowledge / resolve) and the incident's ``dedup_key``; a trigger
+  also carries ``payload`` (summary, source, severity, custom_details) and
+  ``links``. PagerDuty answers 202 when it took the event, 400 for an invalid
+  one, 429 when rate-limited, 5xx when it could not.
+- ``WebhookPager``: the same event as JSON to any URL (an escalation bridge of
+  your own); 2xx took it, 4xx refused it, 429 and 5xx are retried.
+
+Both take an injected ``httpx.AsyncClient`` (the tests give one that talks to a
+local stub speaking the documented protocol).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from bot.core.paging import (
+    EscalationRules,
+    Escalations,
+    PageEvent,
+    Pager,
+    PageRejected,
+    PageRetry,
+)
+
+PAGERDUTY_EVENTS_URL = "https://events.pagerduty.com/v2/enqueue"
+
+
+def _body(event: PageEvent) -> dict[str, Any]:
+    return {"event_action": event.action, "dedup_key": event.dedup_key}
+
+
+def _outcome(resp: httpx.Response, what: str) -> None:
+    if resp.status_code == 429 or resp.status_code >= 500:
+        raise PageRetry(f"{what} answered {resp.status_code}: {resp.text[:200]}")
+    if resp.status_code >= 400:
+        raise PageRejected(f"{what} refused the event ({resp.status_code}): {resp.text[:200]}",
+                           hint="check the routing key and the URL in the settings")
+
+
+class PagerDutyEvents:
+    def __init__(self, routing_key: str, client: httpx.AsyncClient,
+                 url: str = PAGERDUTY_EVENTS_URL) -> None:
+        self.routing_key = routing_key
+        self.client = client
+        self.url = url
+
+    async def send(self, event: PageEvent) -> None:
+        body = {"routing_key": self.routing_key, **_body(event)}
+        if event.action == "trigger":
+            body["payload"] = {"summary": event.summary or event.dedup_key,
+                               "source": event.source, "severity": event.severity,
+                               "custom_details": dict(event.details)}
+            body["links"] = [{"href": href, "text": text} for href, text in event.links]
+        try:
+            resp = await self.client.post(self.url, json=body, timeout=10)
+        except httpx.HTTPError as exc:
+            raise PageRetry(f"PagerDuty could not be reached: {exc}") from exc
+        _outcome(resp, "PagerDuty")
+
+
+class WebhookPager:
+    def __init__(self, url: str, client: httpx.AsyncClient) -> None:
+        self.url = url
+        self.client = client
+
+    async def send(self, event: PageEvent) -> None:
+        body = {**_body(event), "summary": event.summary, "severity": event.severity,
+                "source": event.source, "details": dict(event.details),
+                "links": [{"href": href, "text": text} for href, text in event.links]}
+        try:
+            resp = await self.client.post(self.url, json=body, timeout=10)
+        except httpx.HTTPError as exc:
+            raise PageRetry(f"the escalation webhook could not be reached: {exc}") from exc
+        _outcome(resp, "the escalation webhook")
+
+
+def build_escalations(engine: Any, settings: Any, client: httpx.AsyncClient | None = None,
+                      console_url: str | None = None) -> Escalations | None:
+    """The escalation rules with the configured pager; None when nothing is configured."""
+    client = client or httpx.AsyncClient()
+    pager: Pager
+    if settings.pagerduty_routing_key:
+        pager = PagerDutyEvents(settings.pagerduty_routing_key, client,
+                                settings.pagerduty_url or PAGERDUTY_EVENTS_URL)
+    elif settings.page_webhook:
+        pager = WebhookPager(settings.page_webhook, client)
+    else:
+        return None
+    rules = EscalationRules(unacknowledged=dict(settings.page_unacked),
+                            approval_pending=settings.page_approval,
+                            console_url=settings.console_url or console_url)
+    return Escalations(engine, pager, rules)
