@@ -273,6 +273,9 @@ class Scheduler:
         if self.leadership is not None:
             # Alerts another replica took wait in the outbox for the leader.
             await self.engine.drain_outbox()
+        if self.escalations is not None and self.leads:
+            # An acknowledge or resolve (any process) reaches the page within a second.
+            await self.page()
         return True
 
     async def tick(self) -> list[Run]:

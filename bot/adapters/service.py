@@ -92,6 +92,7 @@ def build_scheduler(engine: Engine, settings: Settings) -> Scheduler:
     # Every serve bids for the leader lease; alone on its store it simply leads.
     return Scheduler(engine, leadership=Leadership(engine.store, ttl=settings.lease_ttl),
                      canary_thresholds=settings.canary_thresholds,
+                     poll_interval=settings.poll_interval,
                      escalations=build_escalations(engine, settings,
                                                    console_url=console_base(settings)))
 

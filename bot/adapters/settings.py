@@ -77,11 +77,13 @@ ENV_VARS = {
     "LLM_INCIDENT_PAGE_WEBHOOK": "paging: an http(s) URL that gets each page event as JSON, "
     "when PagerDuty is not used (default: none)",
     "LLM_INCIDENT_PAGE_UNACKED": "paging: page when an incident of a severity stays "
-    "unacknowledged this long (default critical=5m,warning=30m; none: never)",
+    "unacknowledged this long (default critical=5m,high=15m,warning=30m; none: never)",
     "LLM_INCIDENT_PAGE_APPROVAL": "paging: page when a run waits for approval this long "
     "(default 10m; 0: never). Failed verifications that escalate and failed reverts page at once",
     "LLM_INCIDENT_CONSOLE_URL": "the web console's public base URL, for links in pages, Slack "
     "and the CLI (default: http://HOST:PORT of serve)",
+    "LLM_INCIDENT_POLL_INTERVAL": "how often serve's leader runs its periodic checks "
+    "(verification, approvals, releases, reminders, paging; default 15s)",
     "LLM_INCIDENT_FLAP_WINDOW": "a group that fires again this soon after it resolved reopens "
     "its incident instead of opening a new one (default 10m; 0 turns it off)",
 }
@@ -103,6 +105,7 @@ class Settings:
     self_approval: bool = True
     flap_window: timedelta = timedelta(minutes=10)
     lease_ttl: timedelta = timedelta(seconds=10)
+    poll_interval: timedelta = timedelta(seconds=15)
     release_gate: str | None = None
     canary_thresholds: Path | None = None
     user: str = "cli"
@@ -134,7 +137,8 @@ class Settings:
     pagerduty_url: str | None = None
     page_webhook: str | None = None
     page_unacked: Mapping[str, timedelta] = field(default_factory=lambda: {
-        "critical": timedelta(minutes=5), "warning": timedelta(minutes=30)})
+        "critical": timedelta(minutes=5), "high": timedelta(minutes=15),
+        "warning": timedelta(minutes=30)})
     page_approval: timedelta | None = timedelta(minutes=10)
     console_url: str | None = None
     # Whatever the HTTP driver may template as {{ env.X }} (credentials).
@@ -185,6 +189,8 @@ class Settings:
             s = replace(s, canary_thresholds=Path(v))
         if v := env.get("LLM_INCIDENT_RELEASE_GATE"):
             s = replace(s, release_gate=v)
+        if v := env.get("LLM_INCIDENT_POLL_INTERVAL"):
+            s = replace(s, poll_interval=_duration("LLM_INCIDENT_POLL_INTERVAL", v))
         if v := env.get("LLM_INCIDENT_LEASE_TTL"):
             s = replace(s, lease_ttl=_duration("LLM_INCIDENT_LEASE_TTL", v))
         if v := env.get("LLM_INCIDENT_FLAP_WINDOW"):

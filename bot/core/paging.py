@@ -3,7 +3,7 @@
 The rules (``EscalationRules``, from settings) decide *that* an incident must page:
 
 - it stayed ``open`` (nobody acknowledged it) for its severity's limit
-  (default: critical 5 minutes, warning 30 minutes; other severities never);
+  (default: critical 5 minutes, high 15, warning 30; info never);
 - a run of it waited for approval longer than ``approval_pending``;
 - a verification escalated (``on_fail: escalate``), or a revert failed: at once.
 
@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 ACTOR = "llm-incident paging"
 DEDUP_PREFIX = "llm-incident/"
 MAX_BACKOFF = timedelta(minutes=5)
+SEND_CLAIM = timedelta(seconds=30)  # a sender that died mid-send is retried after this
 # Timeline events that escalate at once, and why.
 ESCALATING_EVENTS = {"escalation": "a verification escalated",
                      "revert_failed": "a revert failed"}
@@ -74,7 +75,8 @@ class Pager(Protocol):
 @dataclass(frozen=True)
 class EscalationRules:
     unacknowledged: Mapping[str, timedelta] = field(default_factory=lambda: {
-        "critical": timedelta(minutes=5), "warning": timedelta(minutes=30)})
+        "critical": timedelta(minutes=5), "high": timedelta(minutes=15),
+        "warning": timedelta(minutes=30)})
     approval_pending: timedelta | None = timedelta(minutes=10)
     console_url: str | None = None  # links in the page point here
 
@@ -181,6 +183,8 @@ class Escalations:
                 continue
             if action == "acknowledge" and page.wanted == "resolve":
                 action = "resolve"  # straight to resolved: one event, not two
+            if not self.store.claim_page(page.incident_id, self.store.now() + SEND_CLAIM):
+                continue  # another round (this process's or another's) is sending it
             try:
                 await self.pager.send(self._event(page, action))
             except PageRetry as exc:

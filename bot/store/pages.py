@@ -90,10 +90,20 @@ class PageRecords:
                           [to_text(self.now())])
         return [p for p in (_page(r) for r in rows) if p.pending is not None]
 
+    def claim_page(self, incident_id: str, until: datetime) -> bool:
+        """Take the page's next send for this process until ``until`` (a compare-and-set
+        on its due time): a second sender, here or in another process, finds it taken."""
+        with self.transaction():
+            cur = self.db.execute(
+                "UPDATE pages SET next_try_at = ? WHERE incident_id = ? AND next_try_at <= ?",
+                [to_text(until), incident_id, to_text(self.now())])
+            return cur.rowcount == 1
+
     def page_sent(self, incident_id: str, action: str) -> None:
         now = to_text(self.now())
         self.db_write("UPDATE pages SET sent = ?, attempts = 0, last_error = NULL, "
-                      "updated_at = ? WHERE incident_id = ?", [action, now, incident_id])
+                      "next_try_at = ?, updated_at = ? WHERE incident_id = ?",
+                      [action, now, now, incident_id])
 
     def page_retry(self, incident_id: str, error: str, at: datetime) -> None:
         self.db_write("UPDATE pages SET attempts = attempts + 1, last_error = ?, "
