@@ -87,6 +87,7 @@ def make_context(settings: Settings) -> Context:
                    release_gate=settings.release_gate,
                    canary_thresholds=settings.canary_thresholds,
                    open_escalations=lambda engine: build_escalations(engine, settings),
+                   console_url=settings.console_base, console_secret=settings.console_secret,
                    open_engine=open_engine, local=True, open_drills=open_drills)
 
 

@@ -80,8 +80,8 @@ class WebhookPager:
         _outcome(resp, "the escalation webhook")
 
 
-def build_escalations(engine: Any, settings: Any, client: httpx.AsyncClient | None = None,
-                      console_url: str | None = None) -> Escalations | None:
+def build_escalations(engine: Any, settings: Any,
+                      client: httpx.AsyncClient | None = None) -> Escalations | None:
     """The escalation rules with the configured pager; None when nothing is configured."""
     client = client or httpx.AsyncClient()
     pager: Pager
@@ -94,5 +94,5 @@ def build_escalations(engine: Any, settings: Any, client: httpx.AsyncClient | No
         return None
     rules = EscalationRules(unacknowledged=dict(settings.page_unacked),
                             approval_pending=settings.page_approval,
-                            console_url=settings.console_url or console_url)
+                            console_url=settings.console_base)
     return Escalations(engine, pager, rules)

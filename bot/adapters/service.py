@@ -25,6 +25,7 @@ from typing import Any
 
 import uvicorn
 
+from bot.adapters.console import attach_console
 from bot.adapters.core_loop import CoreLoop
 from bot.adapters.pagers import build_escalations
 from bot.adapters.playbook_watch import PlaybookWatcher
@@ -93,13 +94,7 @@ def build_scheduler(engine: Engine, settings: Settings) -> Scheduler:
     return Scheduler(engine, leadership=Leadership(engine.store, ttl=settings.lease_ttl),
                      canary_thresholds=settings.canary_thresholds,
                      poll_interval=settings.poll_interval,
-                     escalations=build_escalations(engine, settings,
-                                                   console_url=console_base(settings)))
-
-
-def console_base(settings: Settings) -> str:
-    """Where people open the console: LLM_INCIDENT_CONSOLE_URL, or serve's own address."""
-    return settings.console_url or f"http://{settings.host}:{settings.port}"
+                     escalations=build_escalations(engine, settings))
 
 
 class Service:
@@ -126,6 +121,10 @@ class Service:
         self.core = CoreLoop()
         self.app = create_app(self.engine, settings, metrics=self.metrics,
                               scheduler=self.scheduler, core=self.core)
+        # The web console at /ui: read-only, but for signed approval links.
+        attach_console(self.app, self.engine, core=self.core, secret=settings.console_secret,
+                       user_header=settings.console_user_header,
+                       oncall_users=settings.oncall_users)
         # POST /slack/events and/or Socket Mode, as far as the Slack settings say.
         self.slack = attach_slack(
             self.engine, settings, self.app,

@@ -84,6 +84,10 @@ ENV_VARS = {
     "and the CLI (default: http://HOST:PORT of serve)",
     "LLM_INCIDENT_POLL_INTERVAL": "how often serve's leader runs its periodic checks "
     "(verification, approvals, releases, reminders, paging; default 15s)",
+    "LLM_INCIDENT_CONSOLE_SECRET": "the key signing the console's approval links; change it "
+    "to revoke every link out there (default: a random key kept in the store)",
+    "LLM_INCIDENT_CONSOLE_USER_HEADER": "behind an SSO proxy: the header naming the signed-in "
+    "person (e.g. X-Forwarded-User); an approval link then works only for that person",
     "LLM_INCIDENT_FLAP_WINDOW": "a group that fires again this soon after it resolved reopens "
     "its incident instead of opening a new one (default 10m; 0 turns it off)",
 }
@@ -141,6 +145,10 @@ class Settings:
         "warning": timedelta(minutes=30)})
     page_approval: timedelta | None = timedelta(minutes=10)
     console_url: str | None = None
+    # The console's signing key for approval links (default: one kept in the store).
+    console_secret: str | None = field(default=None, repr=False)
+    # Behind an SSO proxy: the header naming the signed-in person (must match a link's).
+    console_user_header: str | None = None
     # Whatever the HTTP driver may template as {{ env.X }} (credentials).
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
 
@@ -149,6 +157,11 @@ class Settings:
         if is_postgres_url(where):
             return replace(self, db_url=where)
         return replace(self, db_path=Path(where), db_url=None)
+
+    @property
+    def console_base(self) -> str:
+        """Where people open the console: LLM_INCIDENT_CONSOLE_URL, or serve's address."""
+        return self.console_url or f"http://{self.host}:{self.port}"
 
     @property
     def store_location(self) -> str:
@@ -286,7 +299,9 @@ def _paging_settings(s: Settings, env: Mapping[str, str]) -> Settings:
     s = replace(s, pagerduty_routing_key=env.get("LLM_INCIDENT_PAGERDUTY_ROUTING_KEY") or None,
                 pagerduty_url=env.get("LLM_INCIDENT_PAGERDUTY_URL") or None,
                 page_webhook=env.get("LLM_INCIDENT_PAGE_WEBHOOK") or None,
-                console_url=(env.get("LLM_INCIDENT_CONSOLE_URL") or "").rstrip("/") or None)
+                console_url=(env.get("LLM_INCIDENT_CONSOLE_URL") or "").rstrip("/") or None,
+                console_secret=env.get("LLM_INCIDENT_CONSOLE_SECRET") or None,
+                console_user_header=env.get("LLM_INCIDENT_CONSOLE_USER_HEADER") or None)
     if v := env.get("LLM_INCIDENT_PAGE_UNACKED"):
         s = replace(s, page_unacked=EscalationRules.parse_unacknowledged(v))
     if v := env.get("LLM_INCIDENT_PAGE_APPROVAL"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
+from bot.adapters.commands import console_verbs as cv
 from bot.adapters.commands import drill_verbs as dv
 from bot.adapters.commands import incident_verbs as iv
 from bot.adapters.commands import lifecycle_verbs as lv
@@ -66,6 +67,9 @@ VERBS: dict[str, Verb] = _verbs(
     Verb("approve", "approve a run (two_person: not the requester); --apply applies it too",
          args=("run",), options=(AS,), flags=("--apply", JSON), changes_state=True,
          handler=sv.approve_verb),
+    Verb("link", "a signed, single-use web link for one person to approve a run "
+         "(when Slack is not there)", args=("run",), options=("--for", "--ttl", AS),
+         flags=(JSON,), handler=cv.link_verb),
     Verb("deny", "deny a run", args=("run",), options=("--reason", AS), flags=(JSON,),
          changes_state=True, handler=iv.deny_verb),
     Verb("revert", "revert an applied run", args=("run",), options=("--reason", AS),

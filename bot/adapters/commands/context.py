@@ -27,6 +27,9 @@ class Context:
     # LLM_INCIDENT_RELEASE_GATE: the eval a release must pass before its first step.
     release_gate: str | None = None
     canary_thresholds: Path | None = None  # LLM_INCIDENT_CANARY_THRESHOLDS
+    # The web console: its public URL (links) and its link-signing key (None: stored).
+    console_url: str | None = None
+    console_secret: str | None = field(default=None, repr=False)
     # Paging's escalation rules for `tick` (None: no pager configured).
     open_escalations: Callable[[Engine], Any] | None = None
     _engine: Engine | None = field(default=None, repr=False)

@@ -3,6 +3,7 @@ runs, pause, resume, incidents, show, postmortem, tick."""
 
 from __future__ import annotations
 
+from bot.adapters.commands.console_verbs import console_page
 from bot.adapters.commands.context import Context
 from bot.adapters.commands.grammar import Command, Result
 from bot.adapters.commands.playbook_verbs import _read_alerts
@@ -162,6 +163,8 @@ async def show_verb(ctx: Context, cmd: Command) -> Result:
     inc = store.incident(cmd.args["id"])
     events = store.timeline(inc.id)
     lines = [f"{inc.id} {inc.title} [{inc.status}, {inc.severity}]"]
+    if page := console_page(ctx, inc.id):
+        lines.append(f"  console: {page}")
     lines += [f"  {e.at:%Y-%m-%d %H:%M:%S}  {e.actor:<14} {e.kind:<18} {e.text}" for e in events]
     drill = " (DRILL)" if inc.is_drill else ""
     md = [f"# {inc.id} {md_escape(inc.title)}{drill}", "",
@@ -171,6 +174,7 @@ async def show_verb(ctx: Context, cmd: Command) -> Result:
     md += [f"| {e.at:%Y-%m-%d %H:%M:%S} | {md_escape(e.actor)} | {e.kind} | {md_escape(e.text)} |"
            for e in events]
     data = incident_data(inc) | {
+        "console": console_page(ctx, inc.id),
         "timeline": [{"at": str(e.at), "actor": e.actor, "kind": e.kind, "text": e.text,
                       "run_id": e.run_id} for e in events]
     }

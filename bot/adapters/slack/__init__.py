@@ -76,8 +76,10 @@ def build_slack_notifier(settings: Settings, engine: Engine) -> Any | None:
 
     client = web_client(settings)
     real = SlackNotifier(client, channel=settings.slack_channel, store=engine.store)
+    real.console_url = settings.console_base
     if not settings.drill_channel or settings.drill_channel == settings.slack_channel:
         return real
     # Drill incidents and announcements go to the drills channel, never where pages land.
     drill = SlackNotifier(client, channel=settings.drill_channel, store=engine.store)
+    drill.console_url = settings.console_base
     return DrillRouter(real, drill)

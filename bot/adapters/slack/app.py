@@ -123,6 +123,8 @@ class SlackHandlers:
         return Context(actor=user_id, playbooks_dir=self.settings.playbooks_dir,
                        release_gate=self.settings.release_gate,
                        canary_thresholds=self.settings.canary_thresholds,
+                       console_url=self.settings.console_base,
+                       console_secret=self.settings.console_secret,
                        open_engine=lambda: self.engine, local=False,
                        open_drills=self._open_drills)
 

@@ -124,7 +124,7 @@ def _mrkdwn(text: str) -> MarkdownTextObject:
     return MarkdownTextObject(text=text, verbatim=True)
 
 
-def _context(msg: Message) -> ContextBlock:
+def _context(msg: Message, console_url: str | None = None) -> ContextBlock:
     parts = []
     if msg.is_drill:
         parts.append(f"*{DRILL_MARK}* practice, not a real incident")
@@ -134,6 +134,11 @@ def _context(msg: Message) -> ContextBlock:
     if msg.incident_id:
         parts.append(escape_mrkdwn(msg.incident_id))
     parts.append(escape_mrkdwn(msg.kind))
+    if console_url and msg.incident_id:
+        # Our own ids only (INC-n, REL-n) after the operator's base URL: nothing from an alert.
+        page = "releases" if msg.incident_id.startswith("REL-") else \
+            f"incidents/{escape_mrkdwn(msg.incident_id)}"
+        parts.append(f"<{console_url.rstrip('/')}/ui/{page}|open in the console>")
     text = truncate("  |  ".join(parts), MAX_CONTEXT_TEXT)
     return ContextBlock(elements=[_mrkdwn(text)])
 
@@ -192,11 +197,11 @@ def _actions_blocks(buttons: list[Button]) -> list[Block]:
             for i in range(0, len(elements), MAX_ACTIONS_ELEMENTS)]
 
 
-def render_blocks(msg: Message) -> list[Block]:
+def render_blocks(msg: Message, console_url: str | None = None) -> list[Block]:
     """The Block Kit objects for ``msg`` (validated by slack_sdk when serialised)."""
     marker = more_marker(msg)
     head: list[Block] = [HeaderBlock(text=PlainTextObject(text=header_text(msg), emoji=True)),
-                         _context(msg)]
+                         _context(msg, console_url)]
     text = escape_mrkdwn(msg.text.strip())
     if text:
         head.append(SectionBlock(text=_mrkdwn(truncate(text, MAX_SECTION_TEXT, marker))))
@@ -217,10 +222,10 @@ def render_blocks(msg: Message) -> list[Block]:
     return head + body + tail
 
 
-def render(msg: Message) -> list[dict]:
+def render(msg: Message, console_url: str | None = None) -> list[dict]:
     """``msg`` as Block Kit dicts for ``chat.postMessage`` / ``chat.update`` ``blocks``.
 
     Raises ``slack_sdk.errors.SlackObjectFormationError`` only on a bug here: every
     limit the SDK checks is respected before it checks.
     """
-    return [b.to_dict() for b in render_blocks(msg)]
+    return [b.to_dict() for b in render_blocks(msg, console_url)]

@@ -109,6 +109,7 @@ class SlackNotifier:
         max_retry_after: float = 120.0,
     ) -> None:
         self.client = client
+        self.console_url: str | None = None  # set by the wiring: every message links there
         self.channel = channel
         self.store = store
         self.messages = ChatMessages(store)
@@ -360,7 +361,7 @@ class SlackNotifier:
     ) -> None:
         try:
             await self._call("chat_update", channel=self.channel, ts=ts,
-                             text=render_text(shown), blocks=render(shown))
+                             text=render_text(shown), blocks=render(shown, self.console_url))
         except SlackCallError as exc:
             if exc.reason != "message_not_found":
                 raise
@@ -390,7 +391,7 @@ class SlackNotifier:
         # A post that timed out may still have landed: look before posting it again.
         lookup = (lambda: self._find_posted(row, thread_ts)) if row else None
         resp = await self._call(
-            "chat_postMessage", channel=self.channel, text=render_text(msg), blocks=render(msg),
+            "chat_postMessage", channel=self.channel, text=render_text(msg), blocks=render(msg, self.console_url),
             unfurl_links=False, unfurl_media=False, lookup=lookup, **extra,
         )
         return str(resp["ts"])

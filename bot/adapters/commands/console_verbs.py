@@ -1,0 +1,45 @@
+"""`link RUN [--for USER] [--ttl 30m]`: a signed, single-use console link that lets one
+person approve one run from the web (when Slack is down or rate-limited).
+
+From Slack a person gets a link for themselves only; from the CLI (whoever runs it
+is trusted to act) the link names ``--for``, or the CLI user. ``show`` prints the
+incident's console page too (see ``console_page``).
+"""
+
+from __future__ import annotations
+
+from bot.adapters.commands.context import Context
+from bot.adapters.commands.grammar import Command, Result
+from bot.base.durations import parse_duration
+from bot.base.errors import GuardRefused, InputError
+
+
+def console_base(ctx: Context) -> str:
+    if not ctx.console_url:
+        raise InputError("the console's address is not known here",
+                         hint="set LLM_INCIDENT_CONSOLE_URL to the console's public URL")
+    return ctx.console_url.rstrip("/")
+
+
+async def link_verb(ctx: Context, cmd: Command) -> Result:
+    from bot.adapters.console.links import DEFAULT_TTL, ApprovalLinks
+
+    run = ctx.engine.store.run(cmd.args["run"])
+    user = cmd.opt("--for") or ctx.actor
+    if not ctx.local and user != ctx.actor:
+        raise GuardRefused("approval", "from Slack a link is only ever for yourself",
+                           hint=f"`link {run.id}` (without --for)")
+    if run.state not in ("awaiting_approval", "approved", "expired"):
+        raise InputError(f"{run.id} is {run.state}; a link approves a run awaiting approval")
+    ttl = parse_duration(cmd.opt("--ttl")) if cmd.opt("--ttl") else DEFAULT_TTL
+    token = ApprovalLinks(ctx.engine.store, ctx.console_secret).issue(run.id, user, ttl)
+    url = f"{console_base(ctx)}/ui/approve/{token}"
+    minutes = int(ttl.total_seconds() // 60)
+    return Result(f"{url}\n(for {user} only, once, within {minutes} minutes: it approves "
+                  f"{run.id} as {user} and applies it if every guard passes)",
+                  {"url": url, "run": run.id, "user": user, "ttl_seconds": int(ttl.total_seconds())})
+
+
+def console_page(ctx: Context, incident_id: str) -> str | None:
+    return f"{ctx.console_url.rstrip('/')}/ui/incidents/{incident_id}" if ctx.console_url \
+        else None
