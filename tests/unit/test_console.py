@@ -10,7 +10,6 @@ from datetime import timedelta
 from pathlib import Path
 
 import httpx
-import pytest
 from fakes import InMemoryDriver
 from fastapi import FastAPI
 
