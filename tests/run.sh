@@ -17,6 +17,8 @@ command -v debootstrap >/dev/null || need_apt+=(debootstrap)
 # The store suite and the replica tests run on a real Postgres, which the tests start
 # themselves (initdb and pg_ctl as the package's postgres user) and stop.
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need_apt+=(postgresql)
+# Headless Chromium for the web console's browser tests (driven by playwright).
+command -v chromium >/dev/null || need_apt+=(chromium)
 if ((${#need_apt[@]})); then
   if [[ $(id -u) -ne 0 ]]; then SUDO=sudo; else SUDO=; fi
   $SUDO apt-get update -qq
