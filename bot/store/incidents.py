@@ -195,11 +195,12 @@ class IncidentRecords:
                           [*params, int(limit)])
         return [incident_from_row(r) for r in rows]
 
-    def open_incidents(self) -> list[Incident]:
-        """Every incident not resolved or cancelled, newest first (never truncated: the
-        open set is what the scheduler, status and the kill switch must see whole)."""
+    def open_incidents(self, limit: int | None = None) -> list[Incident]:
+        """Every incident not resolved or cancelled, newest first (whole unless ``limit``
+        says: the open set is what the scheduler, status and the kill switch must see)."""
         rows = self._rows(f"SELECT * FROM incidents WHERE status NOT IN {CLOSED_STATUSES!r} "
-                          "ORDER BY seq DESC")
+                          "ORDER BY seq DESC" + (" LIMIT ?" if limit else ""),
+                          [int(limit)] if limit else [])
         return [incident_from_row(r) for r in rows]
 
     def count_incidents(self, status: str | None = None) -> int:

@@ -66,7 +66,7 @@ class Console:
         wanted = None if status in (None, "", "any", "open") else status
         rows = self.store.incidents(wanted, limit=PAGE_SIZE * 4 if klass or drill else PAGE_SIZE)
         if status == "open":
-            rows = [i for i in self.store.open_incidents()][:PAGE_SIZE]
+            rows = self.store.open_incidents(limit=PAGE_SIZE * 4 if klass or drill else PAGE_SIZE)
         if klass:
             rows = [i for i in rows if i.klass == klass]
         if drill in ("yes", "no"):
