@@ -144,6 +144,10 @@ def test_the_link_verb_prints_a_link_and_slack_gets_one_only_for_yourself(tmp_pa
     assert rig.links.check(token).user == "bob"
     refused = asyncio.run(execute(["link", run.id, "--for", "bob"], ctx("U-ALICE", False)))
     assert not refused.ok and "only ever for yourself" in refused.text
+    # It hands out the right to approve: in Slack only the on-call group may ask.
+    from bot.adapters.commands import VERBS, parse
+    from bot.adapters.slack.auth import needs_oncall
+    assert needs_oncall(parse(["link", run.id], VERBS))
     shown = asyncio.run(execute(["show", run.incident_id], ctx("cli", True)))
     assert f"console: https://console.example/ui/incidents/{run.incident_id}" in shown.text
 

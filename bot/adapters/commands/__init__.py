@@ -69,7 +69,8 @@ VERBS: dict[str, Verb] = _verbs(
          handler=sv.approve_verb),
     Verb("link", "a signed, single-use web link for one person to approve a run "
          "(when Slack is not there)", args=("run",), options=("--for", "--ttl", AS),
-         flags=(JSON,), handler=cv.link_verb),
+         # It hands out the right to approve: in Slack, on-call only, like Approve.
+         flags=(JSON,), changes_state=True, handler=cv.link_verb),
     Verb("deny", "deny a run", args=("run",), options=("--reason", AS), flags=(JSON,),
          changes_state=True, handler=iv.deny_verb),
     Verb("revert", "revert an applied run", args=("run",), options=("--reason", AS),
