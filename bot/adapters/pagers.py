@@ -94,5 +94,25 @@ def build_escalations(engine: Any, settings: Any,
         return None
     rules = EscalationRules(unacknowledged=dict(settings.page_unacked),
                             approval_pending=settings.page_approval,
-                            console_url=settings.console_base)
+                            console_url=settings.console_base,
+                            links_for=slack_thread_links(engine.store, settings))
     return Escalations(engine, pager, rules)
+
+
+def slack_thread_links(store: Any, settings: Any) -> Any:
+    """The incident's Slack thread, when the bot posts to Slack (a permalink by id:
+    Slack redirects ``/archives/CHANNEL/pTS`` to the workspace's own address)."""
+    channel = settings.slack_channel
+    if not (settings.slack_bot_token and channel):
+        return None
+
+    def links(incident_id: str) -> list[tuple[str, str]]:
+        from bot.adapters.slack.thread_store import ChatMessages
+
+        top = ChatMessages(store).get(incident_id, channel)
+        if top is None:
+            return []
+        return [(f"https://slack.com/archives/{channel}/p{top.ts.replace('.', '')}",
+                 f"{incident_id} in Slack")]
+
+    return links

@@ -23,7 +23,7 @@ the store's commit lands on the same page. A drill never pages.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Protocol
@@ -79,6 +79,8 @@ class EscalationRules:
         "warning": timedelta(minutes=30)})
     approval_pending: timedelta | None = timedelta(minutes=10)
     console_url: str | None = None  # links in the page point here
+    # More (href, text) links for an incident, from a front end (its Slack thread).
+    links_for: Callable[[str], list[tuple[str, str]]] | None = None
 
     @staticmethod
     def parse_unacknowledged(text: str) -> dict[str, timedelta]:
@@ -210,13 +212,15 @@ class Escalations:
         if action != "trigger":
             return PageEvent(action, page.dedup_key)
         inc = self.store.incident(page.incident_id)
-        links: tuple[tuple[str, str], ...] = ()
+        links: list[tuple[str, str]] = []
         if self.rules.console_url:
             base = self.rules.console_url.rstrip("/")
-            links = ((f"{base}/ui/incidents/{inc.id}", f"{inc.id} in the llm-incident console"),)
+            links.append((f"{base}/ui/incidents/{inc.id}", f"{inc.id} in the llm-incident console"))
+        if self.rules.links_for is not None:
+            links += self.rules.links_for(inc.id)
         return PageEvent(
             "trigger", page.dedup_key, summary=f"{inc.id}: {inc.title}"[:1024],
-            severity=SEVERITY.get(inc.severity.lower(), "critical"), links=links,
+            severity=SEVERITY.get(inc.severity.lower(), "critical"), links=tuple(links),
             details={"incident": inc.id, "class": inc.klass, "status": inc.status,
                      "why": page.reason})
 

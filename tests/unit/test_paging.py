@@ -263,3 +263,30 @@ def test_escalation_rules_parse_from_settings():
     assert Settings.from_env({"LLM_INCIDENT_PAGE_UNACKED": "none"}).page_unacked == {}
     with pytest.raises(InputError, match="SEVERITY=DURATION"):
         Settings.from_env({"LLM_INCIDENT_PAGE_UNACKED": "critical"})
+
+
+def test_the_page_links_to_the_console_and_the_incidents_slack_thread(stub):
+    from bot.adapters.pagers import slack_thread_links
+    from bot.adapters.settings import Settings
+    from bot.adapters.slack.thread_store import ChatMessages
+
+    env = Env()
+    settings = Settings(slack_bot_token="xoxb-test", slack_channel="C0INC")
+
+    async def scenario():
+        async with httpx.AsyncClient() as client:
+            (inc,) = await env.engine.handle_alerts([alert()])
+            ChatMessages(env.store).record_post(inc.incident_id, "C0INC", "1733480000.001200",
+                                                env.published[0])
+            esc = Escalations(env.engine, PagerDutyEvents(KEY, client, stub.url),
+                              EscalationRules(console_url="https://c.example",
+                                              links_for=slack_thread_links(env.store, settings)))
+            env.clock.advance(minutes=5)
+            await esc.round()
+            return inc.incident_id
+
+    incident_id = asyncio.run(scenario())
+    assert [link["href"] for link in stub.events[0]["links"]] == [
+        f"https://c.example/ui/incidents/{incident_id}",
+        "https://slack.com/archives/C0INC/p1733480000001200"]
+    assert slack_thread_links(env.store, Settings()) is None  # no Slack: no link
