@@ -165,6 +165,24 @@ def test_a_change_is_acked_with_working_on_it_and_the_result_goes_in_channel():
     go(main())
 
 
+def test_an_approval_link_from_slack_is_for_the_oncall_asker_alone_and_never_in_channel():
+    async def main() -> None:
+        async with slack_http(console_url="https://console.example") as s:
+            run = await s.env.engine.plan_step("INC-1", "runaway-cost", "disable-route",
+                                               actor="U0ALICE")
+            resp, url = await s.command(f"link {run.id}", user="U0BOB")
+            assert resp.status_code == 200
+            body = await s.reply(url)
+            assert body["response_type"] == "ephemeral"  # a secret: the asker's alone
+            assert "https://console.example/ui/approve/" in body["text"]
+            _, url = await s.command(f"link {run.id}", user="U0MALLORY")  # not on call
+            assert "refused" in (await s.reply(url))["text"]
+            _, url = await s.command(f"link {run.id} --for U0ALICE", user="U0BOB")
+            assert "only ever for yourself" in json.dumps(await s.reply(url))
+
+    go(main())
+
+
 def test_url_verification_answers_the_challenge():
     async def main() -> None:
         async with slack_http() as s:

@@ -70,7 +70,7 @@ VERBS: dict[str, Verb] = _verbs(
     Verb("link", "a signed, single-use web link for one person to approve a run "
          "(when Slack is not there)", args=("run",), options=("--for", "--ttl", AS),
          # It hands out the right to approve: in Slack, on-call only, like Approve.
-         flags=(JSON,), changes_state=True, handler=cv.link_verb),
+         flags=(JSON,), changes_state=True, private=True, handler=cv.link_verb),
     Verb("deny", "deny a run", args=("run",), options=("--reason", AS), flags=(JSON,),
          changes_state=True, handler=iv.deny_verb),
     Verb("revert", "revert an applied run", args=("run",), options=("--reason", AS),

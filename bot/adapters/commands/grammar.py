@@ -56,6 +56,7 @@ class Verb:
     options: tuple[str, ...] = ()  # "--name" takes a value
     flags: tuple[str, ...] = ()  # "--name" is a boolean
     changes_state: bool = False  # needs the on-call group in Slack
+    private: bool = False  # its result is a secret for the asker (never in the channel)
     handler: Handler | None = field(default=None, compare=False, repr=False)
 
     @property

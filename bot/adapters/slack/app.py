@@ -154,8 +154,10 @@ class SlackHandlers:
             result = await self.core.call(execute, tokens, self.context(user))
             title = f"{SLASH_COMMAND} {cmd.verb.name}" + ("" if result.ok else " (refused)")
             msg = result_message(result, title, _incident_of(result, None))
-            # A change done is news for the channel; reads and failures stay with the asker.
-            await respond(**reply(msg, in_channel=changes and result.ok))
+            # A change done is news for the channel; reads, failures and secrets (an
+            # approval link) stay with the asker.
+            await respond(**reply(msg, in_channel=changes and result.ok
+                                  and not cmd.verb.private))
         except Exception:  # noqa: BLE001 - the user gets a line, the log gets the traceback
             log.exception("/llm-incident %s failed", cmd.verb.name)
             await respond(**notice("internal error; the failure was logged"))
