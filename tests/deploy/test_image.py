@@ -54,6 +54,11 @@ def test_the_image_serves_drills_and_stops_cleanly(image: str, tmp_path: Path) -
         incident = res.json()["alerts"][0]["incident_id"]
         listed = json.loads(podman("exec", name, "llm-incident", "incidents", "--json").stdout)
         assert [i["id"] for i in listed] == [incident]
+        # The console ships in the image: its templates and stylesheet are in the package.
+        page = httpx.get(f"http://127.0.0.1:{port}/ui/incidents/{incident}", timeout=10)
+        assert page.status_code == 200 and f"{incident}:" in page.text
+        assert httpx.get(f"http://127.0.0.1:{port}/ui/static/console.css",
+                         timeout=10).status_code == 200
 
         demo = podman("run", "--rm", "--network", "none", "--read-only", "--tmpfs", "/tmp",
                       "--entrypoint", "llm-incident", image, "demo", timeout=300)

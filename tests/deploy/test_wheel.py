@@ -63,4 +63,8 @@ def test_test_scaffolding_is_not_installed(installed: Path):
     assert "RecordingNotifier" not in notifier.read_text()
     # The layers' packages and their data ship: the postmortem templates, the playbooks.
     assert list((site / "bot" / "core" / "templates").glob("*.j2"))
+    console = site / "bot" / "adapters" / "console"
+    assert (console / "templates" / "incident.html.j2").is_file()
+    assert (console / "static" / "console.css").is_file()
+    assert (console / "static" / "console.js").is_file()
     assert (site / "bot" / "shipped" / "playbooks" / "runaway-cost.yaml").is_file()
