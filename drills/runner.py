@@ -298,8 +298,9 @@ class DrillRunner:
             target_url=self.target_url)
         release = await self._release.start(DRILL_ACTOR)
         self._set(injection={**self.drill.injection, "release": release.id})
+        bake = format_duration(spec.bake)
         self._log("released", f"{release.id}: {release.what} on {release.steps[0]}% of "
-                  f"{release.route} (steps {release.steps}, bake {format_duration(spec.bake)} of drill time"
+                  f"{release.route} (steps {release.steps}, bake {bake} of drill time"
                   f"{', auto-promote' if release.auto_promote else ''}), on the drill's target",
                   release=release.id)
 

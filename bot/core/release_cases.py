@@ -378,7 +378,6 @@ class ReleaseGuard:
             is_drill=is_drill(release)))
 
 
-
 def is_drill(release: Release) -> bool:
     """Rolled out by a drill, on the drill's own target."""
     return release.target.startswith("drill:")
