@@ -85,7 +85,7 @@ def make_context(settings: Settings) -> Context:
 
     return Context(actor=settings.user, playbooks_dir=settings.playbooks_dir,
                    release_gate=settings.release_gate,
-                   canary_thresholds=settings.canary_thresholds,
+                   canary_thresholds=settings.canary_thresholds, slos=settings.slos,
                    open_escalations=lambda engine: build_escalations(engine, settings),
                    console_url=settings.console_base, console_secret=settings.console_secret,
                    open_engine=open_engine, local=True, open_drills=open_drills)

@@ -68,6 +68,8 @@ ENV_VARS = {
     "first step (default: none)",
     "LLM_INCIDENT_CANARY_THRESHOLDS": "releases: the canary thresholds file (default: the "
     "shipped bot/playbook/canary_thresholds.yaml); `release thresholds` checks one",
+    "LLM_INCIDENT_SLOS": "the SLO and budget file `slo status` and `slo render` read (default: "
+    "the shipped example, bot/playbook/slos.example.yaml)",
     "LLM_INCIDENT_LEASE_TTL": "replicas: the leader lease; a dead or hung leader is replaced "
     "within it plus a quarter of it (default 10s)",
     "LLM_INCIDENT_PAGERDUTY_ROUTING_KEY": "paging: a PagerDuty Events API v2 integration key; "
@@ -112,6 +114,7 @@ class Settings:
     poll_interval: timedelta = timedelta(seconds=15)
     release_gate: str | None = None
     canary_thresholds: Path | None = None
+    slos: Path | None = None
     user: str = "cli"
     # `llm-incident serve`
     host: str = "127.0.0.1"
@@ -200,6 +203,8 @@ class Settings:
             s = replace(s, self_approval=_flag("LLM_INCIDENT_SELF_APPROVAL", v))
         if v := env.get("LLM_INCIDENT_CANARY_THRESHOLDS"):
             s = replace(s, canary_thresholds=Path(v))
+        if v := env.get("LLM_INCIDENT_SLOS"):
+            s = replace(s, slos=Path(v))
         if v := env.get("LLM_INCIDENT_RELEASE_GATE"):
             s = replace(s, release_gate=v)
         if v := env.get("LLM_INCIDENT_POLL_INTERVAL"):

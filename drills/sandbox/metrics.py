@@ -30,6 +30,12 @@ TOKEN_BUCKETS = (
 COST_BUCKETS = (
     0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, float("inf"),
 )  # fmt: skip
+# The app family's TTFT buckets: vLLM's, plus the bounds SLOs in user terms name
+# ("p95 TTFT < 1.5 s"): an SLO threshold must be a bucket bound (bot/playbook/slos.py).
+APP_TTFT_BUCKETS = (
+    0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 2.5, 3.0, 5.0, 7.5, 10.0, 20.0,
+    float("inf"),
+)  # fmt: skip
 QUALITY_BUCKETS = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1.0, float("inf"))
 # vLLM's time-to-first-token buckets (seconds).
 TTFT_BUCKETS = (
@@ -124,7 +130,7 @@ class SandboxMetrics:
         self.app_ttft = Histogram(
             "llm_app_time_to_first_token_seconds",
             "Time to first token per completion (simulated), by version", APP,
-            buckets=TTFT_BUCKETS, registry=r)
+            buckets=APP_TTFT_BUCKETS, registry=r)
         # Every request a version took (failed ones too, once past admission), its
         # failures, and those a fallback served: the judge's error and fallback shares.
         self.app_requests = Counter(

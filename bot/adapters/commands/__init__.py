@@ -11,6 +11,7 @@ from bot.adapters.commands import incident_verbs as iv
 from bot.adapters.commands import lifecycle_verbs as lv
 from bot.adapters.commands import playbook_verbs as pv
 from bot.adapters.commands import release_verbs as rv
+from bot.adapters.commands import slo_verbs as slv
 from bot.adapters.commands import step_verbs as sv
 from bot.adapters.commands.context import Context
 from bot.adapters.commands.grammar import AS, JSON, Command, Result, Verb, parse, split
@@ -129,6 +130,9 @@ VERBS: dict[str, Verb] = _verbs(
          optional=("sub", "arg"), options=("--prompt", "--model", "--baseline", "--steps",
                                            "--bake", "--owner", "--reason", "--target", AS),
          flags=("--auto-promote", JSON), changes_state=True, handler=rv.release_verb),
+    Verb("slo", "SLOs and budgets: status [FILE] (budget left, burn) | lint [FILE] | "
+         "render [FILE] [--out DIR] [--scale N] | schema", optional=("sub", "arg"),
+         options=("--out", "--scale"), flags=(JSON,), handler=slv.slo_verb),
 )
 
 # Exit codes: 0 ok, 1 the check failed (lint/test found problems), 2 bad input,

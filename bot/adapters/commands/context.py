@@ -27,6 +27,7 @@ class Context:
     # LLM_INCIDENT_RELEASE_GATE: the eval a release must pass before its first step.
     release_gate: str | None = None
     canary_thresholds: Path | None = None  # LLM_INCIDENT_CANARY_THRESHOLDS
+    slos: Path | None = None  # LLM_INCIDENT_SLOS
     # The web console: its public URL (links) and its link-signing key (None: stored).
     console_url: str | None = None
     console_secret: str | None = field(default=None, repr=False)

@@ -123,6 +123,7 @@ class SlackHandlers:
         return Context(actor=user_id, playbooks_dir=self.settings.playbooks_dir,
                        release_gate=self.settings.release_gate,
                        canary_thresholds=self.settings.canary_thresholds,
+                       slos=self.settings.slos,
                        console_url=self.settings.console_base,
                        console_secret=self.settings.console_secret,
                        open_engine=lambda: self.engine, local=False,

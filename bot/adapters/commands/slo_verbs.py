@@ -1,0 +1,91 @@
+"""`slo lint [FILE] | render [FILE] [--out DIR] [--scale N] | status [FILE] | schema`.
+
+FILE defaults to ``LLM_INCIDENT_SLOS`` (or the shipped example). Naming a file reads
+the bot's machine, so from Slack only the configured file is used.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from bot.adapters.commands.context import Context
+from bot.adapters.commands.grammar import Command, Result
+from bot.base.errors import InputError
+from bot.core.slo_status import slo_status
+from bot.playbook.slo_rules import dump, render_rules, render_tests
+from bot.playbook.slos import SHIPPED_EXAMPLE, SloFile, load_slos, slos_json_schema
+
+USAGE = "slo lint [FILE] | slo render [FILE] [--out DIR] [--scale N] | slo status [FILE] | " \
+        "slo schema"
+
+
+def _file(ctx: Context, path: str | None) -> tuple[Path, SloFile]:
+    if path is not None:
+        ctx.require_local("slo FILE")
+    where = Path(path) if path else (ctx.slos or SHIPPED_EXAMPLE)
+    return where, load_slos(where)  # a bad file raises, naming file, line and field
+
+
+def _pct(v: float | None) -> str:
+    return "n/a (no traffic)" if v is None else f"{v:.1%}"
+
+
+def _x(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.2f}x"
+
+
+async def slo_verb(ctx: Context, cmd: Command) -> Result:
+    sub = (cmd.args.get("sub") or "status").lower()
+    arg = cmd.args.get("arg")
+    if sub == "schema":
+        return Result(json.dumps(slos_json_schema(), indent=2), slos_json_schema())
+    if sub not in ("lint", "render", "status"):
+        raise InputError(f"no slo command '{sub[:40]}'", hint=USAGE)
+    where, slos = _file(ctx, arg)
+    if sub == "lint":
+        return Result(f"{where}: ok: {len(slos.objectives)} objectives, {len(slos.budgets)} "
+                      "budgets", {"objectives": list(slos.objectives),
+                                  "budgets": list(slos.budgets)})
+    if sub == "render":
+        ctx.require_local("slo render")  # it writes files
+        scale = float(cmd.opt("--scale") or 1)
+        if scale < 1:
+            raise InputError(f"--scale must be 1 or more, got {scale:g}")
+        rules = dump(render_rules(slos, scale))
+        out = cmd.opt("--out")
+        if out is None:
+            return Result(rules, render_rules(slos, scale))
+        folder = Path(out)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "slo-rules.yaml").write_text(rules)
+        written = [str(folder / "slo-rules.yaml")]
+        if scale == 1:  # the tests are written for the real windows
+            (folder / "slo-rules.test.yaml").write_text(
+                dump(render_tests(slos, "slo-rules.yaml")))
+            written.append(str(folder / "slo-rules.test.yaml"))
+        return Result("wrote " + ", ".join(written) + "\ncheck them: promtool check rules "
+                      f"{written[0]}" + (f" && (cd {folder} && promtool test rules "
+                                         "slo-rules.test.yaml)" if scale == 1 else ""),
+                      {"written": written})
+    metrics = ctx.engine.runner.metrics
+    if metrics is None:
+        raise InputError("slo status reads Prometheus; none is set",
+                         hint="set LLM_INCIDENT_PROMETHEUS_URL (or --prometheus)")
+    objectives, budgets = await slo_status(metrics, slos)
+    lines = [f"{s.name}: {s.objective.route} {s.objective.sli} target "
+             f"{s.objective.target:.4g}: budget left {_pct(s.budget_left)} of "
+             f"{slos.period.days}d; burn {_x(s.burn_1h)} (1h), {_x(s.burn_6h)} (6h)"
+             for s in objectives]
+    lines += [f"{b.name}: spent ${b.spent_1h or 0:.2f} in 1h"
+              + (f" of ${b.budget.per_hour_usd:g}" if b.budget.per_hour_usd else "")
+              + f", ${b.spent_1d or 0:.2f} in 1d"
+              + (f" of ${b.budget.per_day_usd:g}" if b.budget.per_day_usd else "")
+              for b in budgets]
+    data = {"objectives": [{"name": s.name, "route": s.objective.route, "sli": s.objective.sli,
+                            "target": s.objective.target, "bad_ratio": s.bad_ratio,
+                            "budget_left": s.budget_left, "burn_1h": s.burn_1h,
+                            "burn_6h": s.burn_6h} for s in objectives],
+            "budgets": [{"name": b.name, "spent_1h": b.spent_1h, "spent_1d": b.spent_1d}
+                        for b in budgets]}
+    return Result("\n".join(lines) or "no objectives", data)

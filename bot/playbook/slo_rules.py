@@ -1,0 +1,257 @@
+"""``slo render``: an SLO file as Prometheus recording rules, burn-rate alerts and tests.
+
+For every objective, one recording rule per window gives its error ratio (the share
+of bad requests) as ``llm_incident_slo:error_ratio:rate<window>{slo=...}``. Its
+alerts are the SRE workbook's multi-window, multi-burn-rate pairs, a window both
+long enough to matter and short enough to reset once fixed:
+
+==========  =================================  ==========  ===========
+alert       windows (long and short)           burn rate   severity
+==========  =================================  ==========  ===========
+page        1h and 5m, or 6h and 30m           14.4, 6     critical
+ticket      1d and 2h, or 3d and 6h            3, 1        warning
+==========  =================================  ==========  ===========
+
+(14.4 is 2% of a 30-day budget spent in one hour.) Alerts carry ``incident_class``,
+``route``, ``slo`` and ``severity`` labels, so the shipped playbooks match them
+like any alert of their class. A budget becomes an alert on the route's (or
+model's) spend over the last hour or day.
+
+The metrics are the gateway's (LiteLLM's names, which the sandbox speaks) and the
+app family's (``llm_app_*``: TTFT by route, schema validity, refusals). Each
+objective also gets promtool tests: a bad stretch fires the page and the ticket,
+a good one fires nothing. ``scale`` divides every window (a 60x copy turns 1h into
+1m) for tests and drills on fast traffic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from bot.playbook.render import promql_escape
+from bot.playbook.slos import Budget, Objective, SloFile
+
+WINDOWS = ("5m", "30m", "1h", "2h", "6h", "1d", "3d")
+# (name, severity, [(long, short, burn rate), ...])
+ALERTS = (
+    ("LLMErrorBudgetBurnFast", "critical", (("1h", "5m", 14.4), ("6h", "30m", 6.0))),
+    ("LLMErrorBudgetBurnSlow", "warning", (("1d", "2h", 3.0), ("3d", "6h", 1.0))),
+)
+SECONDS = {"m": 60, "h": 3600, "d": 86400}
+RATIO = "llm_incident_slo:error_ratio:rate"
+TOTAL_REQUESTS = "litellm_proxy_total_requests_metric_total"
+
+
+def _seconds(window: str) -> int:
+    return int(window[:-1]) * SECONDS[window[-1]]
+
+
+def scaled(window: str, scale: float) -> str:
+    """``window`` divided by ``scale``, in Prometheus's duration syntax."""
+    if scale == 1:
+        return window
+    return f"{max(1, round(_seconds(window) / scale))}s"
+
+
+def _le(seconds: float) -> str:
+    # Python clients print a bound as 1.0, Go clients as 1: match either.
+    text = f"{seconds:g}"
+    return text.replace(".", "\\\\.") + ("(\\\\.0+)?" if "." not in text else "0*")
+
+
+@dataclass(frozen=True)
+class Sli:
+    """An objective's bad and total request rates over a window, as PromQL."""
+
+    bad: str  # may be "total - good" for histograms
+    total: str
+
+    def ratio(self) -> str:
+        return f"({self.bad}) / ({self.total})"
+
+
+def sli(o: Objective, window: str) -> Sli:
+    r = promql_escape(o.route)
+    gw = f'requested_model="{r}"'
+    app = f'route="{r}"'
+
+    def rate(metric: str, matchers: str) -> str:
+        return f"sum(rate({metric}{{{matchers}}}[{window}]))"
+
+    if o.sli == "errors":
+        return Sli(rate("litellm_proxy_failed_requests_metric_total", gw), rate(TOTAL_REQUESTS, gw))
+    if o.sli == "fallbacks":
+        return Sli(rate("litellm_deployment_successful_fallbacks_total", gw),
+                   rate(TOTAL_REQUESTS, gw))
+    if o.sli in ("latency", "ttft"):
+        assert o.threshold is not None
+        metric, m = (("litellm_request_total_latency_metric", gw) if o.sli == "latency"
+                     else ("llm_app_time_to_first_token_seconds", app))
+        total = rate(f"{metric}_count", m)
+        good = rate(f"{metric}_bucket", f'{m},le=~"{_le(o.threshold)}"')
+        return Sli(f"{total} - {good}", total)
+    counted = {"schema_valid": "llm_app_output_invalid_total",
+               "refusals": "llm_app_refusals_total"}[o.sli]
+    return Sli(rate(counted, app), rate("llm_app_responses_total", app))
+
+
+def _labels(name: str, o: Objective) -> dict[str, str]:
+    return {"slo": name, "route": o.route, "sli": o.sli}
+
+
+def objective_rules(name: str, o: Objective, scale: float = 1) -> list[dict[str, Any]]:
+    rules: list[dict[str, Any]] = [
+        {"record": f"{RATIO}{w}", "expr": sli(o, scaled(w, scale)).ratio(),
+         "labels": _labels(name, o)} for w in WINDOWS]
+    budget = round(o.error_budget, 10)
+    for alert, severity, pairs in ALERTS:
+        sel = f'{{slo="{promql_escape(name)}"}}'
+        expr = "\nor\n".join(
+            f"({RATIO}{long}{sel} > ({burn:g} * {budget:g})\n"
+            f" and {RATIO}{short}{sel} > ({burn:g} * {budget:g}))"
+            for long, short, burn in pairs)
+        rules.append({
+            "alert": alert, "expr": expr,
+            "labels": {**_labels(name, o), "severity": severity, "incident_class": o.klass},
+            "annotations": alert_annotations(name, o, severity)})
+    return rules
+
+
+def alert_annotations(name: str, o: Objective, severity: str) -> dict[str, str]:
+    what = {"ttft": f"time to first token over {_thr(o)}",
+            "latency": f"responses slower than {_thr(o)}",
+            "errors": "failed requests", "fallbacks": "requests a fallback served",
+            "schema_valid": "answers that do not parse", "refusals": "refused answers"}[o.sli]
+    return {"summary": f"{name}: {o.route} is burning its error budget "
+                       f"({'page' if severity == 'critical' else 'ticket'})",
+            "description": f"too many {what} on {o.route} for an objective of "
+                           f"{o.target:.4g} good over the period: at this burn rate its "
+                           "error budget runs out early"}
+
+
+def _thr(o: Objective) -> str:
+    return f"{o.threshold:g}s" if o.threshold else ""
+
+
+def spend(b: Budget, window: str) -> str:
+    """The budget's spend over ``window``, in dollars, as PromQL."""
+    matchers = ",".join(f'{k}="{promql_escape(v)}"' for k, v in
+                        (("requested_model", b.route), ("model", b.model)) if v)
+    return f"sum(increase(litellm_spend_metric_total{{{matchers}}}[{window}]))"
+
+
+def budget_rules(name: str, b: Budget, scale: float = 1) -> list[dict[str, Any]]:
+    labels = {"budget": name, "incident_class": "runaway_cost",
+              **({"route": b.route} if b.route else {}), **({"model": b.model} if b.model else {})}
+    rules = []
+    for limit, window, severity in ((b.per_hour_usd, "1h", "critical"),
+                                    (b.per_day_usd, "1d", "warning")):
+        if limit is None:
+            continue
+        rules.append({
+            "alert": "LLMSpendBudgetExceeded",
+            "expr": f"{spend(b, scaled(window, scale))} > {limit:g}",
+            "labels": {**labels, "severity": severity, "window": window},
+            "annotations": {"summary": f"{name}: spend over ${limit:g} per "
+                                       f"{'hour' if window == '1h' else 'day'}",
+                            "description": f"spend on {b.route or b.model} in the last "
+                                           f"{window} is over its budget of ${limit:g}"}})
+    return rules
+
+
+def render_rules(slos: SloFile, scale: float = 1) -> dict[str, Any]:
+    groups = [{"name": f"llm-incident-slo-{name}", "rules": objective_rules(name, o, scale)}
+              for name, o in slos.objectives.items()]
+    if slos.budgets:
+        groups.append({"name": "llm-incident-budgets", "rules": [
+            r for name, b in slos.budgets.items() for r in budget_rules(name, b, scale)]})
+    return {"groups": groups}
+
+
+# --- promtool tests -----------------------------------------------------------------
+
+
+def _series(o: Objective, bad_share: float, minutes: int) -> list[dict[str, str]]:
+    """Input series for ``minutes`` of 600 requests a minute, ``bad_share`` of them bad."""
+    per_min, bad = 600, round(600 * bad_share)
+    r = o.route
+    if o.sli in ("errors", "fallbacks"):
+        total = f'{TOTAL_REQUESTS}{{requested_model="{r}",model="m1",status_code="200"}}'
+        metric = ("litellm_proxy_failed_requests_metric_total" if o.sli == "errors"
+                  else "litellm_deployment_successful_fallbacks_total")
+        return [{"series": total, "values": f"0+{per_min}x{minutes}"},
+                {"series": f'{metric}{{requested_model="{r}",model="m1"}}',
+                 "values": f"0+{bad}x{minutes}"}]
+    if o.sli in ("latency", "ttft"):
+        assert o.threshold is not None
+        metric, key = (("litellm_request_total_latency_metric", "requested_model")
+                       if o.sli == "latency" else ("llm_app_time_to_first_token_seconds", "route"))
+        le = repr(float(o.threshold))  # as Python's client prints it
+        return [{"series": f'{metric}_count{{{key}="{r}",model="m1"}}',
+                 "values": f"0+{per_min}x{minutes}"},
+                {"series": f'{metric}_bucket{{{key}="{r}",model="m1",le="{le}"}}',
+                 "values": f"0+{per_min - bad}x{minutes}"}]
+    counted = "llm_app_output_invalid_total" if o.sli == "schema_valid" else \
+        "llm_app_refusals_total"
+    return [{"series": f'llm_app_responses_total{{route="{r}",model="m1",prompt_version="v1"}}',
+             "values": f"0+{per_min}x{minutes}"},
+            {"series": f'{counted}{{route="{r}",model="m1",prompt_version="v1"}}',
+             "values": f"0+{bad}x{minutes}"}]
+
+
+def render_tests(slos: SloFile, rules_file: str) -> dict[str, Any]:
+    """promtool tests: per objective, a bad hour pages and tickets; a good one is quiet.
+    Written for the unscaled rules."""
+    tests = []
+    for name, o in slos.objectives.items():
+        labels = {**_labels(name, o), "incident_class": o.klass}
+        # 20x the budget: over the page's 14.4 burn in both windows after an hour. (With
+        # a budget over 1/6, a loose objective, even all requests bad cannot page.)
+        bad = min(1.0, o.error_budget * 20)
+        pages = min(burn for _, _, burn in ALERTS[0][2]) * o.error_budget < bad
+        tests.append({"interval": "1m", "input_series": _series(o, bad, 120),
+                      "alert_rule_test": [
+                          {"eval_time": "70m", "alertname": "LLMErrorBudgetBurnFast",
+                           "exp_alerts": [{"exp_labels": {**labels, "severity": "critical"},
+                                           "exp_annotations": alert_annotations(name, o, "critical")}]
+                           if pages else []},
+                          {"eval_time": "70m", "alertname": "LLMErrorBudgetBurnSlow",
+                           "exp_alerts": [{"exp_labels": {**labels, "severity": "warning"},
+                                           "exp_annotations": alert_annotations(name, o, "warning")}]}]})
+        # Half the budget: inside the objective, nothing fires.
+        tests.append({"interval": "1m", "input_series": _series(o, o.error_budget / 2, 120),
+                      "alert_rule_test": [
+                          {"eval_time": "70m", "alertname": "LLMErrorBudgetBurnFast",
+                           "exp_alerts": []},
+                          {"eval_time": "70m", "alertname": "LLMErrorBudgetBurnSlow",
+                           "exp_alerts": []}]})
+    for name, b in slos.budgets.items():
+        tests.append(_budget_test(name, b))
+    return {"rule_files": [rules_file], "evaluation_interval": "1m", "tests": tests}
+
+
+def _budget_test(name: str, b: Budget) -> dict[str, Any]:
+    """Spend at 1.5x the hourly budget for two and a half hours: the hourly alert fires,
+    the daily one not yet (with only a daily budget: that budget twice an hour)."""
+    labels = {k: v for k, v in (("requested_model", b.route), ("model", b.model or "m1")) if v}
+    series = "litellm_spend_metric_total{" + ",".join(f'{k}="{v}"' for k, v in
+                                                      labels.items()) + "}"
+    hourly = b.per_hour_usd is not None
+    per_minute = (b.per_hour_usd or 0) * 1.5 / 60 if hourly else (b.per_day_usd or 0) * 2 / 60
+    window = "1h" if hourly else "1d"
+    budget_labels = {"budget": name, "incident_class": "runaway_cost",
+                     **({"route": b.route} if b.route else {}),
+                     **({"model": b.model} if b.model else {})}
+    rule = next(r for r in budget_rules(name, b) if r["labels"]["window"] == window)
+    return {"interval": "1m", "input_series": [{"series": series,
+                                                "values": f"0+{per_minute:g}x180"}],
+            "alert_rule_test": [{"eval_time": "150m", "alertname": "LLMSpendBudgetExceeded",
+                                 "exp_alerts": [{"exp_labels": rule["labels"] | budget_labels,
+                                                 "exp_annotations": rule["annotations"]}]}]}
+
+
+def dump(data: dict[str, Any]) -> str:
+    return yaml.safe_dump(data, sort_keys=False, width=100)

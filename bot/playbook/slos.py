@@ -1,0 +1,205 @@
+"""The SLO and budget file (``slos.yaml``): objectives in user terms, budgets in dollars.
+
+An objective says what a user of a route should get, as a share of good requests
+over a period (default 30 days)::
+
+    objectives:
+      chat-ttft:   {route: chat, sli: ttft, threshold: 1.5s, target: 95%}   # p95 TTFT < 1.5 s
+      chat-errors: {route: chat, sli: errors, target: 99.5%}
+      chat-json:   {route: chat, sli: schema_valid, target: 99.5%}
+
+SLIs: ``ttft`` and ``latency`` (a request is good when faster than ``threshold``,
+which must be a bucket bound of the histogram, or the count would be a guess),
+``errors`` (requests that failed), ``fallbacks`` (requests a fallback served),
+``schema_valid`` (answers that parse), ``refusals`` (answers that refuse).
+A budget caps spend per hour or per day, by route or model. ``slo render``
+(``bot.playbook.slo_rules``) turns the file into Prometheus recording rules,
+multi-window multi-burn-rate alerts and promtool tests.
+
+One typed model is the schema (``slos_json_schema()`` exports it); the file is read
+with the playbook loader's YAML machinery, so a mistake is reported as
+``file:line: field: what`` and nothing half-read is used.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from bot.base.errors import PlaybookError, Problem
+from bot.playbook.schema import Duration, IncidentClass
+from bot.playbook.yamlsource import parse_yaml, validation_problems
+
+Sli = Literal["ttft", "latency", "errors", "fallbacks", "schema_valid", "refusals"]
+SHIPPED_EXAMPLE = Path(__file__).with_name("slos.example.yaml")
+
+# The class of incident an objective's burn opens: the shipped playbooks match it.
+SLI_CLASS: dict[str, str] = {
+    "ttft": "latency_spike", "latency": "latency_spike", "errors": "provider_errors",
+    "fallbacks": "provider_errors", "schema_valid": "malformed_output",
+    "refusals": "quality_degradation",
+}
+# The histogram bucket bounds (seconds) a threshold must be one of: the gateway's
+# request latency buckets, and the app family's TTFT buckets (the sandbox's
+# LATENCY_BUCKETS and APP_TTFT_BUCKETS; a test keeps them in step).
+LATENCY_BOUNDS = (0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 7.5, 10.0, 15.0,
+                  20.0, 30.0, 60.0, 120.0, 300.0)
+TTFT_BOUNDS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 2.5, 3.0, 5.0, 7.5, 10.0, 20.0)
+_SECONDS = re.compile(r"^\s*(\d+(\.\d+)?)\s*(ms|s)\s*$")
+_PERCENT = re.compile(r"^\s*(\d+(\.\d+)?)\s*%\s*$")
+_NAME = r"^[a-z0-9][a-z0-9_-]*$"
+
+
+def _share(value: Any) -> float:
+    """``99.5%`` or ``0.995``: a share strictly between 0 and 1."""
+    if isinstance(value, str):
+        m = _PERCENT.match(value)
+        if not m:
+            raise ValueError(f"a target is a percent like '99.5%' or a share like 0.995, "
+                             f"got {value!r}")
+        value = float(m.group(1)) / 100
+    if not isinstance(value, int | float) or not 0 < float(value) < 1:
+        raise ValueError(f"a target must be above 0% and below 100%, got {value!r}")
+    return float(value)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Objective(_Strict):
+    route: str = Field(min_length=1, description="the route (LiteLLM model_name) it is about")
+    sli: Sli
+    target: float = Field(description="share of good requests, e.g. '99.5%' or 0.995")
+    threshold: float | None = Field(
+        default=None, description="ttft and latency: a request is good when faster, in "
+        "seconds ('1.5s', '500ms' or a number)")
+    incident_class: IncidentClass | None = Field(
+        default=None, description="what its burn opens (default: by the SLI)")
+    description: str = ""
+
+    @field_validator("target", mode="before")
+    @classmethod
+    def _target(cls, v: Any) -> float:
+        return _share(v)
+
+    @field_validator("threshold", mode="before")
+    @classmethod
+    def _seconds(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            m = _SECONDS.match(v)
+            if not m:
+                raise ValueError(f"a threshold is like '1.5s' or '500ms', got {v!r}")
+            return float(m.group(1)) / (1000 if m.group(3) == "ms" else 1)
+        return v
+
+    @field_validator("threshold")
+    @classmethod
+    def _a_bound(cls, v: float | None, info: ValidationInfo) -> float | None:
+        sli = info.data.get("sli")
+        if v is None or sli not in ("ttft", "latency"):
+            return v
+        bounds = TTFT_BOUNDS if sli == "ttft" else LATENCY_BOUNDS
+        if not any(abs(v - b) < 1e-9 for b in bounds):
+            raise ValueError(f"{v:g}s is not a bucket bound of the {sli} histogram (the "
+                             f"count would be a guess); use one of "
+                             f"{', '.join(f'{b:g}s' for b in bounds)}")
+        return v
+
+    @model_validator(mode="after")
+    def _threshold(self) -> Objective:
+        timed = self.sli in ("ttft", "latency")
+        if timed and self.threshold is None:
+            raise ValueError(f"a {self.sli} objective needs a threshold (e.g. 1.5s)")
+        if not timed and self.threshold is not None:
+            raise ValueError(f"a {self.sli} objective takes no threshold")
+        return self
+
+    @property
+    def klass(self) -> str:
+        return str(self.incident_class or SLI_CLASS[self.sli])
+
+    @property
+    def error_budget(self) -> float:
+        return 1 - self.target
+
+
+class Budget(_Strict):
+    route: str | None = Field(default=None, description="spend of this route")
+    model: str | None = Field(default=None, description="spend on this model (deployment)")
+    per_hour_usd: float | None = Field(default=None, gt=0)
+    per_day_usd: float | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _says_something(self) -> Budget:
+        if self.per_hour_usd is None and self.per_day_usd is None:
+            raise ValueError("a budget needs per_hour_usd, per_day_usd or both")
+        if self.route is None and self.model is None:
+            raise ValueError("a budget is for a route, a model, or both")
+        return self
+
+
+class SloFile(_Strict):
+    version: Literal[1] = 1
+    period: Duration = Field(default=timedelta(days=30), description="the error budget's period")
+    objectives: dict[str, Objective] = Field(default_factory=dict)
+    budgets: dict[str, Budget] = Field(default_factory=dict)
+
+    @field_validator("objectives", "budgets")
+    @classmethod
+    def _names(cls, v: dict[str, Any]) -> dict[str, Any]:
+        for name in v:
+            if not re.match(_NAME, name):
+                raise ValueError(f"name {name!r} must be lowercase letters, digits, - or _")
+        return v
+
+    @model_validator(mode="after")
+    def _something(self) -> SloFile:
+        if not self.objectives and not self.budgets:
+            raise ValueError("the file has no objectives and no budgets")
+        return self
+
+
+class SloError(PlaybookError):
+    what = "SLO file"
+    next_step = "fix the file; nothing was rendered"
+
+
+def load_slos_text(text: str, file: str = "<string>") -> SloFile:
+    try:
+        doc = parse_yaml(text, file)
+    except PlaybookError as exc:
+        raise SloError(problems=list(exc.problems)) from None
+    if not isinstance(doc.data, dict):
+        raise SloError(problems=[Problem(file, 1, "", "an SLO file is a YAML mapping "
+                                         "(version, period, objectives, budgets)")])
+    try:
+        return SloFile.model_validate(doc.data)
+    except ValidationError as exc:
+        raise SloError(problems=validation_problems(exc, doc, SloFile)) from None
+
+
+def load_slos(path: str | Path) -> SloFile:
+    where = Path(path)
+    try:
+        text = where.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SloError(problems=[Problem(str(where), None, "",
+                                         f"cannot read it: {exc.strerror or exc}")]) from None
+    return load_slos_text(text, str(where))
+
+
+def slos_json_schema() -> dict[str, Any]:
+    return SloFile.model_json_schema()

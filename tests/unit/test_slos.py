@@ -1,0 +1,75 @@
+"""The SLO file: objectives in user terms and budgets, linted like playbooks; the rules it
+renders (checked by promtool in tests/integration/test_slo_prometheus.py)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from bot.playbook.slo_rules import render_rules, scaled, sli
+from bot.playbook.slos import (
+    LATENCY_BOUNDS,
+    SHIPPED_EXAMPLE,
+    TTFT_BOUNDS,
+    SloError,
+    load_slos,
+    load_slos_text,
+    slos_json_schema,
+)
+
+
+def test_the_shipped_example_loads_with_user_terms():
+    slos = load_slos(SHIPPED_EXAMPLE)
+    ttft = slos.objectives["chat-ttft"]
+    assert (ttft.sli, ttft.threshold, ttft.target) == ("ttft", 1.5, 0.95)
+    assert ttft.klass == "latency_spike" and math.isclose(ttft.error_budget, 0.05)
+    assert slos.objectives["chat-json"].klass == "malformed_output"
+    assert slos.budgets["chat-spend"].per_hour_usd == 20
+    assert "objectives" in slos_json_schema()["properties"]
+
+
+@pytest.mark.parametrize(("text", "line", "says"), [
+    ("objectives:\n  a:\n    route: chat\n    sli: ttft\n    threshold: 1.4s\n    target: 95%\n",
+     5, "not a bucket bound"),
+    ("objectives:\n  a:\n    route: chat\n    sli: errors\n    target: 100%\n", 5,
+     "below 100%"),
+    ("objectives:\n  a:\n    route: chat\n    sli: error\n    target: 99%\n", 4, "sli"),
+    ("objectives:\n  a:\n    route: chat\n    sli: latency\n    target: 99%\n", 2,
+     "needs a threshold"),
+    ("budgets:\n  b:\n    route: chat\n", 2, "per_hour_usd"),
+    ("objectives:\n  a:\n    route: chat\n    sli: errors\n    target: 99%\n    tgt: 1\n", 6,
+     "tgt"),
+])
+def test_a_bad_slo_file_names_file_line_and_field(text, line, says):
+    with pytest.raises(SloError) as err:
+        load_slos_text(text, "slos.yaml")
+    message = str(err.value)
+    assert f"slos.yaml:{line}" in message and says in message, message
+
+
+def test_the_thresholds_are_the_sandboxs_histogram_bounds():
+    from drills.sandbox.metrics import APP_TTFT_BUCKETS, LATENCY_BUCKETS
+
+    assert tuple(b for b in APP_TTFT_BUCKETS if math.isfinite(b)) == TTFT_BOUNDS
+    assert tuple(b for b in LATENCY_BUCKETS if math.isfinite(b)) == LATENCY_BOUNDS
+
+
+def test_the_rules_are_multiwindow_and_carry_the_labels_playbooks_match():
+    slos = load_slos(SHIPPED_EXAMPLE)
+    rules = render_rules(slos)["groups"][1]["rules"]  # chat-errors
+    records = [r["record"] for r in rules if "record" in r]
+    assert records == [f"llm_incident_slo:error_ratio:rate{w}"
+                       for w in ("5m", "30m", "1h", "2h", "6h", "1d", "3d")]
+    fast = next(r for r in rules if r.get("alert") == "LLMErrorBudgetBurnFast")
+    assert "rate1h" in fast["expr"] and "rate5m" in fast["expr"] and "14.4 * 0.005" in \
+        fast["expr"] and "rate6h" in fast["expr"] and "6 * 0.005" in fast["expr"]
+    assert fast["labels"] == {"slo": "chat-errors", "route": "chat", "sli": "errors",
+                              "severity": "critical", "incident_class": "provider_errors"}
+    ttft = sli(slos.objectives["chat-ttft"], "5m")
+    assert 'le=~"1\\\\.50*"' in ttft.bad and "llm_app_time_to_first_token_seconds" in ttft.total
+    assert scaled("1h", 60) == "60s" and scaled("5m", 60) == "5s" and scaled("3d", 1) == "3d"
+    hostile = load_slos_text('objectives:\n  a: {route: "x\\"}) or vector(1", sli: errors, '
+                             'target: 99%}\n')
+    expr = sli(hostile.objectives["a"], "5m").ratio()
+    assert 'requested_model="x\\"}) or vector(1"' in expr  # escaped, still one matcher
