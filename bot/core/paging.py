@@ -152,9 +152,7 @@ class Escalations:
 
     def follow(self) -> None:
         """Acknowledged or resolved here: the page follows (once; the store says if it did)."""
-        for page in self.store.pages(limit=500):
-            if page.wanted == "resolve":
-                continue
+        for page in self.store.unresolved_pages():
             inc = self.store.incident(page.incident_id)
             if not inc.is_open:
                 self.store.want_page(inc.id, "resolve")

@@ -114,6 +114,11 @@ class PageRecords:
         with self.transaction():
             self.db.execute(sql, params)
 
+    def unresolved_pages(self) -> list[Page]:
+        """Every page not yet meant to be resolved (the ones that follow their incident)."""
+        rows = self._rows("SELECT * FROM pages WHERE wanted != 'resolve' ORDER BY created_at")
+        return [_page(r) for r in rows]
+
     def pages(self, limit: int = 100) -> list[Page]:
         rows = self._rows("SELECT * FROM pages ORDER BY created_at DESC LIMIT ?", [int(limit)])
         return [_page(r) for r in rows]
