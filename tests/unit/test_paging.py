@@ -290,3 +290,27 @@ def test_the_page_links_to_the_console_and_the_incidents_slack_thread(stub):
         f"https://c.example/ui/incidents/{incident_id}",
         "https://slack.com/archives/C0INC/p1733480000001200"]
     assert slack_thread_links(env.store, Settings()) is None  # no Slack: no link
+
+
+def test_two_rounds_at_once_send_each_action_once(stub, tmp_path):
+    # Two replicas (or serve's poll and its store watch) deciding and delivering together.
+    db = tmp_path / "bot.db"
+    first = Env(db=db)
+    second = Env(db=db, clock=first.clock)
+
+    async def scenario():
+        async with httpx.AsyncClient() as client:
+            (inc,) = await first.engine.handle_alerts([alert()])
+            first.clock.advance(minutes=5)
+            one, two = paging(first, stub, client), paging(second, stub, client)
+            for _ in range(3):
+                await asyncio.gather(one.round(), two.round())
+            await first.engine.resolve(inc.incident_id, "alice", "fixed")
+            for _ in range(3):
+                first.clock.advance(seconds=1)
+                await asyncio.gather(one.round(), two.round())
+            return inc.incident_id
+
+    incident_id = asyncio.run(scenario())
+    assert stub.actions(DEDUP_PREFIX + incident_id) == ["trigger", "resolve"]
+    assert first.kinds(incident_id).count("paged") == 1
