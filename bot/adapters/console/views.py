@@ -23,6 +23,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from bot.adapters.console.links import ApprovalLinks, Grant, LinkRefused
 from bot.base.errors import IncidentBotError, NotFound
 from bot.core.engine import Engine
+from bot.playbook.schema import format_duration
 from bot.store import CLOSED_STATUSES, Incident
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,7 @@ def _ago(at: datetime | None, now: datetime) -> str:
 
 _env.filters["ago"] = _ago
 _env.filters["ts"] = lambda at: at.strftime("%Y-%m-%d %H:%M:%S") if at else "-"
+_env.filters["duration"] = format_duration
 
 
 def render(name: str, **data: Any) -> str:
