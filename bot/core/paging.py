@@ -29,7 +29,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
 from bot.base.errors import IncidentBotError
-from bot.store import Incident, Page
+from bot.store import Event, Incident, Page
 
 if TYPE_CHECKING:
     from bot.core.engine import Engine
@@ -125,28 +125,43 @@ class Escalations:
         paged = []
         now = self.store.now()
         for inc in self.store.open_incidents():
-            if inc.is_drill or self.store.page(inc.id) is not None:
-                continue  # a drill never pages; a paged incident pages once
-            why = self._why(inc, now)
-            if why and self.store.want_page(inc.id, "trigger", reason=why,
-                                            severity=inc.severity,
-                                            dedup_key=DEDUP_PREFIX + inc.id):
+            if inc.is_drill:
+                continue  # a drill never pages
+            page = self.store.page(inc.id)
+            if page is not None and page.wanted != "resolve":
+                continue  # paged already: once per opening
+            timeline = self.store.timeline(inc.id)
+            # A reopened incident (it flapped) is judged from its reopening, and pages anew.
+            since = max([inc.created_at] + [e.at for e in timeline if e.kind == "status"
+                                            and e.data.get("reopened")])
+            if page is not None and page.created_at >= since:
+                continue
+            why = self._why(inc, now, since, timeline)
+            if not why:
+                continue
+            if page is not None:
+                started = self.store.rearm_page(inc.id, why)
+            else:
+                started = self.store.want_page(inc.id, "trigger", reason=why,
+                                               severity=inc.severity,
+                                               dedup_key=DEDUP_PREFIX + inc.id)
+            if started:
                 self.store.add_event(inc.id, "paged", f"paging: {why}", actor=ACTOR,
                                      data={"reason": why})
                 paged.append(inc.id)
         return paged
 
-    def _why(self, inc: Incident, now: Any) -> str | None:
+    def _why(self, inc: Incident, now: Any, since: Any, timeline: list[Event]) -> str | None:
         limit = self.rules.unacknowledged.get(inc.severity.lower())
-        if inc.status == "open" and limit is not None and now - inc.created_at >= limit:
+        if inc.status == "open" and limit is not None and now - since >= limit:
             return f"unacknowledged: {inc.severity}, nobody acknowledged it for {_minutes(limit)}"
         pending = self.rules.approval_pending
         if pending is not None:
             for run in self.store.runs(incident_id=inc.id, state="awaiting_approval"):
-                if now - run.created_at >= pending:
+                if now - max(run.created_at, since) >= pending:
                     return f"approval: {run.id} has waited for approval for {_minutes(pending)}"
-        for ev in self.store.timeline(inc.id):
-            if ev.kind in ESCALATING_EVENTS:
+        for ev in timeline:
+            if ev.kind in ESCALATING_EVENTS and ev.at >= since:
                 return f"escalation: {ESCALATING_EVENTS[ev.kind]}: {ev.text}"
         return None
 

@@ -85,6 +85,18 @@ class PageRecords:
                             "WHERE incident_id = ?", [action, now, now, incident_id])
             return True
 
+    def rearm_page(self, incident_id: str, reason: str) -> bool:
+        """A resolved page starts again (its incident reopened and pages anew): same
+        dedup key, which the service opens as a new alert."""
+        now = to_text(self.now())
+        with self.transaction():
+            cur = self.db.execute(
+                "UPDATE pages SET wanted = 'trigger', sent = NULL, attempts = 0, reason = ?, "
+                "last_error = NULL, next_try_at = ?, created_at = ?, updated_at = ? "
+                "WHERE incident_id = ? AND wanted = 'resolve'",
+                [reason, now, now, now, incident_id])
+            return cur.rowcount == 1
+
     def due_pages(self) -> list[Page]:
         rows = self._rows("SELECT * FROM pages WHERE next_try_at <= ? ORDER BY created_at",
                           [to_text(self.now())])

@@ -314,3 +314,30 @@ def test_two_rounds_at_once_send_each_action_once(stub, tmp_path):
     incident_id = asyncio.run(scenario())
     assert stub.actions(DEDUP_PREFIX + incident_id) == ["trigger", "resolve"]
     assert first.kinds(incident_id).count("paged") == 1
+
+
+def test_an_incident_that_reopens_pages_again_counted_from_its_reopening(stub):
+    env = Env()
+
+    async def scenario():
+        async with httpx.AsyncClient() as client:
+            esc = paging(env, stub, client)
+            (inc,) = await env.engine.handle_alerts([alert()])
+            env.clock.advance(minutes=5)
+            await esc.round()
+            await env.engine.resolve(inc.incident_id, "alice", "fixed")
+            await esc.round()
+            env.clock.advance(minutes=2)  # it flaps: the same group fires again
+            (again,) = await env.engine.handle_alerts([alert(starts_at=env.clock())])
+            assert again.incident_id == inc.incident_id and again.outcome == "reopened"
+            env.clock.advance(minutes=4)
+            await esc.round()
+            assert stub.actions(DEDUP_PREFIX + inc.incident_id) == ["trigger", "resolve"]
+            env.clock.advance(minutes=1)  # 5 minutes after the reopening
+            await esc.round()
+            await esc.round()
+            return inc.incident_id
+
+    incident_id = asyncio.run(scenario())
+    assert stub.actions(DEDUP_PREFIX + incident_id) == ["trigger", "resolve", "trigger"]
+    assert stub.opened == 2 and stub.alerts[DEDUP_PREFIX + incident_id] == "triggered"
