@@ -26,6 +26,7 @@ a good one fires nothing. ``scale`` divides every window (a 60x copy turns 1h in
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,6 +94,12 @@ def sli(o: Objective, window: str) -> Sli:
         total = rate(f"{metric}_count", m)
         good = rate(f"{metric}_bucket", f'{m},le=~"{_le(o.threshold)}"')
         return Sli(f"{total} - {good}", total)
+    if o.sli == "ratio":
+        assert o.total is not None
+        total = f"sum(rate({o.total}[{window}]))"
+        bad = f"sum(rate({o.bad}[{window}]))" if o.bad else \
+            f"{total} - sum(rate({o.good}[{window}]))"
+        return Sli(bad, total)
     counted = {"schema_valid": "llm_app_output_invalid_total",
                "refusals": "llm_app_refusals_total"}[o.sli]
     return Sli(rate(counted, app), rate("llm_app_responses_total", app))
@@ -124,7 +131,8 @@ def alert_annotations(name: str, o: Objective, severity: str) -> dict[str, str]:
     what = {"ttft": f"time to first token over {_thr(o)}",
             "latency": f"responses slower than {_thr(o)}",
             "errors": "failed requests", "fallbacks": "requests a fallback served",
-            "schema_valid": "answers that do not parse", "refusals": "refused answers"}[o.sli]
+            "schema_valid": "answers that do not parse", "refusals": "refused answers",
+            "ratio": "bad requests"}[o.sli]
     return {"summary": f"{name}: {o.route} is burning its error budget "
                        f"({'page' if severity == 'critical' else 'ticket'})",
             "description": f"too many {what} on {o.route} for an objective of "
@@ -194,11 +202,13 @@ def _series(o: Objective, bad_share: float, minutes: int) -> list[dict[str, str]
                  "values": f"0+{per_min}x{minutes}"},
                 {"series": f'{metric}_bucket{{{key}="{r}",model="m1",le="{le}"}}',
                  "values": f"0+{per_min - bad}x{minutes}"}]
-    counted = "llm_app_output_invalid_total" if o.sli == "schema_valid" else \
+    if o.sli == "ratio":
+        return _ratio_series(o, per_min, bad, minutes)
+    metric = "llm_app_output_invalid_total" if o.sli == "schema_valid" else \
         "llm_app_refusals_total"
     return [{"series": f'llm_app_responses_total{{route="{r}",model="m1",prompt_version="v1"}}',
              "values": f"0+{per_min}x{minutes}"},
-            {"series": f'{counted}{{route="{r}",model="m1",prompt_version="v1"}}',
+            {"series": f'{metric}{{route="{r}",model="m1",prompt_version="v1"}}',
              "values": f"0+{bad}x{minutes}"}]
 
 
@@ -207,6 +217,9 @@ def render_tests(slos: SloFile, rules_file: str) -> dict[str, Any]:
     Written for the unscaled rules."""
     tests = []
     for name, o in slos.objectives.items():
+        if o.sli == "ratio" and None in (_concrete(o.total or ""),
+                                         _concrete(o.bad or o.good or "")):
+            continue  # regex or negative matchers: no one series to feed it
         labels = {**_labels(name, o), "incident_class": o.klass}
         # 20x the budget: over the page's 14.4 burn in both windows after an hour. (With
         # a budget over 1/6, a loose objective, even all requests bad cannot page.)
@@ -251,6 +264,53 @@ def _budget_test(name: str, b: Budget) -> dict[str, Any]:
             "alert_rule_test": [{"eval_time": "150m", "alertname": "LLMSpendBudgetExceeded",
                                  "exp_alerts": [{"exp_labels": rule["labels"] | budget_labels,
                                                  "exp_annotations": rule["annotations"]}]}]}
+
+
+def _ratio_series(o: Objective, per_min: int, bad: int, minutes: int) -> list[dict[str, str]]:
+    """Series for ``sli: ratio``. When the part (good or bad) is the total with more
+    matchers (one counter, split by a label), the rest of the total is fed as the same
+    counter with those labels set otherwise, so the total selector sees both."""
+    total, part = _parsed(o.total or ""), _parsed(o.bad or o.good or "")
+    assert total is not None and part is not None  # render_tests checked
+    part_count = bad if o.bad else per_min - bad
+    if total[0] == part[0] and total[1].items() <= part[1].items():
+        rest = {k: (v if k in total[1] else f"{v}-not") for k, v in part[1].items()}
+        return [{"series": _series_text(part[0], part[1]), "values": f"0+{part_count}x{minutes}"},
+                {"series": _series_text(total[0], rest),
+                 "values": f"0+{per_min - part_count}x{minutes}"}]
+    return [{"series": _series_text(*total), "values": f"0+{per_min}x{minutes}"},
+            {"series": _series_text(*part), "values": f"0+{part_count}x{minutes}"}]
+
+
+def _series_text(name: str, labels: dict[str, str]) -> str:
+    # Values as the selector wrote them (escapes and all), so they read back the same.
+    pairs = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    return f"{name}{{{pairs}}}" if pairs else name
+
+
+_MATCHER = re.compile(r'\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*(=~|!=|!~|=)\s*"((?:[^"\\\\]|\\\\.)*)"\s*,?')
+
+
+def _parsed(selector: str) -> tuple[str, dict[str, str]] | None:
+    """(name, labels) of a selector with only ``=`` matchers; None otherwise."""
+    name, _, rest = selector.partition("{")
+    if not name.strip():
+        return None
+    labels: dict[str, str] = {}
+    body, pos = rest.rstrip().removesuffix("}"), 0
+    while pos < len(body):
+        m = _MATCHER.match(body, pos)
+        if m is None or m.group(2) != "=":
+            return None
+        labels[m.group(1)] = m.group(3)
+        pos = m.end()
+    return name.strip(), labels
+
+
+def _concrete(selector: str) -> str | None:
+    """One series a selector with only ``=`` matchers selects; None otherwise."""
+    parsed = _parsed(selector)
+    return None if parsed is None else _series_text(*parsed)
 
 
 def dump(data: dict[str, Any]) -> str:

@@ -39,10 +39,14 @@ from pydantic import (
 )
 
 from bot.base.errors import PlaybookError, Problem
+from bot.playbook.promql_check import parse_error
 from bot.playbook.schema import Duration, IncidentClass
 from bot.playbook.yamlsource import parse_yaml, validation_problems
 
-Sli = Literal["ttft", "latency", "errors", "fallbacks", "schema_valid", "refusals"]
+Sli = Literal["ttft", "latency", "errors", "fallbacks", "schema_valid", "refusals", "ratio"]
+# A counter selector: a metric name and optional matchers (``sli: ratio`` wraps it in
+# ``sum(rate(...[window]))``, so a whole expression would not do).
+_SELECTOR = re.compile(r"^\s*[a-zA-Z_:][a-zA-Z0-9_:]*\s*(\{.*\})?\s*$", re.S)
 SHIPPED_EXAMPLE = Path(__file__).with_name("slos.example.yaml")
 
 # The class of incident an objective's burn opens: the shipped playbooks match it.
@@ -88,7 +92,24 @@ class Objective(_Strict):
         "seconds ('1.5s', '500ms' or a number)")
     incident_class: IncidentClass | None = Field(
         default=None, description="what its burn opens (default: by the SLI)")
+    # sli: ratio, your own counters: bad (or good) requests over total requests.
+    bad: str | None = Field(default=None, description="ratio: a counter of bad requests")
+    good: str | None = Field(default=None, description="ratio: a counter of good requests")
+    total: str | None = Field(default=None, description="ratio: a counter of all requests")
     description: str = ""
+
+    @field_validator("bad", "good", "total")
+    @classmethod
+    def _selector(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if not _SELECTOR.match(v):
+            raise ValueError(f"{v!r} is not a counter selector like "
+                             "'http_requests_total{route=\"chat\"}' (the rules add the rate)")
+        problem = parse_error(v)
+        if problem:
+            raise ValueError(f"not valid PromQL: {problem}")
+        return v.strip()
 
     @field_validator("target", mode="before")
     @classmethod
@@ -120,6 +141,13 @@ class Objective(_Strict):
 
     @model_validator(mode="after")
     def _threshold(self) -> Objective:
+        if self.sli == "ratio":
+            if self.total is None or (self.bad is None) == (self.good is None):
+                raise ValueError("a ratio objective needs total and one of bad or good")
+            if self.incident_class is None:
+                raise ValueError("a ratio objective needs incident_class (what its burn is)")
+        elif (self.bad, self.good, self.total) != (None, None, None):
+            raise ValueError(f"bad, good and total are for sli: ratio, not {self.sli}")
         timed = self.sli in ("ttft", "latency")
         if timed and self.threshold is None:
             raise ValueError(f"a {self.sli} objective needs a threshold (e.g. 1.5s)")

@@ -37,7 +37,7 @@ def cli(*argv: str, env: dict[str, str] | None = None, cwd: Path | None = None):
                           env=env, capture_output=True, text=True, timeout=120, check=False)
 
 
-@pytest.mark.parametrize("example", ["shipped", "strict"])
+@pytest.mark.parametrize("example", ["shipped", "strict", "openslo"])
 def test_rendered_rules_pass_promtool_check_and_their_generated_tests(tmp_path, example):
     promtool = require_binary(PROMTOOL)
     source = SHIPPED_EXAMPLE
@@ -50,6 +50,8 @@ def test_rendered_rules_pass_promtool_check_and_their_generated_tests(tmp_path, 
             "long-ttft": {"route": "chat-long", "sli": "ttft", "threshold": "500ms",
                           "target": 0.9}},
             "budgets": {"large-day": {"model": "chat-large", "per_day_usd": 100}}}))
+    if example == "openslo":  # OpenSLO v1 documents, a ratio SLO on one counter split
+        source = REPO / "tests/fixtures/openslo/chat.yaml"
     out = tmp_path / "rules"
     rendered = cli("slo", "render", str(source), "--out", str(out), cwd=REPO)
     assert rendered.returncode == 0, rendered.stderr
@@ -60,7 +62,8 @@ def test_rendered_rules_pass_promtool_check_and_their_generated_tests(tmp_path, 
                           capture_output=True, text=True, check=False)
     assert test.returncode == 0, test.stdout + test.stderr
     cases = yaml.safe_load((out / "slo-rules.test.yaml").read_text())["tests"]
-    assert len(cases) >= 2 * (4 if example == "shipped" else 3)  # a bad and a good per SLO
+    # A bad and a good case per SLO (and one per budget).
+    assert len(cases) >= 2 * {"shipped": 4, "strict": 3, "openslo": 1}[example]
 
 
 def test_a_burning_error_slo_fires_on_sandbox_traffic_and_suggests_its_playbook(tmp_path):

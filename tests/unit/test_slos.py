@@ -4,9 +4,11 @@ renders (checked by promtool in tests/integration/test_slo_prometheus.py)."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
+from bot.playbook.openslo import load_openslo_text
 from bot.playbook.slo_rules import render_rules, scaled, sli
 from bot.playbook.slos import (
     LATENCY_BOUNDS,
@@ -73,3 +75,48 @@ def test_the_rules_are_multiwindow_and_carry_the_labels_playbooks_match():
                              'target: 99%}\n')
     expr = sli(hostile.objectives["a"], "5m").ratio()
     assert 'requested_model="x\\"}) or vector(1"' in expr  # escaped, still one matcher
+
+
+# --- sli: ratio and OpenSLO input ----------------------------------------------------
+
+OPENSLO = Path(__file__).parents[1] / "fixtures" / "openslo" / "chat.yaml"
+
+
+def test_openslo_ratio_slos_map_to_ratio_objectives_and_other_kinds_are_noted():
+    slos, notes = load_openslo_text(OPENSLO.read_text(), str(OPENSLO))
+    o = slos.objectives["chat-availability"]
+    assert (o.sli, o.route, o.target, o.klass) == ("ratio", "chat", 0.995, "provider_errors")
+    assert o.good is not None and 'status_code="200"' in o.good and o.bad is None
+    assert slos.period.days == 28
+    assert len(notes) == 1 and "Service chat: skipped" in notes[0]
+    ratio = sli(o, "5m").ratio()
+    assert ratio.startswith("(sum(rate(litellm_proxy_total_requests_metric_total{")
+
+
+@pytest.mark.parametrize(("edit", "says"), [
+    (("      ratioMetric:", "      thresholdMetric:"), "thresholdMetric"),
+    (("  budgetingMethod: Occurrences", "  budgetingMethod: Timeslices"), "Timeslices"),
+    (("      isRolling: true", "      isRolling: false"), "calendar window"),
+    (("            type: Prometheus\n            spec:\n              query: "
+      "litellm_proxy_total_requests_metric_total{requested_model=\"chat\"}",
+      "            type: Datadog\n            spec:\n              query: x"), "only Prometheus"),
+    (("        counter: true", "        counter: false"), "only counters"),
+])
+def test_openslo_parts_that_do_not_map_are_refused_naming_the_field(edit, says):
+    text = OPENSLO.read_text()
+    assert edit[0] in text
+    with pytest.raises(SloError) as err:
+        load_openslo_text(text.replace(edit[0], edit[1]), "openslo.yaml")
+    assert says in str(err.value) and "SLO chat-availability" in str(err.value)
+
+
+def test_a_ratio_objective_needs_counters_and_a_class():
+    with pytest.raises(SloError, match="not a counter selector"):
+        load_slos_text("objectives:\n  a: {route: chat, sli: ratio, incident_class: "
+                       "provider_errors, target: 99%, bad: 'sum(rate(x[5m]))', total: y}\n")
+    with pytest.raises(SloError, match="needs incident_class"):
+        load_slos_text("objectives:\n  a: {route: chat, sli: ratio, target: 99%, bad: x, "
+                       "total: y}\n")
+    with pytest.raises(SloError, match="total and one of bad or good"):
+        load_slos_text("objectives:\n  a: {route: chat, sli: ratio, target: 99%, bad: x, "
+                       "good: z, total: y, incident_class: provider_errors}\n")

@@ -1,18 +1,22 @@
 """`slo lint [FILE] | render [FILE] [--out DIR] [--scale N] | status [FILE] | schema`.
 
-FILE defaults to ``LLM_INCIDENT_SLOS`` (or the shipped example). Naming a file reads
+FILE is an SLO file, or OpenSLO v1 documents (``bot.playbook.openslo``: what maps is
+read, what does not is refused or noted). It defaults to ``LLM_INCIDENT_SLOS`` (or
+the shipped example). Naming a file reads
 the bot's machine, so from Slack only the configured file is used.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from bot.adapters.commands.context import Context
 from bot.adapters.commands.grammar import Command, Result
 from bot.base.errors import InputError
 from bot.core.slo_status import slo_status
+from bot.playbook.openslo import load_openslo_text
 from bot.playbook.slo_rules import dump, render_rules, render_tests
 from bot.playbook.slos import SHIPPED_EXAMPLE, SloFile, load_slos, slos_json_schema
 
@@ -20,11 +24,19 @@ USAGE = "slo lint [FILE] | slo render [FILE] [--out DIR] [--scale N] | slo statu
         "slo schema"
 
 
-def _file(ctx: Context, path: str | None) -> tuple[Path, SloFile]:
+def _file(ctx: Context, path: str | None) -> tuple[Path, SloFile, list[str]]:
+    """The SLO file (or OpenSLO documents, where they map) and notes on what was skipped."""
     if path is not None:
         ctx.require_local("slo FILE")
     where = Path(path) if path else (ctx.slos or SHIPPED_EXAMPLE)
-    return where, load_slos(where)  # a bad file raises, naming file, line and field
+    try:
+        text = where.read_text(encoding="utf-8")
+    except OSError:
+        return where, load_slos(where), []  # says it cannot read it, naming the file
+    if re.search(r"^apiVersion:\s*openslo/", text, re.M):
+        slos, notes = load_openslo_text(text, str(where))
+        return where, slos, notes
+    return where, load_slos(where), []  # a bad file raises, naming file, line and field
 
 
 def _pct(v: float | None) -> str:
@@ -42,11 +54,12 @@ async def slo_verb(ctx: Context, cmd: Command) -> Result:
         return Result(json.dumps(slos_json_schema(), indent=2), slos_json_schema())
     if sub not in ("lint", "render", "status"):
         raise InputError(f"no slo command '{sub[:40]}'", hint=USAGE)
-    where, slos = _file(ctx, arg)
+    where, slos, notes = _file(ctx, arg)
     if sub == "lint":
-        return Result(f"{where}: ok: {len(slos.objectives)} objectives, {len(slos.budgets)} "
-                      "budgets", {"objectives": list(slos.objectives),
-                                  "budgets": list(slos.budgets)})
+        return Result("\n".join([f"{where}: ok: {len(slos.objectives)} objectives, "
+                                  f"{len(slos.budgets)} budgets", *notes]),
+                      {"objectives": list(slos.objectives), "budgets": list(slos.budgets),
+                       "notes": notes})
     if sub == "render":
         ctx.require_local("slo render")  # it writes files
         scale = float(cmd.opt("--scale") or 1)
@@ -64,7 +77,8 @@ async def slo_verb(ctx: Context, cmd: Command) -> Result:
             (folder / "slo-rules.test.yaml").write_text(
                 dump(render_tests(slos, "slo-rules.yaml")))
             written.append(str(folder / "slo-rules.test.yaml"))
-        return Result("wrote " + ", ".join(written) + "\ncheck them: promtool check rules "
+        return Result("\n".join(notes + ["wrote " + ", ".join(written)]) +
+                      "\ncheck them: promtool check rules "
                       f"{written[0]}" + (f" && (cd {folder} && promtool test rules "
                                          "slo-rules.test.yaml)" if scale == 1 else ""),
                       {"written": written})
