@@ -40,7 +40,8 @@ CLASS_FAULTS = {
     "safety_regression": {"safety_flags", "refusals"},
     "provider_errors": {"provider_errors"},
     "bad_routing": {"bad_routing"},
-    "quality_degradation": {"quality_drop"},
+    # Refusals: a release's refusal signal opens a quality-degradation incident.
+    "quality_degradation": {"quality_drop", "refusals"},
 }
 
 
@@ -53,15 +54,36 @@ def shipped() -> dict[str, Scenario]:
 
 
 def test_one_shipped_scenario_per_class(shipped: dict[str, Scenario]) -> None:
-    assert sorted(s.class_ for s in shipped.values()) == sorted(INCIDENT_CLASSES)
+    own = [s for s in shipped.values() if s.injection.release is None]
+    assert sorted(s.class_ for s in own) == sorted(INCIDENT_CLASSES)
     for path in SCENARIOS_DIR.glob("*.yaml"):
-        assert load_scenario(path).class_ == path.stem
+        scenario = load_scenario(path)
+        if scenario.injection.release is None:
+            assert scenario.class_ == path.stem
+        else:  # the bad-release drills, named so, each of its signal's class
+            assert path.stem.startswith("bad_release_"), path.name
+    assert len(shipped) - len(own) == 3
+
+
+def test_release_scenarios_expect_the_guards_rollback_of_their_class(
+        shipped: dict[str, Scenario]) -> None:
+    from bot.core.canary_judge import SIGNALS
+
+    fails = {"token_blowup": "output_tokens", "malformed_output": "schema_valid",
+             "refusals": "refusal"}
+    playbooks = load_dir(PLAYBOOKS_DIR)
+    for s in (s for s in shipped.values() if s.injection.release is not None):
+        assert s.expect.alertname == "CanaryRollback", s.id
+        assert SIGNALS[fails[s.injection.fault.kind]].incident_class == s.class_, s.id
+        assert playbooks[s.expect.playbook].class_ == s.class_, s.id
 
 
 def test_scenarios_agree_with_rules_and_playbooks(shipped: dict[str, Scenario]) -> None:
     rules = alert_rules(load_rules())
     playbooks = load_dir(PLAYBOOKS_DIR)
     for s in shipped.values():
+        if s.injection.release is not None:
+            continue  # the release guard raises their alert (the test above)
         rule = rules[s.expect.alertname]
         assert rule["labels"]["incident_class"] == s.class_, s.id
         book = playbooks[s.expect.playbook]
@@ -89,6 +111,8 @@ def test_steady_state_holds_before_and_fails_during_the_fault(
     agrees with each scenario's steady-state expectation."""
     rules = alert_rules(load_rules())
     for s in shipped.values():
+        if s.injection.release is not None:
+            continue  # judged by the release guard, not a rule (test_drill_releases.py)
         threshold = float(rules[s.expect.alertname]["annotations"]["threshold"])
         firing_side = 10 * threshold if s.expect.alertname != "LLMQualityScoreLow" else 0.5
         healthy_side = 0.5 * threshold if s.expect.alertname != "LLMQualityScoreLow" else 0.9
