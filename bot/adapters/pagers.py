@@ -95,7 +95,7 @@ def build_escalations(engine: Any, settings: Any,
     rules = EscalationRules(unacknowledged=dict(settings.page_unacked),
                             approval_pending=settings.page_approval,
                             console_url=settings.console_base,
-                            links_for=slack_thread_links(engine.store, settings))
+                            links_for=page_links(engine.store, settings))
     return Escalations(engine, pager, rules)
 
 
@@ -116,3 +116,40 @@ def slack_thread_links(store: Any, settings: Any) -> Any:
                  f"{incident_id} in Slack")]
 
     return links
+
+
+MAX_APPROVERS = 5  # approval links per run in one page
+
+
+def approval_links(store: Any, settings: Any) -> Any:
+    """Signed approval links for the runs of an incident awaiting approval, one per
+    on-call person other than the requester (``LLM_INCIDENT_ONCALL_USERS``), so the
+    person the page wakes can approve without Slack. Each is bound to that person
+    (behind the SSO proxy, only they can use it), expires and works once."""
+    people = tuple(settings.oncall_users)
+    if not people:
+        return None
+
+    def links(incident_id: str) -> list[tuple[str, str]]:
+        from bot.adapters.console.links import ApprovalLinks
+
+        signer = ApprovalLinks(store, settings.console_secret)
+        out = []
+        for run in store.runs(incident_id=incident_id, state="awaiting_approval"):
+            for user in [u for u in people if u != run.requested_by][:MAX_APPROVERS]:
+                token = signer.issue(run.id, user)
+                out.append((f"{settings.console_base.rstrip('/')}/ui/approve/{token}",
+                            f"Approve {run.id} as {user}"))
+        return out
+
+    return links
+
+
+def page_links(store: Any, settings: Any) -> Any:
+    """Every link a page carries beyond the console page: the Slack thread, and approval
+    links for the runs waiting on someone."""
+    parts = [f for f in (slack_thread_links(store, settings), approval_links(store, settings))
+             if f is not None]
+    if not parts:
+        return None
+    return lambda incident_id: [link for part in parts for link in part(incident_id)]

@@ -341,3 +341,35 @@ def test_an_incident_that_reopens_pages_again_counted_from_its_reopening(stub):
     incident_id = asyncio.run(scenario())
     assert stub.actions(DEDUP_PREFIX + incident_id) == ["trigger", "resolve", "trigger"]
     assert stub.opened == 2 and stub.alerts[DEDUP_PREFIX + incident_id] == "triggered"
+
+
+def test_a_page_for_a_waiting_approval_carries_a_signed_link_per_oncall_person(stub):
+    from bot.adapters.console import ApprovalLinks
+    from bot.adapters.pagers import page_links
+    from bot.adapters.settings import Settings
+
+    env = Env()
+    settings = Settings(oncall_users=("alice", "bob", "carol"), console_url="https://c.example")
+
+    async def scenario():
+        async with httpx.AsyncClient() as client:
+            (inc,) = await env.engine.handle_alerts([alert()])
+            await env.engine.acknowledge(inc.incident_id, "alice")
+            run = await env.engine.plan_step(inc.incident_id, "runaway-cost", None,
+                                             actor="alice")
+            esc = Escalations(env.engine, PagerDutyEvents(KEY, client, stub.url),
+                              EscalationRules(console_url="https://c.example",
+                                              links_for=page_links(env.store, settings)))
+            env.clock.advance(minutes=10)
+            await esc.round()
+            return run
+
+    run = asyncio.run(scenario())
+    links = stub.events[0]["links"]
+    approvals = [link for link in links if "/ui/approve/" in link["href"]]
+    assert [a["text"] for a in approvals] == [f"Approve {run.id} as bob",
+                                              f"Approve {run.id} as carol"]  # not alice
+    token = approvals[0]["href"].rsplit("/", 1)[1]
+    grant = ApprovalLinks(env.store).check(token)
+    assert (grant.run_id, grant.user) == (run.id, "bob")
+    assert page_links(env.store, Settings()) is None  # no Slack, nobody named: no links
