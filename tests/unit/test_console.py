@@ -75,6 +75,9 @@ def test_the_pages_show_the_store_and_escape_what_came_from_an_alert():
     for path in ("/ui/mitigations", "/ui/drills", "/ui/releases"):
         assert rig.get(path).status_code == 200, path
     assert rig.get("/ui/incidents/INC-999").status_code == 404
+    bad = rig.get("/ui/incidents?status=<b>nope</b>")
+    assert bad.status_code == 400 and "unknown incident status" in bad.text
+    assert "<b>nope" not in bad.text
     only_drills = rig.get("/ui/incidents?drill=yes")
     assert incident_id not in only_drills.text and "No incidents match" in only_drills.text
 

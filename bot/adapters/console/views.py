@@ -65,10 +65,13 @@ class Console:
 
     def incidents(self, status: str | None, klass: str | None, drill: str | None,
                   part: str | None) -> str:
-        wanted = None if status in (None, "", "any", "open") else status
-        rows = self.store.incidents(wanted, limit=PAGE_SIZE * 4 if klass or drill else PAGE_SIZE)
-        if status == "open":
-            rows = self.store.open_incidents(limit=PAGE_SIZE * 4 if klass or drill else PAGE_SIZE)
+        # Filters narrow a longer read of the newest (four pages' worth).
+        limit = PAGE_SIZE * 4 if klass or drill else PAGE_SIZE
+        if status == "open":  # every status but resolved and cancelled
+            rows = self.store.open_incidents(limit=limit)
+        else:
+            rows = self.store.incidents(None if status in (None, "", "any") else status,
+                                        limit=limit)
         if klass:
             rows = [i for i in rows if i.klass == klass]
         if drill in ("yes", "no"):
@@ -178,6 +181,9 @@ def attach_console(app: FastAPI, engine: Engine, *, core: Any, secret: str | Non
         except NotFound as exc:
             return HTMLResponse(render("message.html.j2", title="Not found", text=str(exc),
                                        hint=exc.hint), status_code=404)
+        except IncidentBotError as exc:  # a bad filter value, say: said, never a 500
+            return HTMLResponse(render("message.html.j2", title="Bad request", text=str(exc),
+                                       hint=exc.hint), status_code=400)
         return HTMLResponse(html, headers={"Cache-Control": "no-store"})
 
     @router.get("")
