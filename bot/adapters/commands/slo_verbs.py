@@ -62,7 +62,10 @@ async def slo_verb(ctx: Context, cmd: Command) -> Result:
                        "notes": notes})
     if sub == "render":
         ctx.require_local("slo render")  # it writes files
-        scale = float(cmd.opt("--scale") or 1)
+        try:
+            scale = float(cmd.opt("--scale") or 1)
+        except ValueError:
+            raise InputError(f"--scale must be a number, got {cmd.opt('--scale')!r}") from None
         if scale < 1:
             raise InputError(f"--scale must be 1 or more, got {scale:g}")
         rules = dump(render_rules(slos, scale))
