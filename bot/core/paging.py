@@ -29,6 +29,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
 from bot.base.errors import IncidentBotError
+from bot.playbook.schema import format_duration
 from bot.store import Event, Incident, Page
 
 if TYPE_CHECKING:
@@ -239,5 +240,4 @@ class Escalations:
 
 
 def _minutes(d: timedelta) -> str:
-    minutes = d.total_seconds() / 60
-    return f"{minutes:g} minute{'s' if minutes != 1 else ''}"
+    return format_duration(d)  # 5m, 90s: as the settings write it
