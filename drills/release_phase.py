@@ -20,10 +20,8 @@ post-rollout alert fired.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
 import httpx
 
@@ -33,7 +31,7 @@ from bot.core.engine import Engine
 from bot.core.release_cases import ReleaseGuard
 from bot.store.releases import Release
 from drills.scenario import ReleaseSpec
-from drills.signals import Labels, Scrape, parse_scrape
+from drills.signals import Labels, Scrape, increase, parse_scrape
 
 # The sandbox's per-version counters the exposure figures read.
 _COUNTED = {
@@ -57,8 +55,7 @@ def _delta(first: Scrape, last: Scrape, name: str, v: Version) -> dict[Labels, f
     out = {}
     for labels, value in last.samples.get(name, {}).items():
         if _matches(labels, v):
-            old = before.get(labels, 0.0)
-            out[labels] = value if value < old else value - old  # a reset starts at 0
+            out[labels] = increase(before.get(labels, 0.0), value)
     return out
 
 
@@ -231,9 +228,3 @@ def reached(release: Release) -> str:
     if release.state == "promoted":
         return f"reached all of {release.route} (promoted)"
     return f"{release.state.replace('_', ' ')} at {top}% of {release.route}"
-
-
-def detail(data: Mapping[str, Any]) -> str:
-    """The exposure line of a drill event's data (the report reads it back)."""
-    keys = {f for f in Exposure.__dataclass_fields__}
-    return Exposure(**{k: float(v) for k, v in data.items() if k in keys}).text()

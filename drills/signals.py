@@ -51,6 +51,11 @@ def parse_scrape(text: str, at: float) -> Scrape:
     return Scrape(at, dict(samples))
 
 
+def increase(old: float, new: float) -> float:
+    """A counter's increase between two reads; a reset (it went down) starts at 0."""
+    return new if new < old else new - old
+
+
 @dataclass
 class Scrapes:
     """The last scrapes within ``window`` drill seconds (plus the one just before it)."""
@@ -79,9 +84,8 @@ class Scrapes:
         before = first.samples.get(name, {})
         out: Series = {}
         for labels, value in last.samples.get(name, {}).items():
-            old = before.get(labels, 0.0)  # born between the scrapes: it started at 0
-            increase = value if value < old else value - old  # a reset starts again at 0
-            out[labels] = increase / span
+            # Born between the scrapes: it started at 0.
+            out[labels] = increase(before.get(labels, 0.0), value) / span
         return out
 
     def avg_over_time(self, name: str) -> Series:

@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 
+from bot.adapters.console.urls import approval_url
 from bot.core.paging import (
     EscalationRules,
     Escalations,
@@ -138,7 +139,7 @@ def approval_links(store: Any, settings: Any) -> Any:
         for run in store.runs(incident_id=incident_id, state="awaiting_approval"):
             for user in [u for u in people if u != run.requested_by][:MAX_APPROVERS]:
                 token = signer.issue(run.id, user)
-                out.append((f"{settings.console_base.rstrip('/')}/ui/approve/{token}",
+                out.append((approval_url(settings.console_base, token),
                             f"Approve {run.id} as {user}"))
         return out
 

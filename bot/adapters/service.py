@@ -25,7 +25,7 @@ from typing import Any
 
 import uvicorn
 
-from bot.adapters.console import attach_console
+from bot.adapters.console.views import attach_console
 from bot.adapters.core_loop import CoreLoop
 from bot.adapters.pagers import build_escalations
 from bot.adapters.playbook_watch import PlaybookWatcher

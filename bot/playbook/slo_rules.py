@@ -217,8 +217,8 @@ def render_tests(slos: SloFile, rules_file: str) -> dict[str, Any]:
     Written for the unscaled rules."""
     tests = []
     for name, o in slos.objectives.items():
-        if o.sli == "ratio" and None in (_concrete(o.total or ""),
-                                         _concrete(o.bad or o.good or "")):
+        if o.sli == "ratio" and None in (_parsed(o.total or ""),
+                                         _parsed(o.bad or o.good or "")):
             continue  # regex or negative matchers: no one series to feed it
         labels = {**_labels(name, o), "incident_class": o.klass}
         # 20x the budget: over the page's 14.4 burn in both windows after an hour. (With
@@ -305,12 +305,6 @@ def _parsed(selector: str) -> tuple[str, dict[str, str]] | None:
         labels[m.group(1)] = m.group(3)
         pos = m.end()
     return name.strip(), labels
-
-
-def _concrete(selector: str) -> str | None:
-    """One series a selector with only ``=`` matchers selects; None otherwise."""
-    parsed = _parsed(selector)
-    return None if parsed is None else _series_text(*parsed)
 
 
 def dump(data: dict[str, Any]) -> str:

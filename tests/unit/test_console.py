@@ -68,7 +68,7 @@ def test_the_pages_show_the_store_and_escape_what_came_from_an_alert():
     assert HOSTILE not in html and "&lt;script&gt;" in html  # data, never markup
     assert "runaway-cost" in html and "Why:" in html  # the suggestion and why
     assert run.id in html and "disable_route" in html and "two_person" in html
-    assert "max_concurrency" in run.diff or "enabled" in run.diff
+    assert "+ routes.chat.enabled: false" in run.diff and run.diff.splitlines()[-1] in html
     fragment = rig.get(f"/ui/incidents/{incident_id}?part=timeline")
     assert "<html" not in fragment.text and "opened" in fragment.text
     assert rig.get(f"/ui/incidents/{incident_id}?part=status").text == "open"

@@ -120,3 +120,18 @@ def test_a_ratio_objective_needs_counters_and_a_class():
     with pytest.raises(SloError, match="total and one of bad or good"):
         load_slos_text("objectives:\n  a: {route: chat, sli: ratio, target: 99%, bad: x, "
                        "good: z, total: y, incident_class: provider_errors}\n")
+
+
+def test_slo_render_names_a_bad_scale_and_a_file_it_cannot_read(tmp_path):
+    import asyncio
+
+    from bot.adapters.commands import execute
+    from bot.adapters.commands.context import Context
+
+    ctx = Context(actor="cli", playbooks_dir=tmp_path, open_engine=lambda: None)
+    bad = asyncio.run(execute(["slo", "render", "--scale", "fast"], ctx))
+    assert not bad.ok and "--scale must be a number, got 'fast'" in bad.text
+    slow = asyncio.run(execute(["slo", "render", "--scale", "0.5"], ctx))
+    assert not slow.ok and "--scale must be 1 or more" in slow.text
+    missing = asyncio.run(execute(["slo", "lint", str(tmp_path / "nope.yaml")], ctx))
+    assert not missing.ok and "nope.yaml" in missing.text and "cannot read" in missing.text

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from bot.adapters.commands.context import Context
 from bot.adapters.commands.grammar import Command, Result
+from bot.adapters.console.urls import approval_url, page_url
 from bot.base.durations import parse_duration
 from bot.base.errors import GuardRefused, InputError
 
@@ -18,7 +19,7 @@ def console_base(ctx: Context) -> str:
     if not ctx.console_url:
         raise InputError("the console's address is not known here",
                          hint="set LLM_INCIDENT_CONSOLE_URL to the console's public URL")
-    return ctx.console_url.rstrip("/")
+    return ctx.console_url
 
 
 async def link_verb(ctx: Context, cmd: Command) -> Result:
@@ -33,7 +34,7 @@ async def link_verb(ctx: Context, cmd: Command) -> Result:
         raise InputError(f"{run.id} is {run.state}; a link approves a run awaiting approval")
     ttl = parse_duration(cmd.opt("--ttl")) if cmd.opt("--ttl") else DEFAULT_TTL
     token = ApprovalLinks(ctx.engine.store, ctx.console_secret).issue(run.id, user, ttl)
-    url = f"{console_base(ctx)}/ui/approve/{token}"
+    url = approval_url(console_base(ctx), token)
     minutes = int(ttl.total_seconds() // 60)
     return Result(f"{url}\n(for {user} only, once, within {minutes} minutes: it approves "
                   f"{run.id} as {user} and applies it if every guard passes)",
@@ -41,5 +42,4 @@ async def link_verb(ctx: Context, cmd: Command) -> Result:
 
 
 def console_page(ctx: Context, incident_id: str) -> str | None:
-    return f"{ctx.console_url.rstrip('/')}/ui/incidents/{incident_id}" if ctx.console_url \
-        else None
+    return page_url(ctx.console_url, incident_id) if ctx.console_url else None

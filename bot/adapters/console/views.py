@@ -24,7 +24,6 @@ from bot.adapters.console.links import ApprovalLinks, Grant, LinkRefused
 from bot.base.errors import IncidentBotError, NotFound
 from bot.core.engine import Engine
 from bot.playbook.schema import format_duration
-from bot.store import CLOSED_STATUSES, Incident
 
 log = logging.getLogger(__name__)
 HERE = Path(__file__).parent
@@ -78,7 +77,7 @@ class Console:
             rows = [i for i in rows if i.is_drill == (drill == "yes")]
         now = self.store.now()
         data = {"incidents": rows[:PAGE_SIZE], "now": now, "status": status or "",
-                "klass": klass or "", "drill": drill or "", "closed": CLOSED_STATUSES}
+                "klass": klass or "", "drill": drill or ""}
         return render("incident_rows.html.j2" if part == "rows" else "incidents.html.j2", **data)
 
     def incident(self, incident_id: str, part: str | None) -> str:
@@ -233,11 +232,3 @@ def attach_console(app: FastAPI, engine: Engine, *, core: Any, secret: str | Non
 
     app.include_router(router)
     return console
-
-
-def incident_url(base: str | None, incident: Incident | str) -> str | None:
-    """The console's page of an incident, for links from Slack, pages and the CLI."""
-    if not base:
-        return None
-    key = incident if isinstance(incident, str) else incident.id
-    return f"{base.rstrip('/')}/ui/incidents/{key}"

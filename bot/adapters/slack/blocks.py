@@ -36,6 +36,7 @@ from slack_sdk.models.blocks import (
     SectionBlock,
 )
 
+from bot.adapters.console.urls import page_url
 from bot.core.messages import Button, Message, Section
 
 MAX_BLOCKS = 50
@@ -135,10 +136,7 @@ def _context(msg: Message, console_url: str | None = None) -> ContextBlock:
         parts.append(escape_mrkdwn(msg.incident_id))
     parts.append(escape_mrkdwn(msg.kind))
     if console_url and msg.incident_id:
-        # Our own ids only (INC-n, REL-n) after the operator's base URL: nothing from an alert.
-        page = "releases" if msg.incident_id.startswith("REL-") else \
-            f"incidents/{escape_mrkdwn(msg.incident_id)}"
-        parts.append(f"<{console_url.rstrip('/')}/ui/{page}|open in the console>")
+        parts.append(f"<{page_url(console_url, msg.incident_id)}|open in the console>")
     text = truncate("  |  ".join(parts), MAX_CONTEXT_TEXT)
     return ContextBlock(elements=[_mrkdwn(text)])
 
