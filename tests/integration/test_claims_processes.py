@@ -215,3 +215,31 @@ def test_kill_9_during_revert_is_finished_by_the_next_command(rig: Rig):
         assert kinds["reverted"] + kinds["reconciled"] >= 1 and kinds["reverting"] == 1
         seen[f"{'killed' if killed else 'finished'}"] += 1
     print("revert kills:", dict(seen))
+
+
+@pytest.mark.parametrize("trial", range(TRIALS))
+def test_two_processes_promoting_one_release_move_it_one_step(tmp_path: Path, trial: int):
+    """CLI processes racing `release promote` on one release: one step, one change."""
+    rig = Rig(tmp_path)
+    # The padded file (1,000 routes): each write takes long enough for the race to land.
+    data = yaml.safe_load(rig.policy.read_text())
+    data["routes"]["chat"]["prompt_version"] = "v42"
+    rig.policy.write_text(HEADER + yaml.safe_dump(data))
+    # The guard needs Prometheus to judge; promote never reads it.
+    rig.env["LLM_INCIDENT_PROMETHEUS_URL"] = "http://127.0.0.1:1"
+    started = rig.cli("release", "start", "chat", "--prompt", "v43")
+    assert started.returncode == 0, started.stderr
+    racers = [rig.start("release", "promote", "REL-1", "--as", who) for who in ("alice", "bob")]
+    outs = [p.communicate(timeout=120) for p in racers]
+    codes = [p.returncode for p in racers]
+    status = yaml.safe_load(rig.cli("release", "status", "REL-1", "--json").stdout)
+    assert status["percent"] == 25, (codes, outs)  # one step, not two
+    assert codes.count(0) >= 1, outs
+    canary = yaml.safe_load(rig.policy.read_text())["routes"]["chat"]["canary"]
+    assert canary["weight"] == 0.25 and canary["prompt_version"] == "v43"
+    with sqlite3.connect(rig.db) as conn:
+        applied = conn.execute("SELECT COUNT(*) FROM runs WHERE action = 'set_canary' AND "
+                               "state IN ('applied', 'reverted')").fetchone()[0]
+    assert applied == 2  # the start (5%) and one promotion (25%)
+    moved = [e for e in status["timeline"] if e["kind"] == "promoted_step"]
+    assert len(moved) == 1
