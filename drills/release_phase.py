@@ -25,8 +25,8 @@ from datetime import datetime, timedelta
 
 import httpx
 
-from bot.core.canary_judge import Histogram, Ratio, Sample
-from bot.core.canary_samples import HISTOGRAMS, RATIOS, Version
+from bot.core.canary_judge import Histogram, Sample
+from bot.core.canary_samples import Version, collect
 from bot.core.engine import Engine
 from bot.core.release_cases import ReleaseGuard
 from bot.store.releases import Release
@@ -78,38 +78,22 @@ class ScrapeSamples:
         # The last scrape at or before the window's start (the first one if none is).
         first = next((s for at, s in reversed(self.history) if at <= now - window),
                      self.history[0][1])
-        out: dict[str, tuple[Sample, Sample]] = {}
-        for signal, metric in HISTOGRAMS.items():
-            c, b = (self._histogram(first, last, metric, canary),
-                    self._histogram(first, last, metric, baseline))
-            if c is not None and b is not None:
-                out[signal] = (c, b)
-        for signal, (counted, total, complement) in RATIOS.items():
-            rc, rb = (self._ratio(first, last, counted, total, complement, canary),
-                      self._ratio(first, last, counted, total, complement, baseline))
-            if rc is not None and rb is not None:
-                out[signal] = (rc, rb)
-        return out
 
-    @staticmethod
-    def _histogram(first: Scrape, last: Scrape, metric: str, v: Version) -> Histogram | None:
-        by_le: dict[float, float] = {}
-        for labels, inc in _delta(first, last, f"{metric}_bucket", v).items():
-            le = float(dict(labels)["le"])
-            by_le[le] = by_le.get(le, 0.0) + inc
-        buckets = sorted(by_le.items())
-        if not buckets or not math.isinf(buckets[-1][0]) or not buckets[-1][1]:
-            return None
-        return Histogram(buckets)
+        async def histogram(metric: str, v: Version) -> Histogram | None:
+            by_le: dict[float, float] = {}
+            for labels, inc in _delta(first, last, f"{metric}_bucket", v).items():
+                le = float(dict(labels)["le"])
+                by_le[le] = by_le.get(le, 0.0) + inc
+            buckets = sorted(by_le.items())
+            if not buckets or not math.isinf(buckets[-1][0]):
+                return None
+            return Histogram(buckets)
 
-    @staticmethod
-    def _ratio(first: Scrape, last: Scrape, counted: str, total: str, complement: bool,
-               v: Version) -> Ratio | None:
-        n = sum(_delta(first, last, total, v).values())
-        if not n:
-            return None
-        hits = sum(_delta(first, last, counted, v).values())
-        return Ratio(n - hits if complement else hits, n)
+        async def count(metric: str, v: Version) -> float | None:
+            series = _delta(first, last, metric, v)
+            return sum(series.values()) if series else None  # no series: unknown, not 0
+
+        return await collect(histogram, count, canary, baseline)
 
 
 # --- exposure: what the bad version cost, and what it would have ---------------------

@@ -13,6 +13,7 @@ nothing to say about it), never read as zero.
 from __future__ import annotations
 
 import math
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -72,27 +73,45 @@ async def _count(metrics: MetricsSource, metric: str, v: Version,
     return rows[0].value if rows else None
 
 
-async def _ratio(metrics: MetricsSource, counted: str, total: str, complement: bool,
-                 v: Version, window: timedelta) -> Ratio | None:
-    n = await _count(metrics, total, v, window)
-    if n is None:
-        return None
-    hits = await _count(metrics, counted, v, window) or 0.0  # no series: none counted
-    return Ratio(n - hits if complement else hits, n)
+# Where the numbers come from: (metric, version) -> a histogram's buckets or a
+# counter's increase over the window; None when the series does not exist.
+HistogramSource = Callable[[str, Version], Awaitable[Histogram | None]]
+CountSource = Callable[[str, Version], Awaitable[float | None]]
+
+
+async def collect(histogram: HistogramSource, count: CountSource, canary: Version,
+                  baseline: Version) -> dict[str, tuple[Sample, Sample]]:
+    """Every signal both sides have data for, as ``{signal: (canary, baseline)}``, from
+    any source (Prometheus here; a drill's own scrapes in ``drills.release_phase``)."""
+
+    async def ratio(counted: str, total: str, complement: bool, v: Version) -> Ratio | None:
+        n = await count(total, v)
+        if n is None:
+            return None
+        hits = await count(counted, v) or 0.0  # no series: none counted
+        return Ratio(n - hits if complement else hits, n)
+
+    out: dict[str, tuple[Sample, Sample]] = {}
+    for signal, metric in HISTOGRAMS.items():
+        c, b = await histogram(metric, canary), await histogram(metric, baseline)
+        if c is not None and b is not None:
+            out[signal] = (c, b)
+    for signal, (counted, total, complement) in RATIOS.items():
+        rc = await ratio(counted, total, complement, canary)
+        rb = await ratio(counted, total, complement, baseline)
+        if rc is not None and rb is not None:
+            out[signal] = (rc, rb)
+    return out
 
 
 async def read_samples(metrics: MetricsSource, canary: Version, baseline: Version,
                        window: timedelta) -> dict[str, tuple[Sample, Sample]]:
-    """Every signal both sides have data for, as ``{signal: (canary, baseline)}``."""
-    out: dict[str, tuple[Sample, Sample]] = {}
-    for signal, metric in HISTOGRAMS.items():
-        c, b = (await _histogram(metrics, metric, canary, window),
-                await _histogram(metrics, metric, baseline, window))
-        if c is not None and b is not None:
-            out[signal] = (c, b)
-    for signal, (counted, total, complement) in RATIOS.items():
-        rc = await _ratio(metrics, counted, total, complement, canary, window)
-        rb = await _ratio(metrics, counted, total, complement, baseline, window)
-        if rc is not None and rb is not None:
-            out[signal] = (rc, rb)
-    return out
+    """The samples from Prometheus over ``window``."""
+
+    async def histogram(metric: str, v: Version) -> Histogram | None:
+        return await _histogram(metrics, metric, v, window)
+
+    async def count(metric: str, v: Version) -> float | None:
+        return await _count(metrics, metric, v, window)
+
+    return await collect(histogram, count, canary, baseline)
