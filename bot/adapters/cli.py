@@ -32,8 +32,10 @@ GLOBAL_OPTIONS = {
 }
 
 
-# Verbs that read playbook files only: they run without a database.
-NO_STORE_VERBS = frozenset({"help", "lint", "test", "match", "schema", "playbooks", "playbook"})
+# Verbs that read playbook or SLO files (and Prometheus) only: they run without a
+# database, and never create one.
+NO_STORE_VERBS = frozenset({"help", "lint", "test", "match", "schema", "playbooks", "playbook",
+                            "slo"})
 
 
 def missing_store(settings: Settings) -> bool:

@@ -107,6 +107,9 @@ def test_read_verbs_never_create_a_store(tmp_path, capsys):
         assert main(["--db", str(typo), *verb]) == 2, verb
         assert f"no store at {typo}" in capsys.readouterr().err
     assert main(["--db", str(typo), "playbooks"]) == 0  # needs no store, makes none
+    assert main(["--db", str(typo), "slo", "lint"]) == 0
+    assert main(["--db", str(typo), "slo", "render", "--out", str(tmp_path / "rules")]) == 0
+    assert (tmp_path / "rules" / "slo-rules.yaml").exists()
     assert not typo.exists() and not typo.parent.exists()
     assert main(["--db", str(typo), "pause", "--reason", "first write"]) == 0
     assert typo.exists() and f"created a new store at {typo}" in capsys.readouterr().err
