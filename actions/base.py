@@ -15,17 +15,25 @@ from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from actions.policy import ROUTE_FIELDS, ServingPolicy, UnknownRoute
+from actions.policy import CUSTOMER_FIELDS, ROUTE_FIELDS, ServingPolicy, UnknownRoute, \
+    split_subject
 from bot.base.errors import InputError
 
 
 class FieldChange(BaseModel):
     model_config = ConfigDict(frozen=True)
 
-    route: str
+    route: str  # the subject: a route, or "customer/ID" (actions.policy.split_subject)
     field: str
     before: Any = None
     after: Any = None
+
+    @property
+    def path(self) -> str:
+        """Where the field is in the policy file: ``routes.chat.enabled``,
+        ``customers.acme.blocked``."""
+        section, key = split_subject(self.route)
+        return f"{section}.{key}.{self.field}"
 
 
 class Plan(BaseModel):
@@ -58,11 +66,11 @@ class Plan(BaseModel):
         """A readable before/after diff, one ``-``/``+`` pair per changed field."""
         if self.noop:
             return "  (no change: the target already has these values)"
-        order = {f: i for i, f in enumerate(ROUTE_FIELDS)}
+        order = {f: i for i, f in enumerate((*ROUTE_FIELDS, *CUSTOMER_FIELDS))}
         lines = [f"# {self.target}: {self.summary}" if self.summary else f"# {self.target}"]
         for c in sorted(self.changes, key=lambda c: (c.route, order.get(c.field, 99))):
-            lines.append(f"- routes.{c.route}.{c.field}: {_show(c.before)}")
-            lines.append(f"+ routes.{c.route}.{c.field}: {_show(c.after)}")
+            lines.append(f"- {c.path}: {_show(c.before)}")
+            lines.append(f"+ {c.path}: {_show(c.after)}")
         return "\n".join(lines)
 
 
@@ -135,6 +143,10 @@ class Action(ABC):
     name: ClassVar[str]
     title: ClassVar[str]
     Params: ClassVar[type[BaseModel]]
+    # The argument `do ACTION SUBJECT` fills with its second word.
+    subject_arg: ClassVar[str] = "route"
+    # The approval a step of this action gets when its playbook (or `do`) names none.
+    default_approval: ClassVar[Literal["none", "oncall", "two_person"]] = "oncall"
 
     def parse_params(self, raw: dict[str, Any]) -> BaseModel:
         try:
@@ -205,7 +217,7 @@ class Action(ABC):
         """Read back; return the fields that do not hold the planned value (empty = ok)."""
         now = await driver.read()
         return [
-            f"routes.{c.route}.{c.field} is {_show(now.get(c.route, c.field))}, "
+            f"{c.path} is {_show(now.get(c.route, c.field))}, "
             f"expected {_show(c.after)}"
             for c in plan.changes
             if now.get(c.route, c.field) != c.after
@@ -240,7 +252,7 @@ class Action(ABC):
                 restore.setdefault(c.route, {})[c.field] = c.before
             elif value != c.before:
                 drifted.append(
-                    f"routes.{c.route}.{c.field} changed since apply "
+                    f"{c.path} changed since apply "
                     f"(now {_show(value)}); left as is"
                 )
         if restore:

@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from actions.base import Action
+from actions.customer_actions import CUSTOMER_ACTIONS
 from actions.policy import ServingPolicy
 from actions.release_actions import RELEASE_ACTIONS
 from bot.base.errors import InputError
@@ -189,6 +190,7 @@ CATALOG: dict[str, Action] = {
         Fallback(),
         RollbackPrompt(),
         ShiftTraffic(),
+        *CUSTOMER_ACTIONS,
         *RELEASE_ACTIONS,
     )
 }

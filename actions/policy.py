@@ -6,6 +6,7 @@ every request. The file format is fixed by DESIGN.md ("Serving policy file").
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Any, Literal
 
@@ -21,6 +22,47 @@ ROUTE_FIELDS: tuple[str, ...] = (
     "traffic",
     "canary",
 )
+
+
+# The per-caller limits an action may change (the policy's ``customers`` section).
+CUSTOMER_FIELDS: tuple[str, ...] = (
+    "blocked",
+    "max_output_tokens",
+    "max_requests_per_minute",
+    "max_tokens_per_minute",
+)
+# A caller identity as gateways see it: a LiteLLM team id, a key hash, an end user
+# (an email too). No "/" (plans key customers as "customer/ID"), no spaces or quotes.
+CUSTOMER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@:+=-]{0,127}$")
+# In plans, guards and driver updates a customer is the subject "customer/ID", beside
+# route names, so cooldowns, run limits, locks and blast radius count customers the
+# way they count routes. No route may start with it (ServingPolicy refuses one).
+CUSTOMER_PREFIX = "customer/"
+
+
+def customer_subject(customer: str) -> str:
+    return CUSTOMER_PREFIX + customer
+
+
+def split_subject(subject: str) -> tuple[Literal["routes", "customers"], str]:
+    """``"chat"`` -> ("routes", "chat"); ``"customer/acme"`` -> ("customers", "acme")."""
+    if subject.startswith(CUSTOMER_PREFIX):
+        return "customers", subject[len(CUSTOMER_PREFIX):]
+    return "routes", subject
+
+
+class CustomerPolicy(BaseModel):
+    """Limits for one caller, on top of the route's (DESIGN.md "Serving policy file").
+
+    A caller the section does not list has no limits of its own; neither does an
+    entry whose values are all null/false (what a revert leaves behind)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    blocked: bool = False
+    max_output_tokens: int | None = Field(default=None, gt=0)
+    max_requests_per_minute: int | None = Field(default=None, gt=0)
+    max_tokens_per_minute: int | None = Field(default=None, gt=0)
 
 
 class CanaryPolicy(BaseModel):
@@ -89,9 +131,32 @@ class ServingPolicy(BaseModel):
 
     version: Literal[1] = 1
     routes: dict[str, RoutePolicy] = Field(default_factory=dict)
+    customers: dict[str, CustomerPolicy] = Field(default_factory=dict)
     updated_at: datetime | None = None
     updated_by: str | None = None
     change: ChangeMark | None = None
+
+    @field_validator("routes")
+    @classmethod
+    def _route_names(cls, v: dict[str, RoutePolicy]) -> dict[str, RoutePolicy]:
+        for name in v:
+            if name.startswith(CUSTOMER_PREFIX):
+                raise ValueError(f"route {name!r}: a route name cannot start with "
+                                 f"{CUSTOMER_PREFIX!r} (that names a customer)")
+        return v
+
+    @field_validator("customers")
+    @classmethod
+    def _customer_ids(cls, v: dict[str, CustomerPolicy]) -> dict[str, CustomerPolicy]:
+        for name in v:
+            if not CUSTOMER_ID.match(name):
+                raise ValueError(f"customer {name[:60]!r}: an id is 1-128 of letters, digits "
+                                 "and . _ @ : + = - (starting with a letter or digit)")
+        return v
+
+    def customer(self, name: str) -> CustomerPolicy:
+        """The caller's limits; one the section does not list has none."""
+        return self.customers.get(name, CustomerPolicy())
 
     def route(self, name: str) -> RoutePolicy:
         """The route's policy; a route the file does not list has the defaults.
@@ -103,11 +168,19 @@ class ServingPolicy(BaseModel):
         return self.routes.get(name, RoutePolicy())
 
     def serves(self, name: str) -> bool:
+        """Whether a change may name this subject: a listed route, or any well-formed
+        customer (a caller need not be listed before its first limit)."""
+        section, key = split_subject(name)
+        if section == "customers":
+            return bool(CUSTOMER_ID.match(key))
         return name in self.routes
 
-    def get(self, route: str, field: str) -> Any:
-        """A field's value as plain data (a canary is its mapping), as plans store it."""
-        value = getattr(self.route(route), field)
+    def get(self, subject: str, field: str) -> Any:
+        """A field's value as plain data (a canary is its mapping), as plans store it.
+        ``subject`` is a route, or ``customer/ID``."""
+        section, key = split_subject(subject)
+        owner = self.customer(key) if section == "customers" else self.route(key)
+        value = getattr(owner, field)
         return value.model_dump() if isinstance(value, BaseModel) else value
 
     def with_values(
@@ -122,10 +195,16 @@ class ServingPolicy(BaseModel):
         config, the file only carries what the hook enforces).
         """
         data = self.model_dump(mode="json")
-        for route, fields in updates.items():
-            if route not in data["routes"] and not create:
-                raise UnknownRoute(route, sorted(self.routes))
-            data["routes"].setdefault(route, {}).update(fields)
+        for subject, fields in updates.items():
+            section, key = split_subject(subject)
+            if section == "customers":
+                # A caller's entry is created by its first limit: no entry means no limits,
+                # and the revert's all-null entry means the same.
+                data["customers"].setdefault(key, {}).update(fields)
+                continue
+            if key not in data["routes"] and not create:
+                raise UnknownRoute(key, sorted(self.routes))
+            data["routes"].setdefault(key, {}).update(fields)
         return ServingPolicy.model_validate(data)
 
 

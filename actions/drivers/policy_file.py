@@ -258,7 +258,8 @@ class PolicyFileDriver:
                 ) from None
             # Absolute values: if nothing changes, leave the file (and its
             # updated_at) untouched, so repeating a write is a true no-op.
-            if new.routes == current.routes and self.path.exists():
+            if (new.routes, new.customers) == (current.routes, current.customers) \
+                    and self.path.exists():
                 return
             new = new.model_copy(
                 update={"updated_at": self._clock(), "updated_by": reason.strip() or self.actor,
@@ -306,6 +307,8 @@ def dump_policy(policy: ServingPolicy) -> bytes:
     data = policy.model_dump(mode="json")
     if data.get("change") is None:
         data.pop("change", None)  # a file the bot never fenced keeps its old shape
+    if not data.get("customers"):
+        data.pop("customers", None)  # likewise a file with no per-caller limits
     for route in data.get("routes", {}).values():
         if route.get("canary") is None:
             route.pop("canary", None)  # likewise a route with no release in progress

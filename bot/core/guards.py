@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 from typing import Literal
 
 from actions.base import Plan, Sample
-from actions.policy import ServingPolicy
+from actions.policy import ServingPolicy, split_subject
 from bot.base.errors import GuardRefused
 from bot.playbook.schema import Guard, Verify, format_duration
 from bot.store import Approval, Flag, Mitigation
@@ -237,7 +237,7 @@ def check_blast_radius(guard: Guard, plan: Plan, current: ServingPolicy) -> Guar
     if len(plan.routes) > limit:
         return GuardRefused(
             "blast_radius",
-            f"{plan.action} would change {len(plan.routes)} routes ({', '.join(plan.routes)}); "
+            f"{plan.action} would change {_count(plan.routes)} ({', '.join(plan.routes)}); "
             f"this step may change at most {limit}",
             hint="split the change into smaller steps, or raise blast_radius.max_routes",
         )
@@ -270,6 +270,13 @@ def check_blast_radius(guard: Guard, plan: Plan, current: ServingPolicy) -> Guar
                 hint="set an enabled fallback first, or enable another route of the group",
             )
     return None
+
+
+def _count(subjects: Sequence[str]) -> str:
+    """"2 routes", "3 customers", "1 route and 2 customers"."""
+    customers = sum(1 for s in subjects if split_subject(s)[0] == "customers")
+    parts = [(len(subjects) - customers, "route"), (customers, "customer")]
+    return " and ".join(f"{n} {w}{'s' if n != 1 else ''}" for n, w in parts if n) or "0 routes"
 
 
 def check_active_cap(
@@ -305,7 +312,7 @@ def check_lock(
             if f"{c.route}.{c.field}" in held:
                 return GuardRefused(
                     "lock",
-                    f"routes.{c.route}.{c.field} on target {plan.target} is held by "
+                    f"{c.path} on target {plan.target} is held by "
                     f"{m.run_id} until reverted",
                     hint=f"revert {m.run_id} first if this change should replace it",
                 )
@@ -344,7 +351,7 @@ def check_stale_plan(plan: Plan, current: ServingPolicy) -> GuardRefused | None:
         if now != c.before and now != c.after:
             return GuardRefused(
                 "stale_plan",
-                f"routes.{c.route}.{c.field} is now {now!r}, the plan expected {c.before!r}",
+                f"{c.path} is now {now!r}, the plan expected {c.before!r}",
                 hint="someone changed the target since the plan; plan the step again",
             )
     return None

@@ -108,7 +108,7 @@ async def _settle(runner: Runner, run: Run, driver: ServingDriver,
             "holds the planned values: marked applied")
     restored, problem = await runner._put_back(run, act, driver, routes=None)
     back = f"put back {', '.join(restored)}" if restored else "nothing to put back"
-    where = ", ".join(f"routes.{c.route}.{c.field}" for c in missing)
+    where = ", ".join(c.path for c in missing)
     text = (f"found applying after its process died; the target does not hold the plan "
             f"({where}); {problem or back}: marked failed")
     return store.transition(run.id, "failed", text, actor=BOT_ACTOR, kind="reconciled",

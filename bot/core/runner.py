@@ -425,7 +425,7 @@ class Runner(RunnerTimers):
                                  change_id=run.id)
         except Exception as exc:
             return [], _why(exc)
-        return [f"routes.{c.route}.{c.field}" for c in ours], None
+        return [c.path for c in ours], None
 
     # --- revert --------------------------------------------------------------------
 
@@ -468,7 +468,7 @@ class Runner(RunnerTimers):
             now = await driver.read()
         except Exception as exc:
             self._revert_failed(run, _why(exc), actor)
-        stuck = [f"routes.{c.route}.{c.field}" for c in run.plan.changes
+        stuck = [c.path for c in run.plan.changes
                  if now.get(c.route, c.field) == c.after]
         if stuck:
             self._revert_failed(run, f"{', '.join(stuck)} still hold the change", actor)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+from actions.catalog import get_action
 from bot.base.errors import InputError
 from bot.core.engine_base import EngineBase
 from bot.core.suggestions import build_suggestion, release_on
@@ -81,10 +82,14 @@ class StepCases(EngineBase):
         can still pass alone (on-call approval, a TTL)."""
         if incident_id:
             incident_id = self.open_incident(incident_id, "run an action").id
+        chosen = get_action(action)
+        # `do` may not go below on-call; an action that asks for more (block_customer:
+        # two people) keeps it.
+        approval = "two_person" if chosen.default_approval == "two_person" else "oncall"
         return await self.runner.plan(
             incident_id=incident_id, playbook_id=None, step_id=None, action=action,
-            target=target, args={"route": route, **params},
-            guard=Guard(approval="oncall", ttl=ttl), verify_query=None, requested_by=actor,
+            target=target, args={chosen.subject_arg: route, **params},
+            guard=Guard(approval=approval, ttl=ttl), verify_query=None, requested_by=actor,
             dry_run=dry_run)
 
     def rejected_playbooks(self, incident_id: str) -> list[str]:

@@ -242,7 +242,18 @@ def _parse_playbook(text: str, file: str) -> tuple[Playbook | None, YamlDocument
                         line=doc.value_line(path))
                     for path, message in promql_errors(playbook)]
     problems.sort(key=lambda p: p.line or 0)
+    if playbook is not None and not problems:
+        playbook = _default_approvals(playbook)
     return (None if problems else playbook), doc, problems
+
+
+def _default_approvals(playbook: Playbook) -> Playbook:
+    """A step that names no approval gets its action's default (``block_customer``:
+    two people); a playbook that writes one keeps it."""
+    steps = [s if "approval" in s.guard.model_fields_set else s.model_copy(update={
+        "guard": s.guard.model_copy(update={"approval": CATALOG[s.action].default_approval})})
+        for s in playbook.steps]
+    return playbook.model_copy(update={"steps": steps})
 
 
 def load_text(text: str, file: str = "<string>") -> Playbook:

@@ -254,7 +254,7 @@ def _plan_step(step: Step, params: dict[str, Any], alert: Any, policy: ServingPo
         plan = get_action(step.action).plan(args, policy, target=step.target)
     except InputError as exc:
         return InputError(str(exc))
-    return {f"routes.{c.route}.{c.field}": c.after for c in plan.changes}
+    return {c.path: c.after for c in plan.changes}
 
 
 def _compare_steps(

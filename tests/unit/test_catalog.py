@@ -30,7 +30,8 @@ BASE = ServingPolicy.model_validate(
             "spare": {"enabled": False},
             "chat-long": {"canary": {"prompt_version": "v43", "weight": 0.25,
                                      "release": "REL-1"}},
-        }
+        },
+        "customers": {"acme": {"max_requests_per_minute": 600}},
     }
 )
 CANARY_1 = '{"model": null, "prompt_version": "v43", "release": "REL-1", "weight": 0.25}'
@@ -122,6 +123,36 @@ CASES: list[tuple[str, dict[str, Any], str, tuple[str, str, Any] | None]] = [
         f"- routes.chat-long.canary: {CANARY_1}\n+ routes.chat-long.canary: null",
         ("chat-long", "canary", {**CANARY_2, "release": "REL-1"}),
     ),
+    (
+        "cap_customer",
+        {"customer": "runaway-co", "max_output_tokens": 64},
+        "# t: cap output at 64 tokens for runaway-co\n"
+        "- customers.runaway-co.max_output_tokens: null\n"
+        "+ customers.runaway-co.max_output_tokens: 64",
+        ("customer/runaway-co", "max_output_tokens", 32),
+    ),
+    (
+        "throttle_customer",
+        {"customer": ["acme", "beta@example.com"], "max_requests_per_minute": 30,
+         "max_tokens_per_minute": 20000},
+        "# t: throttle acme, beta@example.com to 30 requests/min, 20000 tokens/min\n"
+        "- customers.acme.max_requests_per_minute: 600\n"
+        "+ customers.acme.max_requests_per_minute: 30\n"
+        "- customers.acme.max_tokens_per_minute: null\n"
+        "+ customers.acme.max_tokens_per_minute: 20000\n"
+        "- customers.beta@example.com.max_requests_per_minute: null\n"
+        "+ customers.beta@example.com.max_requests_per_minute: 30\n"
+        "- customers.beta@example.com.max_tokens_per_minute: null\n"
+        "+ customers.beta@example.com.max_tokens_per_minute: 20000",
+        ("customer/acme", "max_requests_per_minute", 10),
+    ),
+    (
+        "block_customer",
+        {"customer": "acme"},
+        "# t: block acme (callers get 403)\n"
+        "- customers.acme.blocked: false\n+ customers.acme.blocked: true",
+        None,
+    ),
 ]
 IDS = [f"{c[0]}-{i}" for i, c in enumerate(CASES)]
 
@@ -147,7 +178,14 @@ def snapshot(driver: ServingDriver) -> Any:
 
 
 def routes(driver: ServingDriver) -> dict:
-    return run(driver.read()).model_dump()["routes"]
+    """The routes and customers sections: what actions change."""
+    data = run(driver.read()).model_dump()
+    return {**data["routes"], **{f"customer/{k}": v for k, v in data["customers"].items()}}
+
+
+def path(subject: str, field: str) -> str:
+    section, _, name = subject.rpartition("/")
+    return f"{'customers' if section else 'routes'}.{name}.{field}"
 
 
 def plan_for(driver: ServingDriver, action: str, params: dict[str, Any]):
@@ -215,9 +253,9 @@ def test_revert_leaves_a_field_changed_since_apply_and_reports_it(
     run(act.apply(plan, driver, reason="INC-1"))
     run(driver.write({route: {field: human_value}}, reason="human", action="manual"))
     problems = run(act.verify(plan, driver))
-    assert len(problems) == 1 and f"routes.{route}.{field}" in problems[0]
+    assert len(problems) == 1 and path(route, field) in problems[0]
     drifted = run(act.revert(plan, driver, reason="ttl"))
-    assert len(drifted) == 1 and f"routes.{route}.{field}" in drifted[0]
+    assert len(drifted) == 1 and path(route, field) in drifted[0]
     assert "left as is" in drifted[0]
     now = run(driver.read())
     assert now.get(route, field) == human_value
@@ -248,7 +286,8 @@ def test_revert_after_a_partial_apply_puts_back_only_what_changed() -> None:
     assert run(driver.read()).get("chat", "max_output_tokens") == 512
     driver.fail_on_route = None
     assert run(act.revert(plan, driver, reason="undo")) == []
-    assert routes(driver) == BASE.model_dump()["routes"]
+    assert routes(driver) == {**BASE.model_dump()["routes"], "customer/acme":
+                              BASE.model_dump()["customers"]["acme"]}
 
 
 # -- refusals -----------------------------------------------------------------------
@@ -282,6 +321,12 @@ def test_revert_after_a_partial_apply_puts_back_only_what_changed() -> None:
         ("disable_route", {"route": []}, "route"),
         ("disable_route", {"route": " "}, "at least one route"),
         ("rollback_prompt", {"route": "chat", "prompt_version": ""}, "prompt_version"),
+        ("throttle_customer", {"customer": "acme", "max_requests_per_minute": 900},
+         "already has max_requests_per_minute 600; 900 would raise it"),
+        ("throttle_customer", {"customer": "acme"}, "give max_requests_per_minute"),
+        ("cap_customer", {"customer": "a b", "max_output_tokens": 5}, "not a caller id"),
+        ("cap_customer", {"customer": "x/../y", "max_output_tokens": 5}, "not a caller id"),
+        ("block_customer", {"customer": []}, "at least one customer"),
     ],
 )
 def test_refusals_say_why_and_change_nothing(driver, action, params, needle) -> None:

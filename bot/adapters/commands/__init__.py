@@ -115,7 +115,8 @@ VERBS: dict[str, Verb] = _verbs(
          "once if it needs no approval", args=("id",), optional=("step",),
          options=("--playbook", AS), flags=("--dry-run", JSON), changes_state=True,
          handler=sv.run_verb),
-    Verb("do", "one ad hoc guarded action (on-call approval, TTL 1h): do ACTION ROUTE key=value",
+    Verb("do", "one ad hoc guarded action (on-call approval, TTL 1h): do ACTION ROUTE key=value "
+         "(a customer action: do ACTION CUSTOMER ...)",
          args=("action", "route"), optional=("params...",),
          options=("--incident", "--target", "--ttl", AS), flags=("--dry-run", JSON),
          changes_state=True, handler=sv.do_verb),

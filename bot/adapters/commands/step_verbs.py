@@ -11,6 +11,7 @@ from dataclasses import replace
 
 import yaml
 
+from actions.catalog import get_action
 from bot.adapters.commands.context import Context
 from bot.adapters.commands.grammar import Command, Result
 from bot.adapters.commands.incident_verbs import approve_verb as _approve_only
@@ -127,9 +128,10 @@ def _param(pair: str) -> tuple[str, object]:
 async def do_verb(ctx: Context, cmd: Command) -> Result:
     """One ad hoc guarded action: on-call approval and a TTL (1h unless --ttl)."""
     params = dict(_param(p) for p in cmd.args["params"])
-    if "route" in params:
-        raise InputError("give the route as the second word, not as route=...",
-                         hint="do ACTION ROUTE key=value...")
+    subject = get_action(cmd.args["action"]).subject_arg
+    if subject in params:
+        raise InputError(f"give the {subject} as the second word, not as {subject}=...",
+                         hint=f"do ACTION {subject.upper()} key=value...")
     ttl = AD_HOC_TTL
     if raw := cmd.opt("--ttl"):
         try:
