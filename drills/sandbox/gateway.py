@@ -26,6 +26,7 @@ from typing import Any, NoReturn
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from drills.sandbox.customers import CustomerLimits, CustomerRefused
 from drills.sandbox.faults import FaultBook, LatencySpike
 from drills.sandbox.metrics import SandboxMetrics
 from drills.sandbox.policy import PolicyReader
@@ -35,6 +36,7 @@ MAX_FALLBACK_HOPS = 4
 REFUSAL = "I'm sorry, but I can't help with that request."
 _EXCEPTION_CLASS = {
     400: "BadRequestError",
+    403: "PermissionDeniedError",
     404: "NotFoundError",
     429: "RateLimitError",
     500: "InternalServerError",
@@ -53,6 +55,9 @@ class ChatRequest(BaseModel):
     stream: bool = False
     response_format: dict[str, Any] | None = None
     stream_options: dict[str, Any] | None = None
+    # The caller (OpenAI's end-user field; LiteLLM's ``end_user``): per-customer
+    # limits and metrics go by it.
+    user: str | None = Field(default=None, min_length=1, max_length=128)
 
     @property
     def wants_json(self) -> bool:
@@ -101,6 +106,7 @@ class Served:
     model: str
     prompt_version: str
     fallback_route: str | None
+    customer: str | None
     input_tokens: int
     output_tokens: int
     content: str
@@ -151,12 +157,17 @@ class Gateway:
         self.running: Tally[str] = Tally()  # per model
         # Whether the model's last admitted request hit a saturation latency spike.
         self.thrashing: dict[str, bool] = {}
+        self.customers = CustomerLimits(clock)
+        # The caller of the request being decided: ``admit`` runs start to end with no
+        # await, so one attribute serves every metric it records.
+        self._caller = ""
 
     # -- admission ------------------------------------------------------------------
 
     def admit(self, req: ChatRequest) -> Served:
         """Decide the request; on success a concurrency slot is held until ``release``."""
         requested = req.model
+        self._caller = req.user or ""
         if requested not in self.config.routes:
             self._fail("unknown", "", GatewayError(
                 404,
@@ -166,6 +177,13 @@ class Gateway:
             ))  # fmt: skip
         policy = self.policy.current()
         rp = policy.route(requested)
+        try:
+            self.customers.admit(req.user, policy)
+        except CustomerRefused as exc:
+            self._fail(requested, "", GatewayError(
+                exc.status, exc.message,
+                type="permission_error" if exc.status == 403 else "rate_limit_error",
+                code=exc.code))  # fmt: skip
         serving, fallback = self._resolve(requested, policy)
         if rp.max_concurrency is not None and self.in_flight[requested] >= rp.max_concurrency:
             self._fail(requested, "", GatewayError(
@@ -256,7 +274,9 @@ class Gateway:
                 if not extra:
                     self._overflow(requested, model, pv, input_tokens, shape.context_window)
                 input_tokens += extra
-        caps = [c for c in (rp.max_output_tokens, sp.max_output_tokens) if c is not None]
+        # The route's cap, the serving route's, and the caller's own: the tightest wins.
+        mine = policy.customer(req.user).max_output_tokens if req.user else None
+        caps = [c for c in (rp.max_output_tokens, sp.max_output_tokens, mine) if c is not None]
         limits = [*caps, *([req.max_tokens] if req.max_tokens else [])]
         reserved = min(limits) if limits else 0
         if input_tokens + reserved > shape.context_window:
@@ -311,6 +331,7 @@ class Gateway:
             model=model,
             prompt_version=pv,
             fallback_route=fallback,
+            customer=req.user if req.user in policy.customers else None,
             input_tokens=input_tokens,
             output_tokens=output_tokens,
             content=content,
@@ -350,7 +371,7 @@ class Gateway:
 
     def _fail(self, route: str, model: str, err: GatewayError, pv: str | None = None) -> NoReturn:
         m = self.metrics
-        m.requests.labels(route, model, str(err.status)).inc()
+        m.requests.labels(route, model, self._caller, str(err.status)).inc()
         m.failed.labels(route, model, str(err.status), _EXCEPTION_CLASS.get(err.status, "")).inc()
         if pv is not None:  # past admission: the version that took it is known
             m.app_requests.labels(route, model, pv).inc()
@@ -360,10 +381,12 @@ class Gateway:
     def _record(self, s: Served) -> None:
         m, gw = self.metrics, (s.requested_route, s.model)
         app = (s.requested_route, s.model, s.prompt_version)
-        m.requests.labels(*gw, "200").inc()
-        m.input_tokens.labels(*gw).inc(s.input_tokens)
-        m.output_tokens.labels(*gw).inc(s.output_tokens)
-        m.spend.labels(*gw).inc(s.cost)
+        caller = (*gw, self._caller)  # LiteLLM's per-caller label set, end_user only
+        m.requests.labels(*caller, "200").inc()
+        m.input_tokens.labels(*caller).inc(s.input_tokens)
+        m.output_tokens.labels(*caller).inc(s.output_tokens)
+        m.spend.labels(*caller).inc(s.cost)
+        self.customers.record(s.customer, s.input_tokens + s.output_tokens)
         m.latency.labels(*gw).observe(s.total_s)
         m.ttft.labels(s.model).observe(s.ttft_s)
         m.responses.labels(*app).inc()

@@ -4,8 +4,9 @@ The same alert rules must work on a real LiteLLM proxy and on the sandbox, so th
 gateway family keeps LiteLLM's names and label names (``requested_model`` = the
 route the caller asked for, ``model`` = the deployment that answered,
 ``status_code``, ``exception_status``/``exception_class``, ``fallback_model``) and
-the engine family keeps vLLM's (``model_name``). LiteLLM's per-user labels (team,
-api key, end user) are left out: the sandbox has no users.
+the engine family keeps vLLM's (``model_name``). Of LiteLLM's per-caller labels the
+requests, tokens and spend carry ``end_user`` (the body's ``user``; empty when the
+caller gave none, which Prometheus shows as no label); team and key are left out.
 
 The app-level quality family (``llm_app_*``) is labelled ``route``, ``model``,
 ``prompt_version``. Everything lives in a private registry so several sandboxes
@@ -44,6 +45,7 @@ TTFT_BUCKETS = (
 )  # fmt: skip
 
 GATEWAY = ["requested_model", "model"]
+CALLER = [*GATEWAY, "end_user"]
 APP = ["route", "model", "prompt_version"]
 
 
@@ -55,13 +57,16 @@ class SandboxMetrics:
         self._quality_seen: dict[tuple[str, str, str], float] = {}
 
         self.input_tokens = Counter(
-            "litellm_input_tokens_metric", "Input tokens per route and model", GATEWAY, registry=r
+            "litellm_input_tokens_metric", "Input tokens per route, model and caller", CALLER,
+            registry=r
         )
         self.output_tokens = Counter(
-            "litellm_output_tokens_metric", "Output tokens per route and model", GATEWAY, registry=r
+            "litellm_output_tokens_metric", "Output tokens per route, model and caller", CALLER,
+            registry=r
         )
         self.spend = Counter(
-            "litellm_spend_metric", "Spend in USD per route and model", GATEWAY, registry=r
+            "litellm_spend_metric", "Spend in USD per route, model and caller", CALLER,
+            registry=r
         )
         self.latency = Histogram(
             "litellm_request_total_latency_metric",
@@ -72,8 +77,8 @@ class SandboxMetrics:
         )
         self.requests = Counter(
             "litellm_proxy_total_requests_metric",
-            "Requests the gateway answered, by status code",
-            [*GATEWAY, "status_code"],
+            "Requests the gateway answered, by caller and status code",
+            [*CALLER, "status_code"],
             registry=r,
         )
         self.failed = Counter(

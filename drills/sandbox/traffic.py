@@ -45,8 +45,10 @@ async def generate(
     json_share: float = 0.5,
     max_tokens: int | None = None,
     rng: random.Random | None = None,
+    customers: dict[str, float] | None = None,
 ) -> dict[int | str, int]:
-    """Send the requests; return counts by HTTP status."""
+    """Send the requests; return counts by HTTP status. ``customers`` spreads them over
+    callers (the body's ``user``) by weight; without it requests name no caller."""
     require_loopback(base_url)
     if not routes:
         raise ValueError("routes: give at least one route")
@@ -69,6 +71,8 @@ async def generate(
         }
         if max_tokens:
             body["max_tokens"] = max_tokens
+        if customers:
+            body["user"] = rng.choices(list(customers), weights=list(customers.values()))[0]
         if rng.random() < json_share:
             body["response_format"] = {"type": "json_object"}
         try:
