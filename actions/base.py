@@ -15,8 +15,7 @@ from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from actions.policy import CUSTOMER_FIELDS, ROUTE_FIELDS, ServingPolicy, UnknownRoute, \
-    split_subject
+from actions.policy import CUSTOMER_FIELDS, ROUTE_FIELDS, ServingPolicy, UnknownRoute, split_subject
 from bot.base.errors import InputError
 
 

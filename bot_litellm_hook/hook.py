@@ -14,6 +14,13 @@ as ``data``. For a route the policy lists we:
   as an ``x-prompt-version`` header to the upstream, and as LiteLLM's own
   ``prompt_version`` when the caller uses a managed prompt (``prompt_id``).
 
+Per caller (the policy's ``customers`` section), keyed by the identity LiteLLM
+knows, tried in this order: the key's team id, the key's hash, the end user (the
+body's ``user``, or the key's end user). A blocked caller gets 403, one over its
+requests or tokens per minute 429 (counted in this proxy process), and its output
+cap is applied with the route's, the tightest winning; a caller the policy does not
+list, or a request to a route it does not list, still gets its caller limits.
+
 ``max_concurrency`` is not enforced here: the LiteLLM driver writes it as the
 deployments' ``max_parallel_requests``, which the router enforces with a 429.
 
@@ -27,15 +34,18 @@ from __future__ import annotations
 import logging
 import os
 import random
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import litellm
 import yaml
 from litellm.integrations.custom_logger import CustomLogger
 from pydantic import ValidationError
 
+from actions.caller_limits import CustomerLimits, CustomerRefused
 from actions.policy import ServingPolicy
 
 # The key under ``litellm_settings`` naming the policy file. LiteLLM sets unknown
@@ -115,6 +125,17 @@ def decide(policy: ServingPolicy, route: str, rng: random.Random) -> RouteDecisi
     )
 
 
+def caller_of(policy: ServingPolicy, user_api_key_dict: Any, data: dict) -> str | None:
+    """The first of the caller's identities the policy lists (team, key hash, end user)."""
+    for candidate in (getattr(user_api_key_dict, "team_id", None),
+                      getattr(user_api_key_dict, "token", None),
+                      data.get("user"),
+                      getattr(user_api_key_dict, "end_user_id", None)):
+        if isinstance(candidate, str) and candidate in policy.customers:
+            return candidate
+    return None
+
+
 def _pick(weights: dict[str, float], rng: random.Random) -> str:
     total = sum(weights.values())
     point = rng.random() * total
@@ -169,6 +190,7 @@ class PolicyHook(CustomLogger):
         self._stamp: tuple[int, int, int] | None = None
         self._loaded = False
         self._rng = random.Random(seed)
+        self._callers = CustomerLimits(time.monotonic)
 
     def policy_path(self) -> Path | None:
         if self._path is not None:
@@ -220,13 +242,43 @@ class PolicyHook(CustomLogger):
         route = data.get("model")
         if not isinstance(route, str):
             return data
+        policy = self.current()
+        caller = caller_of(policy, user_api_key_dict, data)
         try:
-            decision = decide(self.current(), route, self._rng)
+            self._callers.admit(caller, policy)
+        except CustomerRefused as exc:
+            raise _refusal(exc, route) from None
+        try:
+            decision = decide(policy, route, self._rng)
         except RouteDisabled as exc:
             # A 503 tells callers and their retries that this is deliberate and temporary.
             raise litellm.ServiceUnavailableError(
                 message=str(exc), llm_provider="llm-incident", model=route
             ) from None
+        if caller is not None:
+            mine = policy.customer(caller).max_output_tokens
+            decision = decision or RouteDecision(route=route, model=route)
+            decision.max_output_tokens = _tighter(decision.max_output_tokens, mine)
+            decision.extra["customer"] = caller
         if decision is None:
             return data
         return apply_decision(data, decision)
+
+    async def async_post_call_success_hook(self, data: dict, user_api_key_dict: Any,
+                                           response: Any) -> Any:
+        """Count the answer's tokens against its caller's tokens per minute."""
+        meta = (data.get("metadata") or {}).get("llm_incident") or {}
+        usage = getattr(response, "usage", None)
+        if meta.get("customer") and usage is not None:
+            self._callers.record_tokens(meta["customer"], int(getattr(
+                usage, "total_tokens", 0) or 0))
+        return response
+
+
+def _refusal(exc: CustomerRefused, route: str) -> Exception:
+    request = httpx.Request("POST", "http://llm-incident/v1/chat/completions")
+    if exc.status == 403:
+        return litellm.PermissionDeniedError(
+            message=exc.message, llm_provider="llm-incident", model=route,
+            response=httpx.Response(403, request=request))
+    return litellm.RateLimitError(message=exc.message, llm_provider="llm-incident", model=route)

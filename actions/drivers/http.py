@@ -24,7 +24,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from actions.fencing import current_fence
-from actions.policy import ServingPolicy
+from actions.policy import ServingPolicy, split_subject
 from bot.base.durations import Duration
 from bot.base.errors import DriverError, PartialApplyError
 
@@ -155,6 +155,14 @@ class HttpDriver:
             raise DriverError(
                 f"{self.name}: no request configured for action '{action}'",
                 hint=f"add actions.{action} or actions.default to the target config",
+            )
+        callers = [k for k in updates if split_subject(k)[0] == "customers"]
+        if callers:
+            # Its requests are templated per route; a caller limit has nowhere to go.
+            raise DriverError(
+                f"{self.name}: an HTTP target takes route changes only, not caller limits "
+                f"({', '.join(callers)}); nothing was written",
+                hint="give customer actions a policy_file or litellm target (step `target:`)",
             )
         # Render every request first: a template error must not leave a half-applied change.
         requests = [

@@ -26,7 +26,7 @@ from typing import Any, NoReturn
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from drills.sandbox.customers import CustomerLimits, CustomerRefused
+from actions.caller_limits import CustomerLimits, CustomerRefused
 from drills.sandbox.faults import FaultBook, LatencySpike
 from drills.sandbox.metrics import SandboxMetrics
 from drills.sandbox.policy import PolicyReader
@@ -386,7 +386,7 @@ class Gateway:
         m.input_tokens.labels(*caller).inc(s.input_tokens)
         m.output_tokens.labels(*caller).inc(s.output_tokens)
         m.spend.labels(*caller).inc(s.cost)
-        self.customers.record(s.customer, s.input_tokens + s.output_tokens)
+        self.customers.record_tokens(s.customer, s.input_tokens + s.output_tokens)
         m.latency.labels(*gw).observe(s.total_s)
         m.ttft.labels(s.model).observe(s.ttft_s)
         m.responses.labels(*app).inc()

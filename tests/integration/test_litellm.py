@@ -280,3 +280,45 @@ def test_a_release_canary_splits_the_routes_traffic_through_the_real_proxy(
     for _ in range(50):
         gateway.chat()
     assert "v43" not in [s.prompt_version for s in gateway.upstream.seen[-50:]]
+
+
+def test_customer_limits_hold_for_that_caller_only_through_the_real_proxy(
+        gateway: Gateway) -> None:
+    # cap_customer through the driver: the hook clamps that caller (LiteLLM's end user,
+    # the body's `user`) and nobody else; throttle gives it 429s; block gives it 403;
+    # reverted, it is served as before.
+    cap = gateway.apply("cap_customer", {"customer": "runaway", "max_output_tokens": 16})
+    assert yaml.safe_load(gateway.policy.read_text())["customers"]["runaway"][
+        "max_output_tokens"] == 16
+    capped = gateway.chat(max_tokens=100, user="runaway")
+    other = gateway.chat(max_tokens=100, user="acme")
+    nobody = gateway.chat(max_tokens=100)
+    assert capped.status_code == other.status_code == nobody.status_code == 200, capped.text
+    assert capped.json()["usage"]["completion_tokens"] == 16
+    assert other.json()["usage"]["completion_tokens"] == 100
+    assert nobody.json()["usage"]["completion_tokens"] == 100
+    throttle = gateway.apply("throttle_customer", {"customer": "runaway",
+                                                   "max_requests_per_minute": 2})
+    codes = [gateway.chat(max_tokens=5, user="runaway").status_code for _ in range(4)]
+    # Its capped request above counts in the same minute: one more fits, then 429s.
+    assert codes == [200, 429, 429, 429], codes
+    assert gateway.chat(max_tokens=5, user="acme").status_code == 200
+    gateway.revert(throttle)
+    block = gateway.apply("block_customer", {"customer": "acme"})
+    refused = gateway.chat(max_tokens=5, user="acme")
+    assert refused.status_code == 403, refused.text
+    assert "'acme' is blocked" in refused.text
+    gateway.revert(block)
+    gateway.revert(cap)
+    assert gateway.chat(max_tokens=100, user="acme").status_code == 200
+    assert gateway.chat(max_tokens=100, user="runaway").json()["usage"][
+        "completion_tokens"] == 100
+
+
+def test_tokens_per_minute_counts_what_the_proxy_answered(gateway: Gateway) -> None:
+    plan = gateway.apply("throttle_customer", {"customer": "tokens-co",
+                                               "max_tokens_per_minute": 150})
+    codes = [gateway.chat(max_tokens=60, user="tokens-co").status_code for _ in range(5)]
+    gateway.revert(plan)
+    # ~61-70 tokens per answer (input plus 60 out): the third or so is over 150.
+    assert codes[:2] == [200, 200] and codes[-1] == 429, codes

@@ -283,3 +283,12 @@ def test_a_fenced_write_sends_an_idempotency_key_per_run_op_and_route() -> None:
     keys = [r.headers.get("Idempotency-Key") for r in rec.requests]
     assert keys == ["RUN-3:apply:a", "RUN-3:apply:b", None]  # unfenced: no key
     assert rec.requests[0].headers["X-LLM-Incident-Fencing-Token"] == "7"
+
+
+def test_caller_limits_are_refused_before_any_request() -> None:
+    rec = Recorder()
+    with pytest.raises(DriverError, match="route changes only, not caller limits") as exc:
+        run(driver(rec).write({"chat": {"enabled": False},
+                               "customer/acme": {"blocked": True}},
+                              reason="r", action="block_customer"))
+    assert rec.requests == [] and "policy_file or litellm" in (exc.value.hint or "")

@@ -172,3 +172,36 @@ def test_a_canary_takes_its_weight_of_the_routes_own_traffic_only() -> None:
     # A mitigation (fallback) takes the route's traffic: no canary on top of it.
     fallen = policy.with_values({"chat": {"fallback": "chat-small"}})
     assert {decide(fallen, "chat", rng).reason for _ in range(500)} == {"fallback"}
+
+
+class _Key:
+    """The fields of LiteLLM's UserAPIKeyAuth the hook reads."""
+
+    def __init__(self, team_id=None, token=None, end_user_id=None):
+        self.team_id, self.token, self.end_user_id = team_id, token, end_user_id
+
+
+def test_a_caller_is_known_by_team_then_key_hash_then_end_user(tmp_path: Path) -> None:
+    from bot_litellm_hook.hook import caller_of
+
+    policy = ServingPolicy.model_validate({"customers": {
+        "team-a": {"max_output_tokens": 8}, "h4sh": {"blocked": True},
+        "bob@example.com": {"max_output_tokens": 4}}})
+    assert caller_of(policy, _Key("team-a", "h4sh"), {"user": "bob@example.com"}) == "team-a"
+    assert caller_of(policy, _Key("team-z", "h4sh"), {}) == "h4sh"
+    assert caller_of(policy, _Key(), {"user": "bob@example.com"}) == "bob@example.com"
+    assert caller_of(policy, _Key(end_user_id="bob@example.com"), {}) == "bob@example.com"
+    assert caller_of(policy, _Key("team-z"), {"user": "carol"}) is None
+
+    path = tmp_path / "policy.yaml"
+    path.write_text(POLICY + "customers:\n  team-a: {max_output_tokens: 8}\n"
+                    "  h4sh: {blocked: true}\n")
+    hook = PolicyHook(path, seed=1)
+    data = asyncio.run(hook.async_pre_call_hook(_Key("team-a"), None,
+                                                {"model": "chat", "max_tokens": 500}, None))
+    assert data["max_tokens"] == 8 and data["metadata"]["llm_incident"]["customer"] == "team-a"
+    unlisted = asyncio.run(hook.async_pre_call_hook(_Key(), None,
+                                                    {"model": "other", "max_tokens": 500}, None))
+    assert unlisted["max_tokens"] == 500  # neither the route nor the caller is listed
+    with pytest.raises(litellm.PermissionDeniedError, match="'h4sh' is blocked"):
+        asyncio.run(hook.async_pre_call_hook(_Key(token="h4sh"), None, {"model": "chat"}, None))

@@ -1,11 +1,11 @@
-"""Per-caller limits in the sandbox gateway (the serving policy's ``customers`` section).
+"""Per-caller limits a gateway enforces (the serving policy's ``customers`` section).
 
-The caller is the request body's ``user`` (OpenAI's end-user field, which LiteLLM
-reports as ``end_user``). A blocked caller gets 403; one over its requests or tokens
-per minute gets 429; a caller's output cap is applied with the route's, the tighter
-winning. Windows are the last 60 seconds of the gateway's clock; tokens count when
-a request is served (input plus output), so a runaway caller's long answers fill
-its token budget.
+Shared by the sandbox gateway and the LiteLLM pre-call hook. A blocked caller is
+refused (403); one over its requests or tokens per minute is refused (429); a
+caller's output cap is applied with the route's by the gateway, the tighter winning.
+Windows are the last 60 seconds of the gateway's clock. A request counts when it is
+admitted, its tokens (input plus output) when it is answered, so a runaway caller's
+long answers fill its token budget. Only callers the policy lists are tracked.
 """
 
 from __future__ import annotations
@@ -29,14 +29,18 @@ class CustomerRefused(Exception):
 class CustomerLimits:
     def __init__(self, clock: Callable[[], float]) -> None:
         self._clock = clock
-        self._seen: dict[str, deque[tuple[float, int]]] = {}  # (at, tokens) per caller
+        self._requests: dict[str, deque[float]] = {}
+        self._tokens: dict[str, deque[tuple[float, int]]] = {}
 
-    def _window(self, customer: str) -> deque[tuple[float, int]]:
-        seen = self._seen.setdefault(customer, deque())
+    def _recent(self, customer: str) -> tuple[deque[float], deque[tuple[float, int]]]:
         cutoff = self._clock() - WINDOW_S
-        while seen and seen[0][0] <= cutoff:
-            seen.popleft()
-        return seen
+        asked = self._requests.setdefault(customer, deque())
+        used = self._tokens.setdefault(customer, deque())
+        while asked and asked[0] <= cutoff:
+            asked.popleft()
+        while used and used[0][0] <= cutoff:
+            used.popleft()
+        return asked, used
 
     def admit(self, customer: str | None, policy: ServingPolicy) -> CustomerPolicy | None:
         """The caller's limits (None for an unknown caller); raise if it may not go on."""
@@ -47,16 +51,18 @@ class CustomerLimits:
             raise CustomerRefused(403, f"customer '{customer}' is blocked by the serving "
                                   "policy" + (f" ({policy.updated_by})" if policy.updated_by
                                               else ""), "customer_blocked")
-        seen = self._window(customer)
+        asked, used = self._recent(customer)
         rpm, tpm = limits.max_requests_per_minute, limits.max_tokens_per_minute
-        if rpm is not None and len(seen) >= rpm:
+        if rpm is not None and len(asked) >= rpm:
             raise CustomerRefused(429, f"customer '{customer}' is over its limit of {rpm} "
                                   "requests per minute; retry later", "customer_rate_limited")
-        if tpm is not None and sum(t for _, t in seen) >= tpm:
+        if tpm is not None and sum(t for _, t in used) >= tpm:
             raise CustomerRefused(429, f"customer '{customer}' is over its limit of {tpm} "
                                   "tokens per minute; retry later", "customer_rate_limited")
+        asked.append(self._clock())
         return limits
 
-    def record(self, customer: str | None, tokens: int) -> None:
-        if customer is not None:
-            self._window(customer).append((self._clock(), tokens))
+    def record_tokens(self, customer: str | None, tokens: int) -> None:
+        """An answered request's tokens, for a caller ``admit`` returned limits for."""
+        if customer is not None and customer in self._tokens:
+            self._recent(customer)[1].append((self._clock(), tokens))
