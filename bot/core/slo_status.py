@@ -56,6 +56,8 @@ async def slo_status(metrics: MetricsSource, slos: SloFile) -> tuple[list[Object
             *(None if b is None else b / budget for b in burns)))
     budgets = []
     for name, b in slos.budgets.items():
-        spent = [await _value(metrics, spend(b, w)) for w in ("1h", "1d")]
+        # Per customer: the caller nearest its limit (the highest spend).
+        spent = [await _value(metrics, f"max({spend(b, w)})" if b.per_customer else spend(b, w))
+                 for w in ("1h", "1d")]
         budgets.append(BudgetState(name, b, *spent))
     return objectives, budgets

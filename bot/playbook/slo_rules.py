@@ -145,15 +145,35 @@ def _thr(o: Objective) -> str:
 
 
 def spend(b: Budget, window: str) -> str:
-    """The budget's spend over ``window``, in dollars, as PromQL."""
-    matchers = ",".join(f'{k}="{promql_escape(v)}"' for k, v in
-                        (("requested_model", b.route), ("model", b.model)) if v)
-    return f"sum(increase(litellm_spend_metric_total{{{matchers}}}[{window}]))"
+    """The budget's spend over ``window``, in dollars, as PromQL. With ``per_customer``,
+    one series per caller, labelled ``customer`` (from LiteLLM's ``end_user``)."""
+    pairs = [(k, v) for k, v in (("requested_model", b.route), ("model", b.model),
+                                 ("end_user", b.customer), ("environment", b.environment)) if v]
+    matchers = ",".join(f'{k}="{promql_escape(v)}"' for k, v in pairs)
+    if not b.per_customer:
+        return f"sum(increase(litellm_spend_metric_total{{{matchers}}}[{window}]))"
+    matchers = ",".join([*([matchers] if matchers else []), 'end_user!=""'])
+    return ('sum by (customer) (label_replace(increase(litellm_spend_metric_total'
+            f'{{{matchers}}}[{window}]), "customer", "$1", "end_user", "(.+)"))')
+
+
+def budget_labels(name: str, b: Budget) -> dict[str, str]:
+    """The labels a budget's alert carries (a per_customer alert adds ``customer``)."""
+    return {"budget": name, "incident_class": "runaway_cost",
+            **{k: v for k, v in (("route", b.route), ("model", b.model),
+                                 ("customer", b.customer), ("environment", b.environment))
+               if v}}
+
+
+def _whose(b: Budget) -> str:
+    if not b.per_customer:
+        return b.subject
+    # Alertmanager fills the caller in from the alert's own label.
+    return "customer {{ $labels.customer }}" + (f" on {b.subject}" if b.subject else "")
 
 
 def budget_rules(name: str, b: Budget, scale: float = 1) -> list[dict[str, Any]]:
-    labels = {"budget": name, "incident_class": "runaway_cost",
-              **({"route": b.route} if b.route else {}), **({"model": b.model} if b.model else {})}
+    labels = budget_labels(name, b)
     rules = []
     for limit, window, severity in ((b.per_hour_usd, "1h", "critical"),
                                     (b.per_day_usd, "1d", "warning")):
@@ -165,8 +185,8 @@ def budget_rules(name: str, b: Budget, scale: float = 1) -> list[dict[str, Any]]
             "labels": {**labels, "severity": severity, "window": window},
             "annotations": {"summary": f"{name}: spend over ${limit:g} per "
                                        f"{'hour' if window == '1h' else 'day'}",
-                            "description": f"spend on {b.route or b.model} in the last "
-                                           f"{window} is over its budget of ${limit:g}"}})
+                            "description": f"spend of {_whose(b)} in the last {window} "
+                                           f"is over its budget of ${limit:g}"}})
     return rules
 
 
@@ -249,21 +269,29 @@ def render_tests(slos: SloFile, rules_file: str) -> dict[str, Any]:
 def _budget_test(name: str, b: Budget) -> dict[str, Any]:
     """Spend at 1.5x the hourly budget for two and a half hours: the hourly alert fires,
     the daily one not yet (with only a daily budget: that budget twice an hour)."""
-    labels = {k: v for k, v in (("requested_model", b.route), ("model", b.model or "m1")) if v}
-    series = "litellm_spend_metric_total{" + ",".join(f'{k}="{v}"' for k, v in
-                                                      labels.items()) + "}"
+    labels = {k: v for k, v in (("requested_model", b.route), ("model", b.model or "m1"),
+                                ("environment", b.environment)) if v}
     hourly = b.per_hour_usd is not None
     per_minute = (b.per_hour_usd or 0) * 1.5 / 60 if hourly else (b.per_day_usd or 0) * 2 / 60
     window = "1h" if hourly else "1d"
-    budget_labels = {"budget": name, "incident_class": "runaway_cost",
-                     **({"route": b.route} if b.route else {}),
-                     **({"model": b.model} if b.model else {})}
     rule = next(r for r in budget_rules(name, b) if r["labels"]["window"] == window)
-    return {"interval": "1m", "input_series": [{"series": series,
-                                                "values": f"0+{per_minute:g}x180"}],
+    expected = rule["labels"] | budget_labels(name, b)
+    annotations = rule["annotations"]
+    if b.per_customer:
+        # Two callers: the one over its budget is named; the one at a tenth is not.
+        series = [(labels | {"end_user": "c1"}, per_minute), (labels | {"end_user": "c2"},
+                                                             per_minute / 15)]
+        expected = expected | {"customer": "c1"}
+        annotations = annotations | {"description": annotations["description"].replace(
+            "{{ $labels.customer }}", "c1")}
+    else:
+        series = [(labels | ({"end_user": b.customer} if b.customer else {}), per_minute)]
+    return {"interval": "1m",
+            "input_series": [{"series": _series_text("litellm_spend_metric_total", ls),
+                              "values": f"0+{rate:g}x180"} for ls, rate in series],
             "alert_rule_test": [{"eval_time": "150m", "alertname": "LLMSpendBudgetExceeded",
-                                 "exp_alerts": [{"exp_labels": rule["labels"] | budget_labels,
-                                                 "exp_annotations": rule["annotations"]}]}]}
+                                 "exp_alerts": [{"exp_labels": expected,
+                                                 "exp_annotations": annotations}]}]}
 
 
 def _ratio_series(o: Objective, per_min: int, bad: int, minutes: int) -> list[dict[str, str]]:

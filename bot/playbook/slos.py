@@ -167,6 +167,12 @@ class Objective(_Strict):
 class Budget(_Strict):
     route: str | None = Field(default=None, description="spend of this route")
     model: str | None = Field(default=None, description="spend on this model (deployment)")
+    customer: str | None = Field(default=None, description="spend of this caller (LiteLLM's "
+                                 "end_user label)")
+    per_customer: bool = Field(default=False, description="the limit holds for each caller "
+                               "apart; the alert names the caller (label customer)")
+    environment: str | None = Field(default=None, description="only series with this "
+                                    "environment label (set by your scrape config)")
     per_hour_usd: float | None = Field(default=None, gt=0)
     per_day_usd: float | None = Field(default=None, gt=0)
 
@@ -174,9 +180,20 @@ class Budget(_Strict):
     def _says_something(self) -> Budget:
         if self.per_hour_usd is None and self.per_day_usd is None:
             raise ValueError("a budget needs per_hour_usd, per_day_usd or both")
-        if self.route is None and self.model is None:
-            raise ValueError("a budget is for a route, a model, or both")
+        if self.route is None and self.model is None and self.customer is None \
+                and not self.per_customer:
+            raise ValueError("a budget is for a route, a model, a customer, or per_customer")
+        if self.customer is not None and self.per_customer:
+            raise ValueError("give customer (one caller) or per_customer: true (each), not both")
         return self
+
+    @property
+    def subject(self) -> str:
+        """What the budget is for, in words (a per_customer alert names its caller too)."""
+        parts = [f"route {self.route}" if self.route else "", f"model {self.model}"
+                 if self.model else "", f"customer {self.customer}" if self.customer else "",
+                 f"in {self.environment}" if self.environment else ""]
+        return " ".join(p for p in parts if p)
 
 
 class SloFile(_Strict):

@@ -40,6 +40,9 @@ def test_the_shipped_example_loads_with_user_terms():
     ("objectives:\n  a:\n    route: chat\n    sli: latency\n    target: 99%\n", 2,
      "needs a threshold"),
     ("budgets:\n  b:\n    route: chat\n", 2, "per_hour_usd"),
+    ("budgets:\n  b:\n    per_hour_usd: 5\n", 2, "a route, a model, a customer, or per_customer"),
+    ("budgets:\n  b:\n    customer: acme\n    per_customer: true\n    per_hour_usd: 5\n", 2,
+     "not both"),
     ("objectives:\n  a:\n    route: chat\n    sli: errors\n    target: 99%\n    tgt: 1\n", 6,
      "tgt"),
 ])

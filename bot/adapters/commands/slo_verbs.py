@@ -94,7 +94,8 @@ async def slo_verb(ctx: Context, cmd: Command) -> Result:
              f"{s.objective.target:.4g}: budget left {_pct(s.budget_left)} of "
              f"{slos.period.days}d; burn {_x(s.burn_1h)} (1h), {_x(s.burn_6h)} (6h)"
              for s in objectives]
-    lines += [f"{b.name}: spent ${b.spent_1h or 0:.2f} in 1h"
+    lines += [f"{b.name}: {'the top customer ' if b.budget.per_customer else ''}"
+              f"spent ${b.spent_1h or 0:.2f} in 1h"
               + (f" of ${b.budget.per_hour_usd:g}" if b.budget.per_hour_usd else "")
               + f", ${b.spent_1d or 0:.2f} in 1d"
               + (f" of ${b.budget.per_day_usd:g}" if b.budget.per_day_usd else "")
