@@ -190,7 +190,8 @@ class AlertCases(EngineBase):
     async def run_auto_steps(self, inc: Incident, playbook: Playbook) -> None:
         ours = {r.step_id: r for r in self.store.runs(incident_id=inc.id)
                 if r.playbook_id == playbook.id and r.requested_by == ENGINE_ACTOR}
-        for step in (s for s in playbook.steps if s.guard.auto):
+        labels = self.latest_alert(inc.id).labels
+        for step in (s for s in playbook.steps if s.guard.auto and not_for(s, labels) is None):
             run: Run | None = ours.get(step.id)
             if run is not None and not (run.state == "planned" and run.held_at is None):
                 continue  # a retried outbox item acts at most once per step

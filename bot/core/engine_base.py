@@ -24,7 +24,7 @@ from bot.intake.alert import Alert
 from bot.playbook.matcher import Matcher
 from bot.playbook.registry import PlaybookRegistry
 from bot.playbook.render import render_params, render_query, render_step_args
-from bot.playbook.schema import Playbook, Step
+from bot.playbook.schema import Playbook, Step, not_for
 from bot.store import Incident, Run, Store
 
 log = logging.getLogger(__name__)
@@ -108,15 +108,20 @@ class EngineBase:
 
     # --- planning -------------------------------------------------------------
 
-    def _step(self, playbook: Playbook, step_id: str | None) -> Step:
+    def _step(self, playbook: Playbook, step_id: str | None, alert: Alert) -> Step:
         if step_id is None:
-            return playbook.steps[0]
+            return playbook.first_step_for(alert.labels)
         step = playbook.step(step_id)
         if step is None:
             raise InputError(
                 f"playbook {playbook.id} has no step '{step_id}'",
                 hint=f"steps: {', '.join(s.id for s in playbook.steps)}",
             )
+        why = not_for(step, alert.labels)
+        if why is not None:
+            others = [s.id for s in playbook.steps if not_for(s, alert.labels) is None]
+            raise InputError(f"step {step.id} of {playbook.id} is not for this incident: {why}",
+                             hint=f"steps for it: {', '.join(others) or 'none'}")
         return step
 
     async def plan_step(
@@ -138,8 +143,8 @@ class EngineBase:
                 hint="name one: plan PLAYBOOK, or run an ad hoc action with `do`",
             )
         playbook = self.registry.get(playbook_id)
-        step = self._step(playbook, step_id)
         alert = self.latest_alert(incident_id)
+        step = self._step(playbook, step_id, alert)
         params = render_params(playbook, alert)
         args = render_step_args(step, params, alert)
         verify = step.guard.verify

@@ -22,7 +22,7 @@ from bot.core.messages import Button, Field, Message, Section, step_value
 from bot.intake.alert import Alert
 from bot.playbook.matcher import MatchResult
 from bot.playbook.render import render_params, render_step_args
-from bot.playbook.schema import Guard, Playbook, Step, format_duration
+from bot.playbook.schema import Guard, Playbook, Step, format_duration, not_for
 from bot.store import Incident, Run, Store
 from bot.store.releases import Release
 
@@ -125,6 +125,10 @@ def route_and_model(alert: Alert) -> tuple[str | None, str | None]:
 
 
 def _step_section(index: int, step: Step, playbook: Playbook, alert: Alert) -> Section:
+    why = not_for(step, alert.labels)
+    if why is not None:
+        return Section(f"{step.action} on {step.target}: not for this alert ({why})",
+                       title=f"Step {index}: {step.id}: {step.title}")
     try:
         args = render_step_args(step, render_params(playbook, alert), alert)
         what = ", ".join(f"{k}={v}" for k, v in args.items())
@@ -179,12 +183,13 @@ async def build_suggestion(
         if fields:
             sections.append(Section("", title="Diagnose (now)", fields=tuple(fields)))
         sections += [_step_section(i, s, top, alert) for i, s in enumerate(top.steps, 1)]
-        for i, step in enumerate(top.steps):
+        first = top.first_step_for(alert.labels)
+        for step in (s for s in top.steps if not_for(s, alert.labels) is None):
             value = step_value(incident.id, top.id, step.id)
             buttons.append(Button("run_step", f"Run {step.id}", value,
-                                  "primary" if i == 0 else None))
+                                  "primary" if step is first else None))
             buttons.append(Button("dry_run", f"Dry-run {step.id}", value))
-        steps = ", ".join(s.id for s in top.steps)
+        steps = ", ".join(s.id for s in top.steps if not_for(s, alert.labels) is None)
         text = (f"{drill}{incident.id} {incident.title} ({incident.severity}): suggested "
                 f"playbook {top.id}; steps: {steps}")
     if len(matches) > 1:

@@ -160,7 +160,7 @@ Allowed = list[Annotated[str, Field(min_length=1)]] | AllowGroup
 
 # Arguments that name where a change lands or where traffic goes. Alert text may
 # fill them, but an automatic step must say which values it accepts (``allow``).
-TARGET_ARGS = ("route", "to")
+TARGET_ARGS = ("route", "to", "customer")
 
 
 class Guard(_Strict):
@@ -193,10 +193,19 @@ class Guard(_Strict):
 # --- playbook ----------------------------------------------------------------------
 
 
+class When(_Strict):
+    """When a step is for this alert at all (e.g. a per-customer cap needs a customer)."""
+
+    label: str = Field(min_length=1, description="the alert carries this label, not empty")
+
+
 class Step(_Strict):
     id: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
     title: str
     action: str = Field(description="an action from the catalog, e.g. cap_output_length")
+    when: When | None = Field(default=None, description="offer the step only for alerts "
+                              "that have this label; the first step that applies is the "
+                              "suggested one")
     with_: dict[str, Any] = Field(
         default_factory=dict, alias="with", description="action arguments; strings are templates"
     )
@@ -234,6 +243,17 @@ class Playbook(_Strict):
 
     def step(self, step_id: str) -> Step | None:
         return next((s for s in self.steps if s.id == step_id), None)
+
+    def first_step_for(self, labels: dict[str, str]) -> Step:
+        """The step to suggest first: the first one whose ``when`` this alert meets."""
+        return next((s for s in self.steps if not_for(s, labels) is None), self.steps[0])
+
+
+def not_for(step: Step, labels: dict[str, str]) -> str | None:
+    """Why ``step`` is not for an alert with ``labels`` (None: it is)."""
+    if step.when is not None and not labels.get(step.when.label):
+        return f"the alert has no {step.when.label} label"
+    return None
 
 
 def json_schema() -> dict[str, Any]:

@@ -186,7 +186,10 @@ def budget_rules(name: str, b: Budget, scale: float = 1) -> list[dict[str, Any]]
             "annotations": {"summary": f"{name}: spend over ${limit:g} per "
                                        f"{'hour' if window == '1h' else 'day'}",
                             "description": f"spend of {_whose(b)} in the last {window} "
-                                           f"is over its budget of ${limit:g}"}})
+                                           f"is over its budget of ${limit:g}",
+                            # The same budget as dollars per (real) hour, for the playbook's
+                            # verification; a fast copy's short window allows more per hour.
+                            "hourly_budget_usd": f"{limit * scale / (1 if window == '1h' else 24):g}"}})
     return rules
 
 
