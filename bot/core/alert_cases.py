@@ -19,7 +19,7 @@ from bot.core.lifecycle import ENGINE_ACTOR
 from bot.core.suggestions import auto_result_message
 from bot.intake.alert import Alert
 from bot.playbook.matcher import MatchResult
-from bot.playbook.schema import Playbook
+from bot.playbook.schema import Playbook, not_for
 from bot.store import PAUSE_FLAG, Incident, Run, group_key_for
 
 log = logging.getLogger(__name__)
@@ -191,7 +191,8 @@ class AlertCases(EngineBase):
         ours = {r.step_id: r for r in self.store.runs(incident_id=inc.id)
                 if r.playbook_id == playbook.id and r.requested_by == ENGINE_ACTOR}
         labels = self.latest_alert(inc.id).labels
-        for step in (s for s in playbook.steps if s.guard.auto and not_for(s, labels) is None):
+        for step in (s for s in playbook.steps
+                     if s.guard.auto and not_for(s, labels) is None):
             run: Run | None = ours.get(step.id)
             if run is not None and not (run.state == "planned" and run.held_at is None):
                 continue  # a retried outbox item acts at most once per step
