@@ -173,10 +173,12 @@ class Sandbox:
         return urlsplit(self.url).netloc
 
     def traffic(self, routes: list[str], rate_per_s: float = TRAFFIC_RATE,
-                duration_s: float = TRAFFIC_MAX_S) -> concurrent.futures.Future[Any]:
-        """Start bounded traffic; cancel the returned future to stop it early."""
+                duration_s: float = TRAFFIC_MAX_S,
+                customers: dict[str, float] | None = None) -> concurrent.futures.Future[Any]:
+        """Start bounded traffic (spread over ``customers`` by weight, when given);
+        cancel the returned future to stop it early."""
         return self.loop.submit(generate(self.url, routes=routes, rate_per_s=rate_per_s,
-                                         duration_s=duration_s))
+                                         duration_s=duration_s, customers=customers))
 
     def add_fault(self, body: Mapping[str, Any]) -> str:
         resp = httpx.post(f"{self.url}/faults", json=dict(body), timeout=10)
@@ -471,7 +473,8 @@ class SandboxRig(Rig):
     """The sandbox loop: the practice gateway (policy file in tmp) plus the bot side, with
     the fast rules pack and the bot's ``default`` target on the sandbox's policy file."""
 
-    def __init__(self, workdir: Path, *, ttl: str = "30s") -> None:
+    def __init__(self, workdir: Path, *, ttl: str = "30s", rules: Path | None = None) -> None:
+        """``rules``: a rules file of the test's own instead of the fast rules pack."""
         super().__init__(workdir)
         try:
             self.policy = workdir / "serving-policy.yaml"
@@ -480,8 +483,9 @@ class SandboxRig(Rig):
             self.on_close(self.loop.close)
             self.sandbox = Sandbox(self.loop, self.policy)
             self.on_close(self.sandbox.stop)
-            rules = write_rules(workdir / "rules.fast.yaml", for_=FOR, window=WINDOW,
-                                interval="1s", thresholds={"LLMCostBurnRateHigh": COST_BUDGET_USD})
+            rules = rules or write_rules(
+                workdir / "rules.fast.yaml", for_=FOR, window=WINDOW, interval="1s",
+                thresholds={"LLMCostBurnRateHigh": COST_BUDGET_USD})
             self.start_bot_side(
                 scrape_target=self.sandbox.address, rules=rules, ttl=ttl,
                 # vLLM-named series carry the model; the rules read the route.

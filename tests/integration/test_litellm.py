@@ -83,6 +83,8 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
                     "callbacks": ["bot_litellm_hook.policy_hook", "prometheus"],
                     "llm_incident_policy_file": str(policy),
                     "num_retries": 0,
+                    # LiteLLM leaves end_user off its Prometheus metrics unless told.
+                    "enable_end_user_cost_tracking_prometheus_only": True,
                 },
                 # No retries and no cooldowns: a 429 or 500 must reach the test as is.
                 "router_settings": {"num_retries": 0, "disable_cooldowns": True},
@@ -322,3 +324,16 @@ def test_tokens_per_minute_counts_what_the_proxy_answered(gateway: Gateway) -> N
     gateway.revert(plan)
     # ~61-70 tokens per answer (input plus 60 out): the third or so is over 150.
     assert codes[:2] == [200, 200] and codes[-1] == 429, codes
+
+
+def test_the_proxy_labels_tokens_by_end_user_as_the_budgets_read_them(gateway: Gateway) -> None:
+    # The per-customer budgets (`slo render`, per_customer) read LiteLLM's end_user label.
+    assert gateway.chat(max_tokens=7, user="label-check").status_code == 200
+    text = httpx.get(f"{gateway.proxy.url}/metrics",
+                     headers={"Authorization": f"Bearer {gateway.proxy.key}"},
+                     timeout=10, follow_redirects=True).text
+    mine = [line for line in text.splitlines()
+            if line.startswith("litellm_output_tokens_metric_total{")
+            and 'end_user="label-check"' in line]
+    assert mine and 'requested_model="chat"' in mine[0], text[:2000]
+    assert float(mine[0].rsplit(" ", 1)[1]) >= 7
