@@ -21,6 +21,13 @@ requests or tokens per minute 429 (counted in this proxy process), and its outpu
 cap is applied with the route's, the tightest winning; a caller the policy does not
 list, or a request to a route it does not list, still gets its caller limits.
 
+Every path into a route: LiteLLM's own fallbacks (``router_settings.fallbacks``),
+retries and load-balanced deployments call the deployment without the pre-call hook
+(LiteLLM issue #17200). ``async_pre_call_deployment_hook`` runs before every
+deployment call, those included: it clamps the output again to the tightest of the
+request's cap (route and caller, as decided above) and the cap of the route the
+deployment serves, and refuses a deployment of a route the policy disabled.
+
 ``max_concurrency`` is not enforced here: the LiteLLM driver writes it as the
 deployments' ``max_parallel_requests``, which the router enforces with a 429.
 
@@ -263,6 +270,38 @@ class PolicyHook(CustomLogger):
         if decision is None:
             return data
         return apply_decision(data, decision)
+
+    async def async_pre_call_deployment_hook(self, kwargs: dict[str, Any],
+                                             call_type: Any) -> dict[str, Any] | None:
+        """Before each deployment call (fallbacks, retries, load balancing included)."""
+        meta = kwargs.get("metadata")
+        group = meta.get("model_group") if isinstance(meta, dict) else None
+        policy = self.current()
+        if not isinstance(group, str) or (group not in policy.routes and not isinstance(
+                (meta or {}).get("llm_incident"), dict)):
+            return None  # not a route the policy speaks of, nor a request it decided
+        ours = meta.get("llm_incident") if isinstance(meta.get("llm_incident"), dict) else {}
+        served = policy.routes.get(group)
+        if served is not None and not served.enabled:
+            # A router fallback into a route the policy disabled: refuse, as a request
+            # to it would be (its own fallback was already applied by the pre-call hook).
+            raise litellm.ServiceUnavailableError(
+                message=f"route '{group}' is disabled by the serving policy (reached as a "
+                        f"fallback of '{ours.get('route', group)}')",
+                llm_provider="llm-incident", model=group)
+        cap = _tighter(ours.get("max_output_tokens"),
+                       served.max_output_tokens if served is not None else None)
+        if cap is None:
+            return None
+        asked = [k for k in ("max_tokens", "max_completion_tokens") if kwargs.get(k) is not None]
+        for key in asked:
+            try:
+                kwargs[key] = min(int(kwargs[key]), cap)
+            except (TypeError, ValueError):
+                kwargs[key] = cap
+        if not asked:
+            kwargs["max_tokens"] = cap
+        return kwargs
 
     async def async_post_call_success_hook(self, data: dict, user_api_key_dict: Any,
                                            response: Any) -> Any:

@@ -337,3 +337,43 @@ def test_the_proxy_labels_tokens_by_end_user_as_the_budgets_read_them(gateway: G
             and 'end_user="label-check"' in line]
     assert mine and 'requested_model="chat"' in mine[0], text[:2000]
     assert float(mine[0].rsplit(" ", 1)[1]) >= 7
+
+
+def test_caps_hold_on_litellms_own_fallback_path(gateway: Gateway) -> None:
+    # The team's own router fallback chat -> chat-small (not the bot's), chat's upstream
+    # failing: the router calls chat-small without the pre-call hook. The deployment
+    # hook clamps it to chat-small's cap, and to the caller's own cap.
+    original = gateway.config.read_text()
+    config = yaml.safe_load(original)
+    config["router_settings"]["fallbacks"] = [{"chat": ["chat-small"]}]
+    gateway.config.write_text(yaml.safe_dump(config, sort_keys=False))
+    gateway.proxy.restart()
+    try:
+        route_cap = gateway.apply("cap_output_length", {"route": "chat-small",
+                                                        "max_output_tokens": 16})
+        caller_cap = gateway.apply("cap_customer", {"customer": "fb-co", "max_output_tokens": 4})
+        gateway.upstream.failing.add("large")
+        resp = gateway.chat(max_tokens=1000)
+        assert resp.status_code == 200 and served_by(resp) == "small", resp.text
+        tried, fell_back = gateway.upstream.seen[-2:]
+        # The router tried chat first (no cap on chat: the caller's 1000 went out), then
+        # fell back on its own; only the deployment hook saw that call.
+        assert (tried.model, tried.max_tokens) == ("large", 1000)
+        assert (fell_back.model, fell_back.max_tokens) == ("small", 16)
+        resp = gateway.chat(max_tokens=1000, user="fb-co")
+        assert resp.status_code == 200 and gateway.upstream.seen[-1].max_tokens == 4
+        gateway.revert(caller_cap)
+        gateway.revert(route_cap)
+        gateway.chat(max_tokens=1000)
+        assert gateway.upstream.seen[-1].max_tokens == 1000  # reverted: nothing clamps
+        # A fallback into a route the policy disabled is refused, not served.
+        disable = asyncio.run(PolicyFileDriver(gateway.policy).write(
+            {"chat-small": {"enabled": False}}, reason="t", action="t"))
+        assert disable is None
+        resp = gateway.chat(max_tokens=10)
+        assert resp.status_code >= 500 and gateway.upstream.seen[-1].model == "large", resp.text
+    finally:
+        asyncio.run(PolicyFileDriver(gateway.policy).write(
+            {"chat-small": {"enabled": True}}, reason="t", action="t"))
+        gateway.config.write_text(original)
+        gateway.proxy.restart()
