@@ -70,7 +70,7 @@ def test_listings_say_when_more_exist_and_status_counts_every_open_incident(db, 
 
 def test_test_takes_a_playbook_directory(capsys):
     assert main(["test", str(PLAYBOOKS)]) == 0
-    assert "13 passed, 0 failed" in capsys.readouterr().out
+    assert "14 passed, 0 failed" in capsys.readouterr().out
 
 
 class Tty(io.StringIO):

@@ -46,7 +46,11 @@ def test_suggestion_carries_class_route_diagnose_steps_and_buttons():
     assert diag[spend_title] == "42.5"
     assert diag[tok_title] == "1830 (requested_model=chat)"
     steps = [s for s in msg.sections if (s.title or "").startswith("Step ")]
-    assert [s.title.split(":")[0] for s in steps] == ["Step 1", "Step 2", "Step 3"]
+    assert [s.title.split(":")[0] for s in steps] == ["Step 1", "Step 2", "Step 3", "Step 4"]
+    # The per-customer cap is listed but not offered: this alert names no customer.
+    assert "cap-customer" in steps[0].title
+    assert "not for this alert (the alert has no customer label)" in steps[0].text
+    steps = steps[1:]
     assert "max_output_tokens=256" in steps[0].text
     assert "needs an on-call approval" in steps[0].text and "after 2h" in steps[0].text
     assert "needs approval by a second person" in steps[2].text
@@ -60,6 +64,8 @@ def test_suggestion_carries_class_route_diagnose_steps_and_buttons():
                                      f"{inc}:runaway-cost:lower-concurrency",
                                      f"{inc}:runaway-cost:disable-route"]
     assert by_action["dry_run"] == by_action["run_step"]
+    # The first step that applies is the primary one.
+    assert [b.style for b in msg.buttons if b.action == "run_step"] == ["primary", None, None]
     assert by_action["ack"] == [inc] and by_action["not_this_playbook"] == [f"{inc}:runaway-cost"]
     assert "runaway-cost" in msg.text and inc in msg.title
 

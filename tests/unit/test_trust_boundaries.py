@@ -126,7 +126,7 @@ def test_an_annotation_cannot_change_what_verification_measures():
     from bot.playbook.loader import load_file
 
     pb = load_file(Path(__file__).resolve().parents[2] / "playbooks" / "runaway-cost.yaml")
-    query = pb.steps[0].guard.verify.query  # type: ignore[union-attr]
+    query = pb.step("cap-output").guard.verify.query  # type: ignore[union-attr]
     from bot.playbook.render import render_params
 
     evil = _alert({"hourly_budget_usd": "1 unless on() vector(1)"})
