@@ -275,12 +275,13 @@ class PolicyHook(CustomLogger):
                                              call_type: Any) -> dict[str, Any] | None:
         """Before each deployment call (fallbacks, retries, load balancing included)."""
         meta = kwargs.get("metadata")
-        group = meta.get("model_group") if isinstance(meta, dict) else None
+        meta = meta if isinstance(meta, dict) else {}
+        group = meta.get("model_group")
+        decided = meta.get("llm_incident")
+        ours: dict[str, Any] = decided if isinstance(decided, dict) else {}
         policy = self.current()
-        if not isinstance(group, str) or (group not in policy.routes and not isinstance(
-                (meta or {}).get("llm_incident"), dict)):
+        if not isinstance(group, str) or (group not in policy.routes and not ours):
             return None  # not a route the policy speaks of, nor a request it decided
-        ours = meta.get("llm_incident") if isinstance(meta.get("llm_incident"), dict) else {}
         served = policy.routes.get(group)
         if served is not None and not served.enabled:
             # A router fallback into a route the policy disabled: refuse, as a request

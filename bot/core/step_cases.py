@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
+from typing import Any, Literal
 
 from actions.catalog import get_action
 from bot.base.errors import InputError
@@ -85,7 +85,8 @@ class StepCases(EngineBase):
         chosen = get_action(action)
         # `do` may not go below on-call; an action that asks for more (block_customer:
         # two people) keeps it.
-        approval = "two_person" if chosen.default_approval == "two_person" else "oncall"
+        approval: Literal["oncall", "two_person"] = (
+            "two_person" if chosen.default_approval == "two_person" else "oncall")
         return await self.runner.plan(
             incident_id=incident_id, playbook_id=None, step_id=None, action=action,
             target=target, args={chosen.subject_arg: route, **params},

@@ -205,3 +205,22 @@ def test_a_caller_is_known_by_team_then_key_hash_then_end_user(tmp_path: Path) -
     assert unlisted["max_tokens"] == 500  # neither the route nor the caller is listed
     with pytest.raises(litellm.PermissionDeniedError, match="'h4sh' is blocked"):
         asyncio.run(hook.async_pre_call_hook(_Key(token="h4sh"), None, {"model": "chat"}, None))
+
+
+def test_the_deployment_hook_clamps_every_deployment_call(tmp_path: Path) -> None:
+    # What LiteLLM passes before a deployment call: its model group in the metadata,
+    # and the pre-call hook's decision if the request went through it.
+    path = tmp_path / "policy.yaml"
+    path.write_text(POLICY)
+    hook = PolicyHook(path, seed=1)
+    fallback = {"max_tokens": 900, "metadata": {"model_group": "chat-small", "llm_incident": {
+        "route": "chat", "max_output_tokens": 64}}}
+    assert asyncio.run(hook.async_pre_call_deployment_hook(fallback, None))["max_tokens"] == 32
+    caller = {"metadata": {"model_group": "chat-large",
+                           "llm_incident": {"route": "chat", "max_output_tokens": 5}}}
+    assert asyncio.run(hook.async_pre_call_deployment_hook(caller, None))["max_tokens"] == 5
+    unknown = {"max_tokens": 900, "metadata": {"model_group": "elsewhere"}}
+    assert asyncio.run(hook.async_pre_call_deployment_hook(unknown, None)) is None
+    into_disabled = {"metadata": {"model_group": "solo", "llm_incident": {"route": "chat"}}}
+    with pytest.raises(litellm.ServiceUnavailableError, match="'solo' is disabled"):
+        asyncio.run(hook.async_pre_call_deployment_hook(into_disabled, None))

@@ -1,0 +1,92 @@
+"""Per-customer steps through the core: which step a customer's alert gets, the
+customer cap's plan, its guards, and the block's default of two people."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from incident_env import Env, alert
+
+from bot.base.errors import GuardRefused, InputError
+from bot.playbook.loader import load_text
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def budget_alert(**labels: str):
+    return alert("LLMSpendBudgetExceeded", fingerprint="fp-budget", incident_class="runaway_cost",
+                 budget="chat-per-customer", **labels)
+
+
+def test_a_customer_alert_suggests_and_runs_the_customer_cap_first() -> None:
+    env = Env()
+    item = run(env.engine.handle_alerts([budget_alert(customer="team-acme")]))[0]
+    [msg] = env.published
+    primary = [b.value for b in msg.buttons if b.action == "run_step" and b.style == "primary"]
+    assert primary == [f"{item.incident_id}:runaway-cost:cap-customer"]
+    # `run INC` with no step takes the first step for this alert.
+    run_, _ = run(env.engine.run_step(item.incident_id, None, None, "alice"))
+    assert run_.step_id == "cap-customer"
+    assert run_.plan.diff().splitlines()[1:] == [
+        "- customers.team-acme.max_output_tokens: null",
+        "+ customers.team-acme.max_output_tokens: 64"]
+    assert run_.plan.routes == ["customer/team-acme"]
+
+
+def test_a_route_alert_never_offers_the_customer_step() -> None:
+    env = Env()
+    item = run(env.engine.handle_alerts([alert()]))[0]
+    run_, _ = run(env.engine.run_step(item.incident_id, None, None, "alice"))
+    assert run_.step_id == "cap-output"
+    with pytest.raises(InputError, match="cap-customer of runaway-cost is not for this "
+                                         "incident: the alert has no customer label") as err:
+        run(env.engine.plan_step(item.incident_id, "runaway-cost", "cap-customer",
+                                 actor="alice"))
+    assert "cap-output" in (err.value.hint or "")
+
+
+def test_a_customer_id_from_an_alert_that_is_not_one_is_refused() -> None:
+    env = Env()
+    item = run(env.engine.handle_alerts([budget_alert(customer="acme\" or 1")]))[0]
+    with pytest.raises(InputError, match="not a caller id"):
+        run(env.engine.plan_step(item.incident_id, "runaway-cost", "cap-customer",
+                                 actor="alice"))
+    assert "customers" not in env.driver.policy.model_dump(exclude_defaults=True)
+
+
+def test_the_customer_lock_is_per_customer_not_per_route() -> None:
+    env = Env()
+    a = run(env.engine.handle_alerts([budget_alert(customer="a")]))[0]
+    first, _ = run(env.engine.run_step(a.incident_id, None, None, "alice"))
+    run(env.engine.approve(first.id, "bob", apply=True))
+    assert env.driver.policy.customer("a").max_output_tokens == 64
+    # The route's own cap is another field: not held by the customer's cap.
+    route_cap = run(env.engine.plan_step(a.incident_id, "runaway-cost", "cap-output",
+                                         actor="alice"))
+    run(env.engine.approve(route_cap.id, "bob", apply=True))
+    assert env.driver.policy.route("chat").max_output_tokens == 256
+    # The same customer's cap again is held by the first run until it is reverted.
+    again = run(env.engine.plan_ad_hoc("cap_customer", "a", {"max_output_tokens": 32}, "alice"))
+    assert again.state == "refused", again
+    assert f"customers.a.max_output_tokens on target default is held by {first.id}" in str(
+        again.error)
+    assert env.driver.policy.customer("a").max_output_tokens == 64
+
+
+def test_blocking_a_customer_needs_two_people_unless_the_playbook_says_otherwise() -> None:
+    env = Env()
+    blocked = run(env.engine.plan_ad_hoc("block_customer", "acme", {}, "alice"))
+    assert blocked.guard.approval == "two_person"
+    with pytest.raises(GuardRefused, match="two_person needs an approval by someone else"):
+        run(env.engine.approve(blocked.id, "alice", apply=True))
+    run(env.engine.approve(blocked.id, "bob", apply=True))
+    assert env.driver.policy.customer("acme").blocked
+    base = ("id: p\ntitle: P\nclass: runaway_cost\nseverity: high\n"
+            "match: {any: [{alertname: A}]}\nsteps:\n  - id: block\n    title: Block\n"
+            "    action: block_customer\n    with: {customer: acme}\n")
+    assert load_text(base).steps[0].guard.approval == "two_person"
+    said = load_text(base + "    guard: {approval: oncall}\n")
+    assert said.steps[0].guard.approval == "oncall"
