@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass
 
 from actions.base import MetricsSource
+from bot.playbook.engine_profiles import profile
 from bot.playbook.slo_rules import sli, spend
 from bot.playbook.slos import Budget, Objective, SloFile
 
@@ -46,10 +47,11 @@ async def _value(metrics: MetricsSource, promql: str) -> float | None:
 async def slo_status(metrics: MetricsSource, slos: SloFile) -> tuple[list[ObjectiveState],
                                                                      list[BudgetState]]:
     period = f"{int(slos.period.total_seconds())}s"
+    source = profile(slos.source)
     objectives = []
     for name, o in slos.objectives.items():
-        ratio = await _value(metrics, sli(o, period).ratio())
-        burns = [await _value(metrics, sli(o, w).ratio()) for w in ("1h", "6h")]
+        ratio = await _value(metrics, sli(o, period, source).ratio())
+        burns = [await _value(metrics, sli(o, w, source).ratio()) for w in ("1h", "6h")]
         budget = o.error_budget
         objectives.append(ObjectiveState(
             name, o, ratio, None if ratio is None else 1 - ratio / budget,

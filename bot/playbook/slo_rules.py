@@ -32,6 +32,7 @@ from typing import Any
 
 import yaml
 
+from bot.playbook.engine_profiles import Counter, Profile, profile
 from bot.playbook.render import promql_escape
 from bot.playbook.slos import Budget, Objective, SloFile
 
@@ -43,7 +44,6 @@ ALERTS = (
 )
 SECONDS = {"m": 60, "h": 3600, "d": 86400}
 RATIO = "llm_incident_slo:error_ratio:rate"
-TOTAL_REQUESTS = "litellm_proxy_total_requests_metric_total"
 
 
 def _seconds(window: str) -> int:
@@ -74,25 +74,35 @@ class Sli:
         return f"({self.bad}) / ({self.total})"
 
 
-def sli(o: Objective, window: str) -> Sli:
+def sli(o: Objective, window: str, source: Profile | None = None) -> Sli:
+    """The objective's bad and total rates on ``source``'s names (the file's default)."""
+    p = source or profile("sandbox")
     r = promql_escape(o.route)
-    gw = f'requested_model="{r}"'
     app = f'route="{r}"'
 
     def rate(metric: str, matchers: str) -> str:
         return f"sum(rate({metric}{{{matchers}}}[{window}]))"
 
+    def counted(c: Counter | None) -> str:
+        assert c is not None  # the file was validated against this source (supports)
+        return rate(c.name, ",".join(m for m in (f'{p.route_label}="{r}"', c.matchers) if m))
+
     if o.sli == "errors":
-        return Sli(rate("litellm_proxy_failed_requests_metric_total", gw), rate(TOTAL_REQUESTS, gw))
+        return Sli(counted(p.errors), counted(p.requests))
     if o.sli == "fallbacks":
-        return Sli(rate("litellm_deployment_successful_fallbacks_total", gw),
-                   rate(TOTAL_REQUESTS, gw))
+        return Sli(counted(p.fallbacks), counted(p.requests))
     if o.sli in ("latency", "ttft"):
-        assert o.threshold is not None
-        metric, m = (("litellm_request_total_latency_metric", gw) if o.sli == "latency"
-                     else ("llm_app_time_to_first_token_seconds", app))
-        total = rate(f"{metric}_count", m)
-        good = rate(f"{metric}_bucket", f'{m},le=~"{_le(o.threshold)}"')
+        hist = p.histogram(o.sli)
+        assert o.threshold is not None and hist is not None
+        m = f'{hist.label or p.route_label}="{r}"'
+
+        def either(suffix: str, matchers: str) -> str:
+            # Renamed across releases: whichever spelling the engine exports counts.
+            parts = [rate(f"{n}{suffix}", matchers) for n in hist.names]
+            return parts[0] if len(parts) == 1 else "(" + " or ".join(parts) + ")"
+
+        total = either("_count", m)
+        good = either("_bucket", f'{m},le=~"{_le(o.threshold)}"')
         return Sli(f"{total} - {good}", total)
     if o.sli == "ratio":
         assert o.total is not None
@@ -100,18 +110,19 @@ def sli(o: Objective, window: str) -> Sli:
         bad = f"sum(rate({o.bad}[{window}]))" if o.bad else \
             f"{total} - sum(rate({o.good}[{window}]))"
         return Sli(bad, total)
-    counted = {"schema_valid": "llm_app_output_invalid_total",
-               "refusals": "llm_app_refusals_total"}[o.sli]
-    return Sli(rate(counted, app), rate("llm_app_responses_total", app))
+    judged = {"schema_valid": "llm_app_output_invalid_total",
+              "refusals": "llm_app_refusals_total"}[o.sli]
+    return Sli(rate(judged, app), rate("llm_app_responses_total", app))
 
 
 def _labels(name: str, o: Objective) -> dict[str, str]:
     return {"slo": name, "route": o.route, "sli": o.sli}
 
 
-def objective_rules(name: str, o: Objective, scale: float = 1) -> list[dict[str, Any]]:
+def objective_rules(name: str, o: Objective, scale: float = 1,
+                    source: Profile | None = None) -> list[dict[str, Any]]:
     rules: list[dict[str, Any]] = [
-        {"record": f"{RATIO}{w}", "expr": sli(o, scaled(w, scale)).ratio(),
+        {"record": f"{RATIO}{w}", "expr": sli(o, scaled(w, scale), source).ratio(),
          "labels": _labels(name, o)} for w in WINDOWS]
     budget = round(o.error_budget, 10)
     for alert, severity, pairs in ALERTS:
@@ -194,7 +205,9 @@ def budget_rules(name: str, b: Budget, scale: float = 1) -> list[dict[str, Any]]
 
 
 def render_rules(slos: SloFile, scale: float = 1) -> dict[str, Any]:
-    groups = [{"name": f"llm-incident-slo-{name}", "rules": objective_rules(name, o, scale)}
+    source = profile(slos.source)
+    groups = [{"name": f"llm-incident-slo-{name}",
+               "rules": objective_rules(name, o, scale, source)}
               for name, o in slos.objectives.items()]
     if slos.budgets:
         groups.append({"name": "llm-incident-budgets", "rules": [
@@ -205,26 +218,38 @@ def render_rules(slos: SloFile, scale: float = 1) -> dict[str, Any]:
 # --- promtool tests -----------------------------------------------------------------
 
 
-def _series(o: Objective, bad_share: float, minutes: int) -> list[dict[str, str]]:
-    """Input series for ``minutes`` of 600 requests a minute, ``bad_share`` of them bad."""
+def _series(o: Objective, bad_share: float, minutes: int,
+            p: Profile) -> list[dict[str, str]]:
+    """Input series for ``minutes`` of 600 requests a minute, ``bad_share`` of them bad,
+    in the source's own names and labels."""
     per_min, bad = 600, round(600 * bad_share)
     r = o.route
+
+    def feed(name: str, labels: dict[str, str], per: int) -> dict[str, str]:
+        return {"series": _series_text(name, labels), "values": f"0+{per}x{minutes}"}
+
     if o.sli in ("errors", "fallbacks"):
-        total = f'{TOTAL_REQUESTS}{{requested_model="{r}",model="m1",status_code="200"}}'
-        metric = ("litellm_proxy_failed_requests_metric_total" if o.sli == "errors"
-                  else "litellm_deployment_successful_fallbacks_total")
-        return [{"series": total, "values": f"0+{per_min}x{minutes}"},
-                {"series": f'{metric}{{requested_model="{r}",model="m1"}}',
-                 "values": f"0+{bad}x{minutes}"}]
+        part = p.errors if o.sli == "errors" else p.fallbacks
+        assert part is not None and p.requests is not None
+        route = {p.route_label: r}
+        if part.name != p.requests.name:  # two counters: all requests, and the bad ones
+            return [feed(p.requests.name, route | {"status_code": "200"}, per_min),
+                    feed(part.name, route, bad)]
+        # One counter split by a label (vLLM's finished_reason, OTel's error_type): the
+        # bad part with it set, the rest with it set otherwise.
+        key, _, value = part.matchers.partition("!=" if "!=" in part.matchers else "=")
+        bad_value = value.strip('"') or "timeout"  # != "" : any value is bad
+        good = {} if "!=" in part.matchers else {key: "stop"}
+        return [feed(part.name, route | {key: bad_value}, bad),
+                feed(p.requests.name, route | good, per_min - bad)]
     if o.sli in ("latency", "ttft"):
-        assert o.threshold is not None
-        metric, key = (("litellm_request_total_latency_metric", "requested_model")
-                       if o.sli == "latency" else ("llm_app_time_to_first_token_seconds", "route"))
+        hist = p.histogram(o.sli)
+        assert o.threshold is not None and hist is not None
+        labels = {hist.label or p.route_label: r}
         le = repr(float(o.threshold))  # as Python's client prints it
-        return [{"series": f'{metric}_count{{{key}="{r}",model="m1"}}',
-                 "values": f"0+{per_min}x{minutes}"},
-                {"series": f'{metric}_bucket{{{key}="{r}",model="m1",le="{le}"}}',
-                 "values": f"0+{per_min - bad}x{minutes}"}]
+        name = hist.names[-1]  # the oldest spelling: the rules must read it too
+        return [feed(f"{name}_count", labels, per_min),
+                feed(f"{name}_bucket", labels | {"le": le}, per_min - bad)]
     if o.sli == "ratio":
         return _ratio_series(o, per_min, bad, minutes)
     metric = "llm_app_output_invalid_total" if o.sli == "schema_valid" else \
@@ -239,6 +264,7 @@ def render_tests(slos: SloFile, rules_file: str) -> dict[str, Any]:
     """promtool tests: per objective, a bad hour pages and tickets; a good one is quiet.
     Written for the unscaled rules."""
     tests = []
+    source = profile(slos.source)
     for name, o in slos.objectives.items():
         if o.sli == "ratio" and None in (_parsed(o.total or ""),
                                          _parsed(o.bad or o.good or "")):
@@ -248,7 +274,7 @@ def render_tests(slos: SloFile, rules_file: str) -> dict[str, Any]:
         # a budget over 1/6, a loose objective, even all requests bad cannot page.)
         bad = min(1.0, o.error_budget * 20)
         pages = min(burn for _, _, burn in ALERTS[0][2]) * o.error_budget < bad
-        tests.append({"interval": "1m", "input_series": _series(o, bad, 120),
+        tests.append({"interval": "1m", "input_series": _series(o, bad, 120, source),
                       "alert_rule_test": [
                           {"eval_time": "70m", "alertname": "LLMErrorBudgetBurnFast",
                            "exp_alerts": [{"exp_labels": {**labels, "severity": "critical"},
@@ -258,7 +284,7 @@ def render_tests(slos: SloFile, rules_file: str) -> dict[str, Any]:
                            "exp_alerts": [{"exp_labels": {**labels, "severity": "warning"},
                                            "exp_annotations": alert_annotations(name, o, "warning")}]}]})
         # Half the budget: inside the objective, nothing fires.
-        tests.append({"interval": "1m", "input_series": _series(o, o.error_budget / 2, 120),
+        tests.append({"interval": "1m", "input_series": _series(o, o.error_budget / 2, 120, source),
                       "alert_rule_test": [
                           {"eval_time": "70m", "alertname": "LLMErrorBudgetBurnFast",
                            "exp_alerts": []},

@@ -38,7 +38,15 @@ from pydantic import (
     model_validator,
 )
 
-from bot.base.errors import PlaybookError, Problem
+from bot.base.errors import InputError, PlaybookError, Problem
+from bot.playbook.engine_profiles import (
+    DEFAULT,
+    PROFILES,
+    SANDBOX_LATENCY,
+    SANDBOX_TTFT,
+    Profile,
+    profile,
+)
 from bot.playbook.promql_check import parse_error
 from bot.playbook.schema import Duration, IncidentClass
 from bot.playbook.yamlsource import parse_yaml, validation_problems
@@ -55,12 +63,10 @@ SLI_CLASS: dict[str, str] = {
     "fallbacks": "provider_errors", "schema_valid": "malformed_output",
     "refusals": "quality_degradation",
 }
-# The histogram bucket bounds (seconds) a threshold must be one of: the gateway's
-# request latency buckets, and the app family's TTFT buckets (the sandbox's
-# LATENCY_BUCKETS and APP_TTFT_BUCKETS; a test keeps them in step).
-LATENCY_BOUNDS = (0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 7.5, 10.0, 15.0,
-                  20.0, 30.0, 60.0, 120.0, 300.0)
-TTFT_BOUNDS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 2.5, 3.0, 5.0, 7.5, 10.0, 20.0)
+# The default source's bucket bounds (seconds): a threshold must be one of its
+# histogram's bounds (bot.playbook.engine_profiles has every source's).
+LATENCY_BOUNDS = SANDBOX_LATENCY
+TTFT_BOUNDS = SANDBOX_TTFT
 _SECONDS = re.compile(r"^\s*(\d+(\.\d+)?)\s*(ms|s)\s*$")
 _PERCENT = re.compile(r"^\s*(\d+(\.\d+)?)\s*%\s*$")
 _NAME = r"^[a-z0-9][a-z0-9_-]*$"
@@ -126,17 +132,25 @@ class Objective(_Strict):
             return float(m.group(1)) / (1000 if m.group(3) == "ms" else 1)
         return v
 
+    @field_validator("sli")
+    @classmethod
+    def _countable(cls, v: str, info: ValidationInfo) -> str:
+        source = PROFILES.get((info.context or {}).get("source", DEFAULT))
+        why = source.supports(v) if source is not None and v != "ratio" else None
+        if why:
+            raise ValueError(why)
+        return v
+
     @field_validator("threshold")
     @classmethod
     def _a_bound(cls, v: float | None, info: ValidationInfo) -> float | None:
         sli = info.data.get("sli")
         if v is None or sli not in ("ttft", "latency"):
             return v
-        bounds = TTFT_BOUNDS if sli == "ttft" else LATENCY_BOUNDS
-        if not any(abs(v - b) < 1e-9 for b in bounds):
-            raise ValueError(f"{v:g}s is not a bucket bound of the {sli} histogram (the "
-                             f"count would be a guess); use one of "
-                             f"{', '.join(f'{b:g}s' for b in bounds)}")
+        problem = threshold_problem(profile((info.context or {}).get("source", DEFAULT)),
+                                    sli, v)
+        if problem:
+            raise ValueError(problem)
         return v
 
     @model_validator(mode="after")
@@ -196,8 +210,21 @@ class Budget(_Strict):
         return " ".join(p for p in parts if p)
 
 
+def threshold_problem(source: Profile, sli: str, v: float) -> str | None:
+    """Why ``v`` cannot be counted from ``source``'s ``sli`` histogram (None: it can)."""
+    hist = source.histogram(sli)
+    if hist is None or hist.bounds is None:
+        return None  # supports() says the former; the SDK sets the latter
+    if any(abs(v - b) < 1e-9 for b in hist.bounds):
+        return None
+    return (f"{v:g}s is not a bucket bound of {hist.names[0]} ({source.name}; the count "
+            f"would be a guess); use one of {', '.join(f'{b:g}s' for b in hist.bounds)}")
+
+
 class SloFile(_Strict):
     version: Literal[1] = 1
+    source: str = Field(default=DEFAULT, description="whose metrics the rules read: "
+                        + ", ".join(PROFILES) + " (bot.playbook.engine_profiles)")
     period: Duration = Field(default=timedelta(days=30), description="the error budget's period")
     objectives: dict[str, Objective] = Field(default_factory=dict)
     budgets: dict[str, Budget] = Field(default_factory=dict)
@@ -210,11 +237,34 @@ class SloFile(_Strict):
                 raise ValueError(f"name {name!r} must be lowercase letters, digits, - or _")
         return v
 
+    @field_validator("source")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v not in PROFILES:
+            raise ValueError(f"no metrics source {v[:40]!r}; sources: {', '.join(PROFILES)}")
+        return v
+
     @model_validator(mode="after")
     def _something(self) -> SloFile:
         if not self.objectives and not self.budgets:
             raise ValueError("the file has no objectives and no budgets")
         return self
+
+    def on(self, source: str) -> SloFile:
+        """This file read against another source: every objective must be countable
+        there (InputError naming the objective and why not)."""
+        target = profile(source)
+        for name, o in self.objectives.items():
+            why = target.supports(o.sli) if o.sli != "ratio" else None
+            if why is None and o.threshold is not None:
+                why = threshold_problem(target, o.sli, o.threshold)
+            if why:
+                raise InputError(f"objective {name}: {why}",
+                                 hint="change the objective, or render it from another source")
+        if self.budgets and target.name not in ("sandbox", "litellm"):
+            raise InputError(f"budgets read spend, which only a gateway counts; {target.name} "
+                             "has none", hint="render budgets with --source litellm")
+        return self.model_copy(update={"source": target.name})
 
 
 class SloError(PlaybookError):
@@ -230,8 +280,11 @@ def load_slos_text(text: str, file: str = "<string>") -> SloFile:
     if not isinstance(doc.data, dict):
         raise SloError(problems=[Problem(file, 1, "", "an SLO file is a YAML mapping "
                                          "(version, period, objectives, budgets)")])
+    source = doc.data.get("source", DEFAULT)
     try:
-        return SloFile.model_validate(doc.data)
+        # The source decides which bucket bounds a threshold must be one of.
+        return SloFile.model_validate(doc.data, context={
+            "source": source if source in PROFILES else DEFAULT})
     except ValidationError as exc:
         raise SloError(problems=validation_problems(exc, doc, SloFile)) from None
 
