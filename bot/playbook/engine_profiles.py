@@ -52,6 +52,7 @@ class Profile:
     output_tokens: tuple[str, ...] = ()
     kv_cache: tuple[str, ...] = ()  # gauges 0..1, newest spelling first
     waiting: tuple[str, ...] = ()
+    engine_label: str | None = None  # the engine gauges' label, when not route_label
     # SLIs only an app-level family counts (schema validity, refusals): the sandbox's.
     app_family: bool = False
     notes: tuple[str, ...] = field(default=())
@@ -98,7 +99,9 @@ PROFILES: dict[str, Profile] = {p.name: p for p in (
         fallbacks=Counter("litellm_deployment_successful_fallbacks_total"),
         output_tokens=("litellm_output_tokens_metric_total",),
         kv_cache=("vllm:kv_cache_usage_perc",), waiting=("vllm:num_requests_waiting",),
-        app_family=True),
+        engine_label="model_name", app_family=True,
+        notes=("its engine gauges are per model (model_name); relabel models to routes at "
+               "scrape time, as drills do",)),
     Profile(
         "litellm", "the LiteLLM proxy",
         "litellm/types/integrations/prometheus.py (LATENCY_BUCKETS, label names), 1.106",

@@ -33,6 +33,7 @@ from typing import Any
 import yaml
 
 from bot.playbook.engine_profiles import Counter, Profile, profile
+from bot.playbook.engine_rules import normalised_group, normalised_tests
 from bot.playbook.render import promql_escape
 from bot.playbook.slos import Budget, Objective, SloFile
 
@@ -212,6 +213,7 @@ def render_rules(slos: SloFile, scale: float = 1) -> dict[str, Any]:
     if slos.budgets:
         groups.append({"name": "llm-incident-budgets", "rules": [
             r for name, b in slos.budgets.items() for r in budget_rules(name, b, scale)]})
+    groups.append(normalised_group(source))  # the same series on every engine
     return {"groups": groups}
 
 
@@ -292,6 +294,7 @@ def render_tests(slos: SloFile, rules_file: str) -> dict[str, Any]:
                            "exp_alerts": []}]})
     for name, b in slos.budgets.items():
         tests.append(_budget_test(name, b))
+    tests += normalised_tests(source, rules_file)["tests"]
     return {"rule_files": [rules_file], "evaluation_interval": "1m", "tests": tests}
 
 

@@ -9,7 +9,10 @@ real responses, reverted, and seen reverted.
 from __future__ import annotations
 
 import asyncio
+import re
 import secrets
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -377,3 +380,49 @@ def test_caps_hold_on_litellms_own_fallback_path(gateway: Gateway) -> None:
             {"chat-small": {"enabled": True}}, reason="t", action="t"))
         gateway.config.write_text(original)
         gateway.proxy.restart()
+
+
+def test_the_litellm_source_profile_matches_what_the_real_proxy_exports(
+        gateway: Gateway, tmp_path: Path) -> None:
+    # `slo render --source auto` on the proxy's own /metrics picks the litellm profile,
+    # and every name that profile reads is on the page, labelled by requested_model.
+    from bot.playbook.engine_profiles import PROFILES, detect, names_in
+
+    gateway.upstream.failing.add("large")
+    assert gateway.chat().status_code >= 500  # a failure, so the failure counter exists
+    gateway.upstream.failing.clear()
+    assert gateway.chat(stream=False).status_code == 200
+    page = httpx.get(f"{gateway.proxy.url}/metrics",
+                     headers={"Authorization": f"Bearer {gateway.proxy.key}"},
+                     timeout=10, follow_redirects=True).text
+    found, _ = detect(page)
+    assert found.name == "litellm"
+    p = PROFILES["litellm"]
+    seen = names_in(page)
+    assert p.latency is not None and p.requests is not None and p.errors is not None
+    for name in (p.requests.name, p.errors.name, f"{p.latency.names[0]}_bucket",
+                 *p.output_tokens):
+        assert name in seen, name
+        assert any(line.startswith(name + "{") and 'requested_model="chat"' in line
+                   for line in page.splitlines()), name
+    # Its latency buckets are the profile's bounds.
+    bounds = {float(le) for le in re.findall(
+        rf'^{p.latency.names[0]}_bucket{{[^}}]*le="([^"]+)"', page, re.M) if le != "+Inf"}
+    assert bounds == set(p.latency.bounds or ()), sorted(bounds)
+    saved = tmp_path / "metrics.txt"
+    saved.write_text(page)
+    out = tmp_path / "rules"
+    done = subprocess.run([sys.executable, "-m", "bot.adapters.cli", "slo", "render",
+                           str(_errors_only(tmp_path)), "--source", "auto", "--metrics",
+                           str(saved), "--out", str(out)], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "source: litellm" in done.stdout
+    assert 'requested_model="chat"' in (out / "slo-rules.yaml").read_text()
+
+
+def _errors_only(folder: Path) -> Path:
+    path = folder / "slos.yaml"
+    path.write_text("version: 1\nobjectives:\n  chat-errors: {route: chat, sli: errors, "
+                    "target: 99.5%}\n")
+    return path

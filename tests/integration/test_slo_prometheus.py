@@ -19,6 +19,7 @@ from actions.drivers.policy_file import PolicyFileDriver
 from bot.adapters.settings import SHIPPED_PLAYBOOKS
 from bot.core.engine import Engine
 from bot.core.runner import Runner
+from bot.playbook.engine_profiles import PROFILES
 from bot.playbook.registry import PlaybookRegistry
 from bot.playbook.slo_rules import dump, render_rules
 from bot.playbook.slos import SHIPPED_EXAMPLE, load_slos_text
@@ -64,6 +65,42 @@ def test_rendered_rules_pass_promtool_check_and_their_generated_tests(tmp_path, 
     cases = yaml.safe_load((out / "slo-rules.test.yaml").read_text())["tests"]
     # A bad and a good case per SLO (and one per budget).
     assert len(cases) >= 2 * {"shipped": 4, "strict": 3, "openslo": 1}[example]
+
+
+@pytest.mark.parametrize("name", sorted(PROFILES))
+def test_each_engine_source_renders_rules_promtool_passes_in_its_own_names(tmp_path, name):
+    # Per source: errors, TTFT and latency at one of that source's own bucket bounds (and
+    # fallbacks where it sees them); its generated tests feed the engine's own names
+    # (vLLM's before-the-rename spellings), and the normalised series read them.
+    promtool = require_binary(PROMTOOL)
+    p = PROFILES[name]
+    objectives = {"chat-errors": {"route": "chat", "sli": "errors", "target": "99.5%"},
+                  "chat-ttft": {"route": "chat", "sli": "ttft", "threshold": "1s",
+                                "target": "95%"},
+                  "chat-latency": {"route": "chat", "sli": "latency", "threshold": "10s",
+                                   "target": "99%"}}
+    if p.fallbacks is not None:
+        objectives["chat-fallbacks"] = {"route": "chat", "sli": "fallbacks", "target": "95%"}
+    source = tmp_path / "slos.yaml"
+    source.write_text(yaml.safe_dump({"version": 1, "source": name, "objectives": objectives}))
+    out = tmp_path / "rules"
+    rendered = cli("slo", "render", str(source), "--out", str(out), cwd=REPO)
+    assert rendered.returncode == 0, rendered.stderr
+    rules = (out / "slo-rules.yaml").read_text()
+    check = subprocess.run([promtool, "check", "rules", str(out / "slo-rules.yaml")],
+                           capture_output=True, text=True, check=False)
+    assert check.returncode == 0, check.stdout + check.stderr
+    test = subprocess.run([promtool, "test", "rules", "slo-rules.test.yaml"], cwd=out,
+                          capture_output=True, text=True, check=False)
+    assert test.returncode == 0, test.stdout + test.stderr
+    fed = (out / "slo-rules.test.yaml").read_text()
+    for hist in (p.ttft, p.latency):
+        assert hist is not None and hist.names[0] in rules and hist.names[-1] in fed
+    assert "llm_incident:requests:rate5m" in rules
+    if name == "vllm":  # both spellings of the renamed series are read
+        assert "vllm:kv_cache_usage_perc" in rules and "vllm:gpu_cache_usage_perc" in fed
+        assert "vllm:inter_token_latency_seconds" in rules
+        assert "vllm:time_per_output_token_seconds_bucket" in fed
 
 
 def test_a_burning_error_slo_fires_on_sandbox_traffic_and_suggests_its_playbook(tmp_path):

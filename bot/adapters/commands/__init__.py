@@ -132,8 +132,10 @@ VERBS: dict[str, Verb] = _verbs(
                                            "--bake", "--owner", "--reason", "--target", AS),
          flags=("--auto-promote", JSON), changes_state=True, handler=rv.release_verb),
     Verb("slo", "SLOs and budgets: status [FILE] (budget left, burn) | lint [FILE] | "
-         "render [FILE] [--out DIR] [--scale N] | schema", optional=("sub", "arg"),
-         options=("--out", "--scale"), flags=(JSON,), handler=slv.slo_verb),
+         "render [FILE] [--out DIR] [--scale N] [--source NAME|auto --metrics URL|FILE] | "
+         "sources | schema", optional=("sub", "arg"),
+         options=("--out", "--scale", "--source", "--metrics"), flags=(JSON,),
+         handler=slv.slo_verb),
 )
 
 # Exit codes: 0 ok, 1 the check failed (lint/test found problems), 2 bad input,

@@ -12,16 +12,20 @@ import json
 import re
 from pathlib import Path
 
+import httpx
+
 from bot.adapters.commands.context import Context
 from bot.adapters.commands.grammar import Command, Result
 from bot.base.errors import InputError
 from bot.core.slo_status import slo_status
+from bot.playbook.engine_profiles import PROFILES, detect
 from bot.playbook.openslo import load_openslo_text
 from bot.playbook.slo_rules import dump, render_rules, render_tests
 from bot.playbook.slos import SHIPPED_EXAMPLE, SloFile, load_slos, slos_json_schema
 
 USAGE = "slo lint [FILE] | slo render [FILE] [--out DIR] [--scale N] | slo status [FILE] | " \
-        "slo schema"
+        "slo sources | slo schema; lint, render and status take --source NAME, or --source " \
+        "auto --metrics URL|FILE"
 
 
 def _file(ctx: Context, path: str | None) -> tuple[Path, SloFile, list[str]]:
@@ -39,6 +43,38 @@ def _file(ctx: Context, path: str | None) -> tuple[Path, SloFile, list[str]]:
     return where, load_slos(where), []  # a bad file raises, naming file, line and field
 
 
+def _sources() -> Result:
+    lines = [f"{p.name}: {p.title}; route label {p.route_label}; names from {p.source}"
+             + "".join(f"; {n}" for n in p.notes) for p in PROFILES.values()]
+    return Result("\n".join(lines), {"sources": {p.name: {"title": p.title, "source": p.source}
+                                                  for p in PROFILES.values()}})
+
+
+async def _metrics_page(ctx: Context, where: str | None) -> str:
+    """The text of a ``/metrics`` page: a URL, or a file saved from one."""
+    if where is None:
+        raise InputError("--source auto reads a metrics page: give --metrics URL or FILE",
+                         hint="e.g. --metrics http://vllm:8000/metrics")
+    if not where.startswith(("http://", "https://")):
+        ctx.require_local("slo --metrics FILE")
+        try:
+            return Path(where).read_text(encoding="utf-8", errors="replace")
+        except OSError as exc:
+            raise InputError(f"cannot read {where}: {exc.strerror or exc}") from None
+    ctx.require_local("slo --metrics URL")  # the bot's network, not Slack's to point
+    try:
+        async with httpx.AsyncClient(timeout=10, trust_env=False) as client:
+            resp = await client.get(where)
+    except httpx.HTTPError as exc:
+        raise InputError(f"cannot read {where}: {type(exc).__name__}",
+                         hint="is the engine up, and is that its metrics port?") from None
+    if resp.status_code != 200:
+        raise InputError(f"{where} answered {resp.status_code}",
+                         hint="some proxies want a key: save the page with curl and give "
+                              "the file instead")
+    return resp.text
+
+
 def _pct(v: float | None) -> str:
     return "n/a (no traffic)" if v is None else f"{v:.1%}"
 
@@ -52,11 +88,23 @@ async def slo_verb(ctx: Context, cmd: Command) -> Result:
     arg = cmd.args.get("arg")
     if sub == "schema":
         return Result(json.dumps(slos_json_schema(), indent=2), slos_json_schema())
+    if sub == "sources":
+        return _sources()
     if sub not in ("lint", "render", "status"):
         raise InputError(f"no slo command '{sub[:40]}'", hint=USAGE)
     where, slos, notes = _file(ctx, arg)
+    source = cmd.opt("--source")
+    if source is not None:
+        if source == "auto":
+            found, seen = detect(await _metrics_page(ctx, cmd.opt("--metrics")))
+            source = found.name
+            notes = [*notes, f"source: {source} ({found.title}), read off the metrics page",
+                     *seen]
+        slos = slos.on(source)  # every objective must be countable there, or it says why
+    elif cmd.opt("--metrics") is not None:
+        raise InputError("--metrics is read with --source auto", hint=USAGE)
     if sub == "lint":
-        return Result("\n".join([f"{where}: ok: {len(slos.objectives)} objectives, "
+        return Result("\n".join([f"{where}: ok: {len(slos.objectives)} objectives on {slos.source}'s metrics, "
                                   f"{len(slos.budgets)} budgets", *notes]),
                       {"objectives": list(slos.objectives), "budgets": list(slos.budgets),
                        "notes": notes})
@@ -70,8 +118,8 @@ async def slo_verb(ctx: Context, cmd: Command) -> Result:
             raise InputError(f"--scale must be 1 or more, got {scale:g}")
         rules = dump(render_rules(slos, scale))
         out = cmd.opt("--out")
-        if out is None:
-            return Result(rules, render_rules(slos, scale))
+        if out is None:  # the notes as YAML comments: the output stays a rules file
+            return Result("".join(f"# {n}\n" for n in notes) + rules, render_rules(slos, scale))
         folder = Path(out)
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "slo-rules.yaml").write_text(rules)
