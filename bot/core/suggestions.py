@@ -156,6 +156,8 @@ async def build_suggestion(
         Field("Route", route or "-"), Field("Model", model or "-"),
         Field("Alert", alert.alertname or alert.fingerprint), Field("Source", alert.source),
     ]
+    if alert.labels.get("customer"):  # a per-customer alert: whose traffic it is
+        head.insert(3, Field("Customer", alert.labels["customer"]))
     summary = alert.annotations.get("summary") or alert.annotations.get("description") or ""
     sections = [Section(summary, title="Alert", fields=tuple(head))]
     buttons: list[Button] = []

@@ -25,6 +25,8 @@ def test_a_customer_alert_suggests_and_runs_the_customer_cap_first() -> None:
     env = Env()
     item = run(env.engine.handle_alerts([budget_alert(customer="team-acme")]))[0]
     [msg] = env.published
+    head = next(sec for sec in msg.sections if sec.title == "Alert")
+    assert {f.label: f.value for f in head.fields}["Customer"] == "team-acme"
     primary = [b.value for b in msg.buttons if b.action == "run_step" and b.style == "primary"]
     assert primary == [f"{item.incident_id}:runaway-cost:cap-customer"]
     # `run INC` with no step takes the first step for this alert.
@@ -90,3 +92,18 @@ def test_blocking_a_customer_needs_two_people_unless_the_playbook_says_otherwise
     assert load_text(base).steps[0].guard.approval == "two_person"
     said = load_text(base + "    guard: {approval: oncall}\n")
     assert said.steps[0].guard.approval == "oncall"
+
+
+def test_blast_radius_counts_customers_as_it_counts_routes() -> None:
+    from actions.catalog import get_action
+    from actions.policy import ServingPolicy
+    from bot.core.guards import check_blast_radius
+    from bot.playbook.schema import Guard
+
+    plan = get_action("block_customer").plan({"customer": ["a", "b", "c"]}, ServingPolicy(),
+                                             target="t")
+    refused = check_blast_radius(Guard(), plan, ServingPolicy())
+    assert refused is not None and "would change 3 customers (customer/a, customer/b, " \
+                                   "customer/c); this step may change at most 1" in str(refused)
+    one = get_action("block_customer").plan({"customer": "a"}, ServingPolicy(), target="t")
+    assert check_blast_radius(Guard(), one, ServingPolicy()) is None
