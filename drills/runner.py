@@ -254,7 +254,8 @@ class DrillRunner:
             next_chunk = clock()
             while True:
                 await generate(self.target_url, routes=scenario.traffic.routes,
-                               rate_per_s=rate, duration_s=chunk_s, client=self.client)
+                               rate_per_s=rate, duration_s=chunk_s, client=self.client,
+                               customers=scenario.traffic.customers or None)
                 # generate returns once its last request is answered, not at the chunk's end.
                 next_chunk += chunk_s
                 await asyncio.sleep(max(0.0, next_chunk - clock()))

@@ -32,7 +32,7 @@ import re
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -53,7 +53,7 @@ FaultKind = Literal[
     "bad_routing",
     "quality_drop",
 ]
-# The parameters each fault kind takes, besides its scope (route, model,
+# The parameters each fault kind takes, besides its scope (route, model, customer,
 # prompt_version). The sandbox's fault models (drills/sandbox/faults.py) validate
 # the values; a test keeps these names in step with them. Kept here so loading a
 # scenario never imports the sandbox's web stack.
@@ -154,6 +154,8 @@ class Setup(_Strict):
 class Traffic(_Strict):
     routes: list[str] = Field(min_length=1)
     rate_per_s: float = Field(gt=0, le=100, description="requests per second during the drill")
+    customers: dict[str, Annotated[float, Field(gt=0)]] = Field(
+        default_factory=dict, description="callers (the body's user) and their shares")
 
 
 class Fault(_Strict):
@@ -161,6 +163,7 @@ class Fault(_Strict):
     route: str = Field(min_length=1)
     model: str | None = Field(default=None, description="only requests served by this model")
     prompt_version: str | None = Field(default=None, description="only this prompt version")
+    customer: str | None = Field(default=None, description="only this caller's requests")
     params: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
@@ -174,7 +177,8 @@ class Fault(_Strict):
 
     def body(self) -> dict[str, Any]:
         """The JSON body for the target's ``POST /faults``."""
-        scope = {"model": self.model, "prompt_version": self.prompt_version}
+        scope = {"model": self.model, "prompt_version": self.prompt_version,
+                 "customer": self.customer}
         return {
             "kind": self.kind,
             "route": self.route,

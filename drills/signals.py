@@ -169,6 +169,14 @@ def _spend(s: Scrapes, _: Mapping[str, str]) -> Series:
     return {k: 3600 * v for k, v in sum_by(rates, route_from("requested_model", "model")).items()}
 
 
+def _customer_spend(s: Scrapes, _: Mapping[str, str]) -> Series:
+    def key(labels: Labels) -> Labels | None:
+        route, customer = _get(labels, "requested_model"), _get(labels, "end_user")
+        return (("customer", customer), ("route", route)) if route and customer else None
+
+    return {k: 3600 * v for k, v in sum_by(s.rate("litellm_spend_metric_total"), key).items()}
+
+
 def _tokens_per_request(s: Scrapes, _: Mapping[str, str]) -> Series:
     key = route_from("requested_model")
     return ratio(sum_by(s.rate("litellm_output_tokens_metric_total"), key),
@@ -219,6 +227,7 @@ def _ttft_p95(s: Scrapes, model_routes: Mapping[str, str]) -> Series:
 
 SIGNALS: dict[str, Signal] = {
     "llm_incident:route:spend_usd_per_hour": _spend,
+    "llm_incident:route_customer:spend_usd_per_hour": _customer_spend,
     "llm_incident:route:output_tokens_per_request": _tokens_per_request,
     "llm_incident:route:provider_error_ratio":
         _gateway_ratio("litellm_proxy_failed_requests_metric_total"),

@@ -190,7 +190,7 @@ class AlertCases(EngineBase):
     async def run_auto_steps(self, inc: Incident, playbook: Playbook) -> None:
         ours = {r.step_id: r for r in self.store.runs(incident_id=inc.id)
                 if r.playbook_id == playbook.id and r.requested_by == ENGINE_ACTOR}
-        labels = self.latest_alert(inc.id).labels
+        labels = self.alert_labels(inc.id)
         for step in (s for s in playbook.steps
                      if s.guard.auto and not_for(s, labels) is None):
             run: Run | None = ours.get(step.id)

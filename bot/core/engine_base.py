@@ -25,7 +25,7 @@ from bot.playbook.matcher import Matcher
 from bot.playbook.registry import PlaybookRegistry
 from bot.playbook.render import render_params, render_query, render_step_args
 from bot.playbook.schema import Playbook, Step, not_for
-from bot.store import Incident, Run, Store
+from bot.store import Incident, Run, Store, StoredAlert
 
 log = logging.getLogger(__name__)
 
@@ -83,11 +83,27 @@ class EngineBase:
             self._matcher_for = self.registry.playbooks
         return self._matcher
 
-    def latest_alert(self, incident_id: str) -> Alert:
+    def _current_alerts(self, incident_id: str) -> list[StoredAlert]:
         alerts = self.store.alerts_for(incident_id)
         if not alerts:
             raise NotFound(f"incident {incident_id} has no alerts")
-        firing = [a for a in alerts if a.status == "firing"] or alerts
+        return [a for a in alerts if a.status == "firing"] or alerts
+
+    def alert_labels(self, incident_id: str) -> dict[str, str]:
+        """Every label the incident's alerts carry (the newest value wins): what a step's
+        ``when`` is judged on, so a route alert grouped in after a customer's alert does
+        not hide the customer's step."""
+        merged: dict[str, str] = {}
+        for a in sorted(self._current_alerts(incident_id), key=lambda a: a.starts_at):
+            merged.update({k: v for k, v in a.labels.items() if v})
+        return merged
+
+    def latest_alert(self, incident_id: str, *, having: str | None = None) -> Alert:
+        """The newest firing alert; with ``having``, the newest one carrying that label
+        (a step rendered for a customer reads the alert that names one)."""
+        firing = self._current_alerts(incident_id)
+        if having is not None:
+            firing = [a for a in firing if a.labels.get(having)] or firing
         a = max(firing, key=lambda a: a.starts_at)
         return Alert(
             source=a.source,  # type: ignore[arg-type]  # stored from a valid Alert
@@ -108,18 +124,18 @@ class EngineBase:
 
     # --- planning -------------------------------------------------------------
 
-    def _step(self, playbook: Playbook, step_id: str | None, alert: Alert) -> Step:
+    def _step(self, playbook: Playbook, step_id: str | None, labels: dict[str, str]) -> Step:
         if step_id is None:
-            return playbook.first_step_for(alert.labels)
+            return playbook.first_step_for(labels)
         step = playbook.step(step_id)
         if step is None:
             raise InputError(
                 f"playbook {playbook.id} has no step '{step_id}'",
                 hint=f"steps: {', '.join(s.id for s in playbook.steps)}",
             )
-        why = not_for(step, alert.labels)
+        why = not_for(step, labels)
         if why is not None:
-            others = [s.id for s in playbook.steps if not_for(s, alert.labels) is None]
+            others = [s.id for s in playbook.steps if not_for(s, labels) is None]
             raise InputError(f"step {step.id} of {playbook.id} is not for this incident: {why}",
                              hint=f"steps for it: {', '.join(others) or 'none'}")
         return step
@@ -143,8 +159,8 @@ class EngineBase:
                 hint="name one: plan PLAYBOOK, or run an ad hoc action with `do`",
             )
         playbook = self.registry.get(playbook_id)
-        alert = self.latest_alert(incident_id)
-        step = self._step(playbook, step_id, alert)
+        step = self._step(playbook, step_id, self.alert_labels(incident_id))
+        alert = self.latest_alert(incident_id, having=step.when.label if step.when else None)
         params = render_params(playbook, alert)
         args = render_step_args(step, params, alert)
         verify = step.guard.verify

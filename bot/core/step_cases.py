@@ -64,7 +64,7 @@ class StepCases(EngineBase):
             raise InputError(f"no playbook is suggested for {inc.id}",
                              hint=f"`suggest {inc.id}`, then `run {inc.id} --playbook ID`")
         playbook = self.registry.get(playbook_id)
-        step_id = step_id or playbook.first_step_for(self.latest_alert(inc.id).labels).id
+        step_id = step_id or playbook.first_step_for(self.alert_labels(inc.id)).id
         if not dry_run:
             for r in self.store.runs(incident_id=inc.id):
                 if (r.playbook_id, r.step_id) == (playbook.id, step_id) and \

@@ -3,7 +3,9 @@
 A fault applies to requests that match its scope. ``route`` matches the route the
 caller asked for; ``model`` matches the model that actually serves the request
 (after traffic split and fallback); ``prompt_version`` matches the prompt version
-in force on the requested route. A null scope field matches everything. Scoping is
+in force on the requested route; ``customer`` matches the caller (the body's
+``user``: one customer's agent loop asking for long answers is a ``token_blowup``
+scoped to that customer). A null scope field matches everything. Scoping is
 what makes the right mitigation work, exactly as in production:
 
 ``token_blowup`` (``factor``)
@@ -61,13 +63,16 @@ class _Fault(BaseModel):
     route: str | None = None
     model: str | None = None
     prompt_version: str | None = None
+    customer: str | None = None
     note: str | None = None
 
-    def matches(self, route: str, model: str | None, prompt_version: str) -> bool:
+    def matches(self, route: str, model: str | None, prompt_version: str,
+                customer: str | None = None) -> bool:
         return (
             (self.route is None or self.route == route)
             and (self.model is None or model is None or self.model == model)
             and (self.prompt_version is None or self.prompt_version == prompt_version)
+            and (self.customer is None or self.customer == customer)
         )
 
 
@@ -183,10 +188,12 @@ class FaultBook:
         return list(self._faults.values())
 
     def matching(
-        self, kind: str, route: str, model: str | None, prompt_version: str
+        self, kind: str, route: str, model: str | None, prompt_version: str,
+        customer: str | None = None,
     ) -> list[_Fault]:
         return [
             f
             for f in self._faults.values()
-            if getattr(f, "kind", None) == kind and f.matches(route, model, prompt_version)
+            if getattr(f, "kind", None) == kind
+            and f.matches(route, model, prompt_version, customer)
         ]

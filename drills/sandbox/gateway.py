@@ -261,14 +261,14 @@ class Gateway:
                         code="unknown_model"), pv)  # fmt: skip
                 model = rp.canary.model
         misrouted = False
-        for f in self.faults.matching("bad_routing", requested, model, pv):
+        for f in self._matching("bad_routing", requested, model, pv):
             if self.rng.random() < f.ratio:  # type: ignore[attr-defined]
                 model, misrouted = self._wrong_model(f.to_model, weights), True  # type: ignore[attr-defined]
                 break
         shape = self.config.models[model]
 
         input_tokens = count_tokens(req.messages)
-        for f in self.faults.matching("context_overflow", requested, model, pv):
+        for f in self._matching("context_overflow", requested, model, pv):
             extra = f.extra_input_tokens  # type: ignore[attr-defined]
             if self.rng.random() < f.ratio:  # type: ignore[attr-defined]
                 if not extra:
@@ -282,7 +282,7 @@ class Gateway:
         if input_tokens + reserved > shape.context_window:
             self._overflow(requested, model, pv, input_tokens + reserved, shape.context_window)
 
-        for f in self.faults.matching("provider_errors", requested, model, pv):
+        for f in self._matching("provider_errors", requested, model, pv):
             if self.rng.random() < f.ratio:  # type: ignore[attr-defined]
                 status = self.rng.choice(f.statuses)  # type: ignore[attr-defined]
                 self._fail(requested, model, GatewayError(
@@ -292,13 +292,13 @@ class Gateway:
                 ), pv)  # fmt: skip
 
         wanted = shape.output_tokens.sample(self.rng)
-        for f in self.faults.matching("token_blowup", requested, model, pv):
+        for f in self._matching("token_blowup", requested, model, pv):
             wanted = round(wanted * f.factor)  # type: ignore[attr-defined]
         output_tokens = min([wanted, *limits])
         finish = "length" if output_tokens < wanted else "stop"
 
         ttft, thrashing = shape.ttft_s, False
-        for f in self.faults.matching("latency_spike", requested, model, pv):
+        for f in self._matching("latency_spike", requested, model, pv):
             assert isinstance(f, LatencySpike)
             if f.active_at(rp.max_concurrency):
                 ttft += f.seconds
@@ -321,7 +321,7 @@ class Gateway:
 
         quality = shape.quality - sum(
             f.drop  # type: ignore[attr-defined]
-            for f in self.faults.matching("quality_drop", requested, model, pv)
+            for f in self._matching("quality_drop", requested, model, pv)
         )
         served = Served(
             id=f"chatcmpl-{uuid.UUID(int=self.rng.getrandbits(128)).hex[:24]}",
@@ -346,10 +346,14 @@ class Gateway:
         self._record(served)
         return served
 
+    def _matching(self, kind: str, route: str, model: str | None, pv: str) -> list[Any]:
+        # The caller of the request being decided scopes customer faults.
+        return self.faults.matching(kind, route, model, pv, self._caller or None)
+
     def _hit(self, kind: str, route: str, model: str, pv: str) -> bool:
         return any(
             self.rng.random() < f.ratio  # type: ignore[attr-defined]
-            for f in self.faults.matching(kind, route, model, pv)
+            for f in self._matching(kind, route, model, pv)
         )
 
     def _wrong_model(self, to_model: str | None, weights: dict[str, float]) -> str:

@@ -85,13 +85,14 @@ def test_promtool_rule_tests_pass() -> None:
 
 
 def _where(series: str) -> tuple[str | None, str | None]:
-    """(route, prompt_version) of an input series, by the label each family uses."""
+    """(route, prompt_version or caller) of an input series, by the label each family
+    uses: a per-customer alert's quiet neighbour is another customer of the route."""
     labels = dict(re.findall(r'(\w+)="([^"]*)"', series))
     route = next(
         (labels[k] for k in ("route", "requested_model", "model_name", "model") if k in labels),
         None,
     )
-    return route, labels.get("prompt_version")
+    return route, labels.get("prompt_version") or labels.get("end_user")
 
 
 def test_promtool_rule_tests_cover_every_alert_firing_and_quiet(rules: dict) -> None:
@@ -104,7 +105,8 @@ def test_promtool_rule_tests_cover_every_alert_firing_and_quiet(rules: dict) -> 
                 continue
             fired.add(case["alertname"])
             alerted = {
-                (a["exp_labels"]["route"], a["exp_labels"].get("prompt_version"))
+                (a["exp_labels"]["route"],
+                 a["exp_labels"].get("prompt_version") or a["exp_labels"].get("customer"))
                 for a in case["exp_alerts"]
             }
             # Some route (or prompt version) in the same input must stay quiet.

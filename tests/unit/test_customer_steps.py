@@ -107,3 +107,19 @@ def test_blast_radius_counts_customers_as_it_counts_routes() -> None:
                                    "customer/c); this step may change at most 1" in str(refused)
     one = get_action("block_customer").plan({"customer": "a"}, ServingPolicy(), target="t")
     assert check_blast_radius(Guard(), one, ServingPolicy()) is None
+
+
+def test_a_route_alert_grouped_after_a_customers_does_not_hide_the_customer_step() -> None:
+    # Both alerts are runaway cost on chat: one incident. The customer's step stays on
+    # offer, and renders from the alert that names the customer.
+    env = Env()
+    first = run(env.engine.handle_alerts([budget_alert(customer="runaway")]))[0]
+    env.clock.advance(minutes=1)
+    second = run(env.engine.handle_alerts([alert(starts_at=env.clock.now)]))[0]
+    assert second.incident_id == first.incident_id
+    assert env.engine.latest_alert(first.incident_id).labels.get("customer") is None
+    run_ = run(env.engine.plan_step(first.incident_id, "runaway-cost", "cap-customer",
+                                    actor="alice"))
+    assert run_.plan.routes == ["customer/runaway"]
+    default, _ = run(env.engine.run_step(first.incident_id, None, None, "bob"))
+    assert default.id == run_.id  # the first step for the incident is the customer's

@@ -139,7 +139,7 @@ def test_faults_are_valid_sandbox_faults_on_sandbox_routes(shipped: dict[str, Sc
 
 def test_fault_kinds_and_params_match_the_sandbox() -> None:
     assert set(FAULT_PARAMS) == set(FAULT_KINDS)
-    scope = {"id", "kind", "route", "model", "prompt_version", "note"}
+    scope = {"id", "kind", "route", "model", "prompt_version", "customer", "note"}
     for member in SandboxFault.__origin__.__args__:  # the union behind the discriminator
         assert issubclass(member, BaseModel)
         kind = member.model_fields["kind"].annotation.__args__[0]
