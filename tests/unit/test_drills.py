@@ -18,6 +18,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from fakes import RecordingNotifier
 
 from actions.drivers.policy_file import PolicyFileDriver
+from actions.policy import ServingPolicy, split_subject
 from bot.adapters.commands import execute
 from bot.adapters.commands.context import Context
 from bot.adapters.settings import SHIPPED_PLAYBOOKS, Settings
@@ -177,10 +178,17 @@ def test_every_class_drills_end_to_end(scenario_id, tmp_path):
             if engine.store.mitigation(r.id)]
     assert [r.step_id for r in runs] == [scenario.expect.step]
     expected = runs[0].plan.updates("after")
-    applied = yaml.safe_load(seen["policy"])["routes"]
-    for route, fields in expected.items():
+    applied = yaml.safe_load(seen["policy"])
+    for subject, fields in expected.items():
+        section, name = split_subject(subject)  # a route, or a customer
         for field, value in fields.items():
-            assert applied[route][field] == value  # the step reached the file the sandbox reads
+            # the step reached the file the sandbox reads
+            assert applied[section][name][field] == value
+    if scenario.injection.fault.customer:  # a customer's fault: only that customer limited
+        assert expected == {f"customer/{scenario.injection.fault.customer}":
+                            {"max_output_tokens": 64}}
+        before = ServingPolicy.model_validate(yaml.safe_load(POLICY))
+        assert ServingPolicy.model_validate(applied).routes == before.routes
     assert d.recovered_at is not None  # the steady state held again
     assert faults == [] and not d.injection_active and d.rolled_back_at
     assert policy.read_text() == POLICY  # restored byte for byte

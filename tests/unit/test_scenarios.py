@@ -54,15 +54,20 @@ def shipped() -> dict[str, Scenario]:
 
 
 def test_one_shipped_scenario_per_class(shipped: dict[str, Scenario]) -> None:
-    own = [s for s in shipped.values() if s.injection.release is None]
+    own = [s for s in shipped.values() if s.id == s.class_.replace("_", "-")]
     assert sorted(s.class_ for s in own) == sorted(INCIDENT_CLASSES)
+    variants = 0
     for path in SCENARIOS_DIR.glob("*.yaml"):
         scenario = load_scenario(path)
-        if scenario.injection.release is None:
-            assert scenario.class_ == path.stem
-        else:  # the bad-release drills, named so, each of its signal's class
+        if scenario.class_ == path.stem:
+            continue
+        variants += 1
+        if scenario.injection.release is not None:
+            # the bad-release drills, named so, each of its signal's class
             assert path.stem.startswith("bad_release_"), path.name
-    assert len(shipped) - len(own) == 3
+        else:  # one customer's fault: the per-customer mitigation's drill
+            assert scenario.injection.fault.customer and path.stem.endswith("_customer")
+    assert variants == len(shipped) - len(own) == 4
 
 
 def test_release_scenarios_expect_the_guards_rollback_of_their_class(
