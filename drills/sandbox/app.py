@@ -24,8 +24,9 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import ValidationError
 
+from drills.sandbox.exchange import ChatRequest, GatewayError, Served
 from drills.sandbox.faults import FAULT_ADAPTER, FAULT_KINDS, FaultBook
-from drills.sandbox.gateway import ChatRequest, Gateway, GatewayError, Served
+from drills.sandbox.gateway import Gateway
 from drills.sandbox.metrics import SandboxMetrics
 from drills.sandbox.policy import PolicyReader
 from drills.sandbox.shape import SandboxConfig, load_config
