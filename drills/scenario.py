@@ -5,8 +5,9 @@ A scenario (``drills/scenarios/<class>.yaml``) rehearses one incident class:
 - ``target``: the practice sandbox (default) or a staging gateway (``base_url`` required).
 - ``setup``: serving-policy values set before the drill, and a warm-up during which
   traffic runs on them (so, e.g., the alert can name the last good prompt version).
+- ``traffic``: the routes, the rate, and optionally the callers (``customers``).
 - ``injection``: the fault posted to the target's fault API (``POST /faults``: kind,
-  route, optional model / prompt-version scope, the kind's parameters) plus any
+  route, optional model / prompt-version / customer scope, the kind's parameters) plus any
   policy change that goes with it (the "release" that introduced the fault).
 - ``expect``: the alert that must fire, the playbook the bot must propose, and the
   step that cures it (default: the playbook's first step).
