@@ -55,7 +55,9 @@ def describe_guard(g: Guard) -> str:
     if g.max_runs:
         parts.append(f"at most {g.max_runs.count} runs per {format_duration(g.max_runs.window)}")
     br = g.blast_radius
-    parts.append(f"changes at most {br.max_routes} route{'s' if br.max_routes > 1 else ''}")
+    # Customers count as routes do (actions.customer_actions).
+    parts.append(f"changes at most {br.max_routes} route{'s' if br.max_routes > 1 else ''} "
+                 "or customer" + ("s" if br.max_routes > 1 else ""))
     if br.keep_serving:
         parts.append("never leaves a model group without a serving route")
     if g.verify:
