@@ -163,3 +163,28 @@ def test_a_bad_output_format_is_named(capsys):
     assert main(["incidents", "--format", "html"]) == 2
     assert "--format must be one of auto, md, text, got 'html'" in capsys.readouterr().err
 
+
+
+def test_do_takes_a_customer_as_its_second_word_and_a_block_needs_two_people(
+        tmp_path, capsys, monkeypatch):
+    import yaml
+
+    monkeypatch.setenv("LLM_INCIDENT_USER", "alice")
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(yaml.safe_dump({"version": 1, "routes": {"chat": {}}}))
+    base = ["--db", str(tmp_path / "bot.db"), "--policy", str(policy)]
+    assert main([*base, "do", "cap_customer", "team-acme", "max_output_tokens=64",
+                 "--json"]) == 0
+    cap = json.loads(capsys.readouterr().out)
+    assert main([*base, "approve", cap["id"], "--apply"]) == 0  # on-call may approve alone
+    assert yaml.safe_load(policy.read_text())["customers"]["team-acme"][
+        "max_output_tokens"] == 64
+    capsys.readouterr()
+    assert main([*base, "do", "cap_customer", "x", "customer=y", "max_output_tokens=1"]) == 2
+    assert "give the customer as the second word" in capsys.readouterr().err
+    assert main([*base, "do", "block_customer", "team-acme", "--json"]) == 0
+    block = json.loads(capsys.readouterr().out)
+    assert main([*base, "approve", block["id"], "--apply"]) == 3  # alice asked: not alone
+    assert "two_person" in capsys.readouterr().err
+    assert main([*base, "approve", block["id"], "--as", "bob", "--apply"]) == 0
+    assert yaml.safe_load(policy.read_text())["customers"]["team-acme"]["blocked"] is True
