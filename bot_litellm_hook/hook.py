@@ -18,8 +18,8 @@ Per caller (the policy's ``customers`` section), keyed by the identity LiteLLM
 knows, tried in this order: the key's team id, the key's hash, the end user (the
 body's ``user``, or the key's end user). A blocked caller gets 403, one over its
 requests or tokens per minute 429 (counted in this proxy process), and its output
-cap is applied with the route's, the tightest winning; a caller the policy does not
-list, or a request to a route it does not list, still gets its caller limits.
+cap is applied with the route's, the tightest winning. A listed caller's limits hold
+on a route the policy does not list too; a caller it does not list has none.
 
 Every path into a route: LiteLLM's own fallbacks (``router_settings.fallbacks``),
 retries and load-balanced deployments call the deployment without the pre-call hook
