@@ -55,6 +55,7 @@ class Profile:
     engine_label: str | None = None  # the engine gauges' label, when not route_label
     # SLIs only an app-level family counts (schema validity, refusals): the sandbox's.
     app_family: bool = False
+    spend: bool = False  # a gateway: it counts dollars, so budgets can be read from it
     notes: tuple[str, ...] = field(default=())
 
     def histogram(self, sli: str) -> Histogram | None:
@@ -68,6 +69,9 @@ class Profile:
             return f"{self.name} counts no failed requests"
         if sli == "fallbacks" and self.fallbacks is None:
             return f"{self.name} sees no fallbacks (a gateway does: use litellm)"
+        if sli == "spend" and not self.spend:
+            return (f"budgets read spend, which only a gateway counts; {self.name} has none "
+                    "(render budgets with --source litellm)")
         if sli in ("schema_valid", "refusals") and not self.app_family:
             return (f"{self.name} does not judge answers ({sli} needs the llm_app_* family "
                     "your app exports, source sandbox), or write it as sli: ratio")
@@ -99,7 +103,7 @@ PROFILES: dict[str, Profile] = {p.name: p for p in (
         fallbacks=Counter("litellm_deployment_successful_fallbacks_total"),
         output_tokens=("litellm_output_tokens_metric_total",),
         kv_cache=("vllm:kv_cache_usage_perc",), waiting=("vllm:num_requests_waiting",),
-        engine_label="model_name", app_family=True,
+        engine_label="model_name", app_family=True, spend=True,
         notes=("its engine gauges are per model (model_name); relabel models to routes at "
                "scrape time, as drills do",)),
     Profile(
@@ -112,7 +116,7 @@ PROFILES: dict[str, Profile] = {p.name: p for p in (
         requests=Counter("litellm_proxy_total_requests_metric_total"),
         errors=Counter("litellm_proxy_failed_requests_metric_total"),
         fallbacks=Counter("litellm_deployment_successful_fallbacks_total"),
-        output_tokens=("litellm_output_tokens_metric_total",),
+        output_tokens=("litellm_output_tokens_metric_total",), spend=True,
         notes=("time to first token is the upstream's (streaming calls)",)),
     Profile(
         "vllm", "vLLM (the V1 engine's names, and the V0 names they replaced)",

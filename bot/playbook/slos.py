@@ -135,8 +135,7 @@ class Objective(_Strict):
     @field_validator("sli")
     @classmethod
     def _countable(cls, v: str, info: ValidationInfo) -> str:
-        source = PROFILES.get((info.context or {}).get("source", DEFAULT))
-        why = source.supports(v) if source is not None and v != "ratio" else None
+        why = _source(info).supports(v) if v != "ratio" else None
         if why:
             raise ValueError(why)
         return v
@@ -147,8 +146,7 @@ class Objective(_Strict):
         sli = info.data.get("sli")
         if v is None or sli not in ("ttft", "latency"):
             return v
-        problem = threshold_problem(profile((info.context or {}).get("source", DEFAULT)),
-                                    sli, v)
+        problem = threshold_problem(_source(info), sli, v)
         if problem:
             raise ValueError(problem)
         return v
@@ -210,6 +208,11 @@ class Budget(_Strict):
         return " ".join(p for p in parts if p)
 
 
+def _source(info: ValidationInfo) -> Profile:
+    """The source a file is validated against (load_slos_text passes the file's own)."""
+    return PROFILES.get((info.context or {}).get("source", DEFAULT), PROFILES[DEFAULT])
+
+
 def threshold_problem(source: Profile, sli: str, v: float) -> str | None:
     """Why ``v`` cannot be counted from ``source``'s ``sli`` histogram (None: it can)."""
     hist = source.histogram(sli)
@@ -237,6 +240,14 @@ class SloFile(_Strict):
                 raise ValueError(f"name {name!r} must be lowercase letters, digits, - or _")
         return v
 
+    @field_validator("budgets")
+    @classmethod
+    def _a_gateway(cls, v: dict[str, Budget], info: ValidationInfo) -> dict[str, Budget]:
+        # The rule `on` applies when another source is asked for on the command line.
+        if v and (why := _source(info).supports("spend")):
+            raise ValueError(why)
+        return v
+
     @field_validator("source")
     @classmethod
     def _known(cls, v: str) -> str:
@@ -261,9 +272,8 @@ class SloFile(_Strict):
             if why:
                 raise InputError(f"objective {name}: {why}",
                                  hint="change the objective, or render it from another source")
-        if self.budgets and target.name not in ("sandbox", "litellm"):
-            raise InputError(f"budgets read spend, which only a gateway counts; {target.name} "
-                             "has none", hint="render budgets with --source litellm")
+        if self.budgets and (why := target.supports("spend")):
+            raise InputError(why)
         return self.model_copy(update={"source": target.name})
 
 

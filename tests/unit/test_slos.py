@@ -41,6 +41,8 @@ def test_the_shipped_example_loads_with_user_terms():
      "needs a threshold"),
     ("budgets:\n  b:\n    route: chat\n", 2, "per_hour_usd"),
     ("budgets:\n  b:\n    per_hour_usd: 5\n", 2, "a route, a model, a customer, or per_customer"),
+    ("source: vllm\nbudgets:\n  b: {route: chat, per_hour_usd: 5}\n", 2,
+     "only a gateway counts; vllm has none"),
     ("budgets:\n  b:\n    customer: acme\n    per_customer: true\n    per_hour_usd: 5\n", 2,
      "not both"),
     ("objectives:\n  a:\n    route: chat\n    sli: errors\n    target: 99%\n    tgt: 1\n", 6,
