@@ -153,19 +153,25 @@ def _pick(weights: dict[str, float], rng: random.Random) -> str:
     return max(weights, key=lambda m: weights[m])
 
 
+def clamp(body: dict[str, Any], cap: int) -> None:
+    """``max_tokens`` / ``max_completion_tokens`` at most ``cap``, also when the caller
+    asked for more or for nothing."""
+    asked = [k for k in ("max_tokens", "max_completion_tokens") if body.get(k) is not None]
+    for key in asked:
+        try:
+            body[key] = min(int(body[key]), cap)
+        except (TypeError, ValueError):
+            body[key] = cap  # a nonsense limit from the caller gets the cap
+    if not asked:
+        body["max_tokens"] = cap
+
+
 def apply_decision(data: dict[str, Any], d: RouteDecision) -> dict[str, Any]:
     """Rewrite the request body in place according to ``d``; returns it."""
     data["model"] = d.model
     cap = d.max_output_tokens
     if cap is not None:
-        asked = [k for k in ("max_tokens", "max_completion_tokens") if data.get(k) is not None]
-        for key in asked:
-            try:
-                data[key] = min(int(data[key]), cap)
-            except (TypeError, ValueError):
-                data[key] = cap  # a nonsense limit from the caller gets the cap
-        if not asked:
-            data["max_tokens"] = cap
+        clamp(data, cap)
     if d.prompt_version is not None:
         headers = data.get("extra_headers")
         data["extra_headers"] = {**(headers if isinstance(headers, dict) else {})}
@@ -294,14 +300,7 @@ class PolicyHook(CustomLogger):
                        served.max_output_tokens if served is not None else None)
         if cap is None:
             return None
-        asked = [k for k in ("max_tokens", "max_completion_tokens") if kwargs.get(k) is not None]
-        for key in asked:
-            try:
-                kwargs[key] = min(int(kwargs[key]), cap)
-            except (TypeError, ValueError):
-                kwargs[key] = cap
-        if not asked:
-            kwargs["max_tokens"] = cap
+        clamp(kwargs, cap)
         return kwargs
 
     async def async_post_call_success_hook(self, data: dict, user_api_key_dict: Any,
