@@ -36,6 +36,22 @@ class Counter:
     matchers: str = ""  # extra matchers, e.g. 'finished_reason="error"'
 
 
+def sample_series(requests: Counter, part: Counter, labels: dict[str, str], total: int,
+                 bad: int) -> list[tuple[str, dict[str, str], int]]:
+    """The series (name, labels, count) a promtool test feeds so that ``requests`` counts
+    ``total`` and ``part`` counts ``bad``: two counters, or one counter split by the
+    part's label (vLLM's finished_reason, OTel's error_type), the bad share with it
+    set and the rest with it set otherwise."""
+    if part.name != requests.name:
+        return [(requests.name, labels | {"status_code": "200"}, total),
+                (part.name, labels, bad)]
+    negated = "!=" in part.matchers
+    key, _, value = part.matchers.partition("!=" if negated else "=")
+    bad_value = value.strip('"') or "timeout"  # != "" : any value is bad
+    return [(part.name, labels | {key: bad_value}, bad),
+            (requests.name, labels | ({} if negated else {key: "stop"}), total - bad)]
+
+
 @dataclass(frozen=True)
 class Profile:
     name: str

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bot.playbook.engine_profiles import Histogram, Profile
+from bot.playbook.engine_profiles import Histogram, Profile, sample_series
 
 PREFIX = "llm_incident:"
 
@@ -100,16 +100,11 @@ def normalised_tests(p: Profile, rules_file: str) -> dict[str, Any]:
     chat = {label: "chat"}
     if p.requests is not None:
         # 600 requests a minute on chat, 60 of them failed (10 per second, 1 failed).
-        if p.errors is not None and p.errors.name == p.requests.name:
-            key, _, value = p.errors.matchers.partition("!=" if "!=" in p.errors.matchers
-                                                        else "=")
-            feed(p.requests.name, chat | {key: value.strip('"') or "timeout"}, "0+60x10")
-            feed(p.requests.name, chat | ({} if "!=" in p.errors.matchers else
-                                          {key: "stop"}), "0+540x10")
-        else:
+        if p.errors is None:
             feed(p.requests.name, chat, "0+600x10")
-            if p.errors is not None:
-                feed(p.errors.name, chat, "0+60x10")
+        for name, labels, n in (sample_series(p.requests, p.errors, chat, 600, 60)
+                                if p.errors is not None else ()):
+            feed(name, labels, f"0+{n}x10")
         want("requests:rate5m", 10)
         if p.errors is not None:
             want("errors:rate5m", 1)

@@ -32,7 +32,7 @@ from typing import Any
 
 import yaml
 
-from bot.playbook.engine_profiles import Counter, Profile, profile
+from bot.playbook.engine_profiles import Counter, Profile, profile, sample_series
 from bot.playbook.engine_rules import normalised_group, normalised_tests
 from bot.playbook.render import promql_escape
 from bot.playbook.slos import Budget, Objective, SloFile
@@ -233,17 +233,8 @@ def _series(o: Objective, bad_share: float, minutes: int,
     if o.sli in ("errors", "fallbacks"):
         part = p.errors if o.sli == "errors" else p.fallbacks
         assert part is not None and p.requests is not None
-        route = {p.route_label: r}
-        if part.name != p.requests.name:  # two counters: all requests, and the bad ones
-            return [feed(p.requests.name, route | {"status_code": "200"}, per_min),
-                    feed(part.name, route, bad)]
-        # One counter split by a label (vLLM's finished_reason, OTel's error_type): the
-        # bad part with it set, the rest with it set otherwise.
-        key, _, value = part.matchers.partition("!=" if "!=" in part.matchers else "=")
-        bad_value = value.strip('"') or "timeout"  # != "" : any value is bad
-        good = {} if "!=" in part.matchers else {key: "stop"}
-        return [feed(part.name, route | {key: bad_value}, bad),
-                feed(p.requests.name, route | good, per_min - bad)]
+        return [feed(name, labels, n) for name, labels, n in
+                sample_series(p.requests, part, {p.route_label: r}, per_min, bad)]
     if o.sli in ("latency", "ttft"):
         hist = p.histogram(o.sli)
         assert o.threshold is not None and hist is not None
