@@ -276,7 +276,7 @@ def _count(subjects: Sequence[str]) -> str:
     """"2 routes", "3 customers", "1 route and 2 customers"."""
     customers = sum(1 for s in subjects if split_subject(s)[0] == "customers")
     parts = [(len(subjects) - customers, "route"), (customers, "customer")]
-    return " and ".join(f"{n} {w}{'s' if n != 1 else ''}" for n, w in parts if n) or "0 routes"
+    return " and ".join(f"{n} {w}{'s' if n != 1 else ''}" for n, w in parts if n)
 
 
 def check_active_cap(

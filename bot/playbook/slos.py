@@ -42,8 +42,6 @@ from bot.base.errors import InputError, PlaybookError, Problem
 from bot.playbook.engine_profiles import (
     DEFAULT,
     PROFILES,
-    SANDBOX_LATENCY,
-    SANDBOX_TTFT,
     Profile,
     profile,
 )
@@ -63,10 +61,6 @@ SLI_CLASS: dict[str, str] = {
     "fallbacks": "provider_errors", "schema_valid": "malformed_output",
     "refusals": "quality_degradation",
 }
-# The default source's bucket bounds (seconds): a threshold must be one of its
-# histogram's bounds (bot.playbook.engine_profiles has every source's).
-LATENCY_BOUNDS = SANDBOX_LATENCY
-TTFT_BOUNDS = SANDBOX_TTFT
 _SECONDS = re.compile(r"^\s*(\d+(\.\d+)?)\s*(ms|s)\s*$")
 _PERCENT = re.compile(r"^\s*(\d+(\.\d+)?)\s*%\s*$")
 _NAME = r"^[a-z0-9][a-z0-9_-]*$"

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from bot.playbook.engine_profiles import SANDBOX_LATENCY as LATENCY_BOUNDS
+from bot.playbook.engine_profiles import SANDBOX_TTFT as TTFT_BOUNDS
 from bot.playbook.openslo import load_openslo_text
 from bot.playbook.slo_rules import render_rules, scaled, sli
 from bot.playbook.slos import (
-    LATENCY_BOUNDS,
     SHIPPED_EXAMPLE,
-    TTFT_BOUNDS,
     SloError,
     load_slos,
     load_slos_text,

@@ -55,13 +55,12 @@ async def _metrics_page(ctx: Context, where: str | None) -> str:
     if where is None:
         raise InputError("--source auto reads a metrics page: give --metrics URL or FILE",
                          hint="e.g. --metrics http://vllm:8000/metrics")
+    ctx.require_local("slo --metrics")  # a file or the network of the bot's machine
     if not where.startswith(("http://", "https://")):
-        ctx.require_local("slo --metrics FILE")
         try:
             return Path(where).read_text(encoding="utf-8", errors="replace")
         except OSError as exc:
             raise InputError(f"cannot read {where}: {exc.strerror or exc}") from None
-    ctx.require_local("slo --metrics URL")  # the bot's network, not Slack's to point
     try:
         async with httpx.AsyncClient(timeout=10, trust_env=False) as client:
             resp = await client.get(where)
