@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from actions.base import MetricsSource, Sample
+from actions.catalog import get_action
 from bot.base.errors import IncidentBotError
 from bot.core.messages import Button, Field, Message, Section, step_value
 from bot.intake.alert import Alert
@@ -136,8 +137,31 @@ def _step_section(index: int, step: Step, playbook: Playbook, alert: Alert) -> S
         what = ", ".join(f"{k}={v}" for k, v in args.items())
     except IncidentBotError as exc:
         what = f"cannot be rendered for this alert: {exc.message}"
+    else:
+        if (problem := _args_problem(step, args)) is not None:
+            what += f"; cannot be planned for this alert: {problem}"
     text = f"{step.action} on {step.target} ({what})\nGuards: {describe_guard(step.guard)}"
     return Section(text, title=f"Step {index}: {step.id}: {step.title}")
+
+
+def _args_problem(step: Step, args: dict[str, Any]) -> str | None:
+    """What the action says of these arguments (e.g. a customer label that is no caller
+    id), so the suggestion says it before anyone clicks Run."""
+    try:
+        get_action(step.action).parse_params(args)
+    except IncidentBotError as exc:
+        return exc.message
+    return None
+
+
+def _plannable(step: Step, playbook: Playbook, alert: Alert) -> bool:
+    if not_for(step, alert.labels) is not None:
+        return False
+    try:
+        args = render_step_args(step, render_params(playbook, alert), alert)
+    except IncidentBotError:
+        return True  # as before: the click says what is missing
+    return _args_problem(step, args) is None
 
 
 async def build_suggestion(
@@ -187,7 +211,10 @@ async def build_suggestion(
         if fields:
             sections.append(Section("", title="Diagnose (now)", fields=tuple(fields)))
         sections += [_step_section(i, s, top, alert) for i, s in enumerate(top.steps, 1)]
-        first = top.first_step_for(alert.labels)
+        # The primary button: the first step for this alert whose arguments an action
+        # would take (a hostile customer label leaves it to the route's cap).
+        first = next((s for s in top.steps if _plannable(s, top, alert)),
+                     top.first_step_for(alert.labels))
         for step in (s for s in top.steps if not_for(s, alert.labels) is None):
             value = step_value(incident.id, top.id, step.id)
             buttons.append(Button("run_step", f"Run {step.id}", value,

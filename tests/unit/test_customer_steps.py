@@ -123,3 +123,39 @@ def test_a_route_alert_grouped_after_a_customers_does_not_hide_the_customer_step
     assert run_.plan.routes == ["customer/runaway"]
     default, _ = run(env.engine.run_step(first.incident_id, None, None, "bob"))
     assert default.id == run_.id  # the first step for the incident is the customer's
+
+
+def test_a_hostile_customer_label_is_shown_as_typed_and_never_planned() -> None:
+    # The label reaches Slack as text (no ping, no template run), and no plan, no file
+    # entry and no PromQL is made from it.
+    from bot.adapters.slack.blocks import render, render_text
+
+    env = Env()
+    hostile = "<!channel> {{ 7*7 }}"
+    item = run(env.engine.handle_alerts([budget_alert(customer=hostile)]))[0]
+    [msg] = env.published
+    blocks = str(render(msg))
+    assert "<!channel>" not in blocks and "&lt;!channel&gt; {{ 7*7 }}" in blocks
+    assert "49" not in blocks and "<!channel>" not in render_text(msg)
+    # The cap-customer step is offered (the alert names a customer) but refuses the id.
+    cap = next(s for s in msg.sections if (s.title or "").startswith("Step 1"))
+    assert "cannot be planned for this alert" in cap.text and "not a caller id" in cap.text
+    primary = [b.value for b in msg.buttons if b.action == "run_step" and b.style == "primary"]
+    assert primary == [f"{item.incident_id}:runaway-cost:cap-output"]
+    with pytest.raises(InputError, match="not a caller id"):
+        run(env.engine.plan_step(item.incident_id, "runaway-cost", "cap-customer",
+                                 actor="alice"))
+    assert env.store.runs(incident_id=item.incident_id) == []
+    assert env.driver.writes == []
+
+
+def test_slack_cannot_point_slo_at_a_metrics_page() -> None:
+    from incident_env import PLAYBOOKS
+
+    from bot.adapters.commands import Context, execute
+
+    env = Env()
+    ctx = Context(actor="U0ALICE", playbooks_dir=PLAYBOOKS, open_engine=lambda: env.engine,
+                  local=False)
+    res = run(execute("slo render --source auto --metrics http://169.254.169.254/metrics", ctx))
+    assert not res.ok and "use the CLI for it" in res.text
