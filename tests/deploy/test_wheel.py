@@ -52,6 +52,19 @@ def test_the_installed_package_finds_its_files_from_any_folder(installed: Path, 
     match = cli(installed, tmp_path, "match", str(alert), "--json")
     assert json.loads(match.stdout)[0]["matches"][0]["playbook"] == "runaway-cost"
 
+    # The customer drill and the SLO sources ship, and run from another folder.
+    drill = cli(installed, tmp_path, "--db", str(tmp_path / "d.db"), "drill", "run",
+                "runaway-customer", "--auto-respond")
+    assert "completed, score 100/100" in drill.stdout, drill.stdout[-2000:]
+    slos = tmp_path / "slos.yaml"
+    slos.write_text("version: 1\nobjectives:\n  e: {route: chat, sli: errors, target: 99%}\n")
+    cli(installed, tmp_path, "slo", "render", str(slos), "--source", "litellm", "--out",
+        str(tmp_path / "rules"))
+    assert "llm_incident:requests:rate5m" in (tmp_path / "rules" / "slo-rules.yaml").read_text()
+    # The shipped example's 1.5 s TTFT is no vLLM bucket bound: said so, nothing written.
+    refused = cli(installed, tmp_path, "slo", "render", "--source", "vllm", check=False)
+    assert refused.returncode == 2 and "not a bucket bound of vllm:" in refused.stderr
+
     demo = cli(installed, tmp_path, "demo")
     assert "score 100/100" in demo.stdout and "Serving policy after the drill: restored" \
         in demo.stdout
