@@ -446,3 +446,27 @@ def test_a_write_that_does_not_take_effect_is_a_failure():
     with pytest.raises(ActionFailed, match="did not take effect: routes.chat.max_output_tokens"):
         env.apply(r.id)
     assert env.store.run(r.id).state == "failed" and env.store.mitigation(r.id) is None
+
+
+def test_reconcile_after_a_crash_in_applying_a_customer_limit():
+    # kill -9 between claiming and writing a per-customer cap: the same settling as a
+    # route's, by the customer's field.
+    env = Env()
+
+    def cap_customer(customer: str):
+        return run(env.runner.plan(
+            incident_id=env.incident, playbook_id="runaway-cost", step_id="cap-customer",
+            action="cap_customer", target="default",
+            args={"customer": customer, "max_output_tokens": 64},
+            guard=Guard.model_validate({"approval": "none"}), verify_query=None,
+            requested_by="alice", dry_run=False))
+
+    done, lost = cap_customer("acme"), cap_customer("beta")
+    for r in (done, lost):
+        env.store.transition(r.id, "applying", "applying", actor="alice", owner=dead_owner())
+    env.driver.policy = env.driver.policy.with_values(
+        {"customer/acme": {"max_output_tokens": 64}})  # acme's write landed, beta's not
+    result = {r.id: r.state for r in run(env.runner.reconcile())}
+    assert result == {done.id: "applied", lost.id: "failed"}
+    assert "customers.beta.max_output_tokens" in env.store.run(lost.id).error
+    assert env.driver.policy.customer("beta").max_output_tokens is None
