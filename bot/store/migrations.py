@@ -358,13 +358,21 @@ def _v11_pages(db: Db) -> None:
     )
 
 
+def _v12_outbox_messages(db: Db) -> None:
+    # What a change says (a status update, a note, a step's result) goes through the
+    # outbox too, written in that change's transaction by whichever process made it
+    # (the CLI included), and delivered once by a process with a notifier: the message,
+    # as neutral JSON (bot.core.messages.message_to_json), is the item's payload.
+    db.execute("ALTER TABLE outbox ADD COLUMN payload TEXT")
+
+
 # Append only; index + 1 is the schema version. Versions 2, 3, 6 and a part of 4
 # created tables that now belong to their owners (drills, the Slack adapter): those
 # positions stay, empty, so every version number keeps its meaning.
 MIGRATIONS: list[Callable[[Db], None]] = [
     _v1_initial, _v2_chat_messages, _v3_drills, _v4_trust, _v5_drill_scope,
     _v6_drill_ownership, _v7_claims_and_outbox, _v8_components, _v9_leases, _v10_releases,
-    _v11_pages,
+    _v11_pages, _v12_outbox_messages,
 ]
 
 LATEST_VERSION = len(MIGRATIONS)
