@@ -192,8 +192,9 @@ class Scheduler:
         for job_id, due in wanted.items():
             if self._timers.get(job_id) == due and self._aps.get_job(job_id) is not None:
                 continue
-            self._aps.add_job(self._guarded, "date", run_date=due, id=job_id,
-                              args=(job_id, self.run_due), replace_existing=True)
+            # ``due`` is on the store's clock (the database's); the job waits on ours.
+            self._aps.add_job(self._guarded, "date", run_date=self.store.local_time(due),
+                              id=job_id, args=(job_id, self.run_due), replace_existing=True)
             self._timers[job_id] = due
 
     # --- jobs ----------------------------------------------------------------------

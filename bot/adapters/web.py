@@ -183,9 +183,16 @@ def create_app(
             response_class=JSONResponse,
         )
 
-    @app.get("/healthz", summary="The process is alive")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+    @app.get("/healthz", summary="The process is alive and its store writes are not stuck",
+             responses={503: {"description": "The process cannot write to its store; the "
+                                             "body says why (restart it)"}})
+    async def healthz() -> JSONResponse:
+        # No store call here: it reads what the process's own writes did, so it never
+        # waits behind the write lock. 503 means a restart is the way out.
+        problem = engine.store.write_problem()
+        if problem:
+            return JSONResponse({"status": "unhealthy", "reason": problem}, status_code=503)
+        return JSONResponse({"status": "ok"})
 
     @app.get("/readyz", summary="Store (read and write), playbooks and scheduler are ready",
              responses={503: {"description": "Not ready; the body says why"}})
@@ -340,6 +347,10 @@ async def _readiness(engine: Engine, scheduler: Any | None) -> dict[str, dict[st
                       f"load ({len(registry.problems)} problem(s), first: {registry.problems[0]})"}
     else:
         checks["playbooks"] = {"ok": True, "detail": f"{len(registry)} loaded"}
+    if (skew := engine.store.check_clock()) is not None:
+        # Ready all the same: leases and timers run on the database's clock.
+        checks["clock"] = {"ok": True, "degraded": True, "detail": skew,
+                           "offset_seconds": round(engine.store.clock_offset.total_seconds(), 3)}
     if scheduler is not None:
         running = bool(getattr(scheduler, "running", False))
         checks["scheduler"] = {"ok": running, "detail": "running" if running else

@@ -67,7 +67,8 @@ def build_engine(settings: Settings) -> Engine:
     created = local and not settings.db_path.exists()
     if local and settings.db_path.parent:
         settings.db_path.parent.mkdir(parents=True, exist_ok=True)
-    store = Store(settings.store_location)
+    # Replicas compare times (leases, claims, TTLs): on Postgres, the database's clock.
+    store = Store(settings.store_location, database_clock=True)
     if created:
         log.info("created a new store at %s", settings.db_path.resolve())
     from drills.targets import drill_targets  # a drill incident acts on its drill's target
@@ -84,7 +85,8 @@ def build_engine(settings: Settings) -> Engine:
         ),
     )
     window = settings.flap_window if settings.flap_window.total_seconds() > 0 else None
-    engine = Engine(store, registry, runner, flap_window=window)
+    # The store's clock: on Postgres the database's, which every replica shares.
+    engine = Engine(store, registry, runner, flap_window=window, clock=store.clock)
     # Never raises for a bad playbook: a broken directory runs on the last good set
     # stored (or none), so pause, revert and status always work.
     engine.playbook_load = load_at_start(registry, store, settings.playbooks_dir)

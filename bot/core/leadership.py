@@ -24,6 +24,7 @@ from bot.base.claims import this_process
 from bot.base.errors import Conflict
 from bot.store import Store
 from bot.store.leases import DEFAULT_LEASE, LEADER
+from bot.store.records import utc_now
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,11 @@ class Leadership:
         # Local deadline (monotonic): past it, this process stops acting as the leader
         # even if it could not reach the store to learn it lost the lease.
         self._lead_until = 0.0
-        store.replica_stale_after = ttl
+        # When the lease we last saw another replica hold runs out (this machine's
+        # monotonic clock): a follower bids right then, not a round later.
+        self.bid_at: float | None = None
+        # Claims go stale after the lease, and every store transaction is bounded by it.
+        store.set_lease(ttl)
 
     @property
     def renew_every(self) -> float:
@@ -72,21 +77,36 @@ class Leadership:
         return "leader" if self.is_leader else "follower"
 
     def renew(self) -> bool:
-        """Beat, then take or renew the lease; True while this process leads."""
+        """Take or renew the lease and beat, in one transaction; True while this
+        process leads."""
         started = time.monotonic()
         was = self.is_leader
         try:
-            lease = self.store.take_lease(self.holder, self.ttl)
-            self.store.beat(self.holder, role="leader" if lease else "follower")
-        except Exception:  # noqa: BLE001 - the store is down: stop leading, try again
-            log.exception("leader lease: could not reach the store; not leading until it can")
-            self._lead_until = 0.0
-            return False
+            with self.store.transaction():
+                lease = self.store.take_lease(self.holder, self.ttl)
+                self.store.beat(self.holder, role="leader" if lease else "follower")
+                current = None if lease else self.store.lease()
+                offset = self.store.clock_offset
+        except Exception:  # noqa: BLE001 - the store is down: lead on our deadline, retry
+            # Not zeroed: the lease renewed at ``started`` of the last good round runs
+            # until then plus the ttl, by the database's clock, and nobody can take it
+            # before; ``is_leader`` stops us a quarter of the lease earlier than that.
+            log.exception("leader lease: could not reach the store; %s",
+                          f"leading for {self._lead_until - time.monotonic():.1f} s more "
+                          "at most" if self.is_leader else "not leading until it can")
+            return self.is_leader
+        self.bid_at = None
         if lease is None:
             self._lead_until = 0.0
+            if current is not None:
+                # The database's expiry on this machine's monotonic clock.
+                left = (current.expires_at - offset - utc_now()).total_seconds()
+                self.bid_at = time.monotonic() + max(0.0, left)
         else:
-            # Lead for less than the lease: the margin covers the time this round took
-            # and a missed round or two; the store's lease check is the real fence.
+            # Lead for less than the lease: the lease runs from a moment after
+            # ``started`` (its row was written later, by the database's clock) for the
+            # ttl; stopping a quarter earlier covers a missed round, the time this
+            # round took, and clock rate drift. The store's lease check is the fence.
             self._lead_until = started + self.ttl.total_seconds() * 3 / 4
             self.token = lease.token
         if self.is_leader != was:

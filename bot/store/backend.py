@@ -17,6 +17,11 @@ lock first. So every use case that reads, checks and writes in one transaction
 (dedup an alert, claim a run, re-check the guards) sees the same single-writer
 world on either database, across any number of replicas. Unique keys
 (``alerts (fingerprint, starts_at)``, ``runs.seq``...) are the backstop.
+
+Because one lock serialises every replica's writes, no transaction may hold it for
+long: on Postgres every session has three limits, sized from the leader lease
+(:class:`Limits`), so a stalled or partitioned writer is cut off by the server and
+its lock freed before the lease it may hold could pass to another replica.
 """
 
 from __future__ import annotations
@@ -26,16 +31,58 @@ import logging
 import re
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from sqlite_utils import Database as SqliteUtilsDatabase
+
+from bot.base.claims import this_process
 
 log = logging.getLogger(__name__)
 
 # Any number: the one lock every write transaction of every replica takes.
 WRITE_LOCK_KEY = 0x11_1C1D
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How long a Postgres session may wait, run or sit inside a transaction.
+
+    All three follow from the leader lease ``L`` (renewed every ``L/4``):
+
+    - ``idle_in_transaction`` = ``L/4`` (at least 1 s): a writer that stops between two
+      statements while holding the write lock (SIGSTOP, a GC pause, a partition after
+      ``BEGIN``) is disconnected by the server after this, which frees the lock well
+      before a lease it renewed just before stalling can expire (at most ``L/4 + L/4``
+      after its last renewal), so the next replica can take the lease on time.
+    - ``lock_wait`` = ``L/2`` (at least twice the idle limit): longer than the idle limit, so a writer queued behind a stalled
+      one gets the lock once the server cuts the staller off instead of failing; a
+      lock held longer by someone else (an operator's session) fails the write, which
+      rolls back and the next one tries again.
+    - ``statement`` = the lock wait plus 1 s: no single statement (the lock wait is
+      one) holds the lock long enough to cost the leader its lease (it stops leading
+      ``L/4`` before the lease ends); the extra second lets the lock wait's own, clearer
+      error win.
+    """
+
+    lock_wait_ms: int
+    statement_ms: int
+    idle_in_transaction_ms: int
+
+    @classmethod
+    def for_lease(cls, lease: timedelta) -> Limits:
+        lease_ms = lease.total_seconds() * 1000
+        idle = max(1000, int(lease_ms / 4))
+        wait = max(2 * idle, int(lease_ms / 2))
+        return cls(lock_wait_ms=wait, statement_ms=wait + 1000, idle_in_transaction_ms=idle)
+
+    def settings(self) -> list[tuple[str, int]]:
+        return [("lock_timeout", self.lock_wait_ms), ("statement_timeout", self.statement_ms),
+                ("idle_in_transaction_session_timeout", self.idle_in_transaction_ms)]
 
 
 class Cursor(Protocol):
@@ -58,6 +105,16 @@ class Db:
     #: The driver's error classes: a caller turns these into ``StoreError``.
     errors: tuple[type[BaseException], ...] = ()
     _savepoints = 0
+    #: The database's clock minus this machine's (0 where the database is local).
+    clock_offset = timedelta(0)
+
+    def set_limits(self, limits: Limits) -> None:
+        """Bound this connection's transactions (Postgres; SQLite has its busy timeout)."""
+
+    def server_now(self) -> datetime | None:
+        """The database server's clock, read now (None: the database has no clock of its
+        own, it is this machine's). Also refreshes ``clock_offset``."""
+        return None
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
         raise NotImplementedError
@@ -200,20 +257,53 @@ class PostgresDb(Db):
         self._dict_row = dict_row
         self.errors = (psycopg.Error,)
         self.url = url
-        self._busy_timeout_ms = busy_timeout_ms
+        # Until the leadership says which lease is in force (``set_limits``).
+        self.limits = Limits.for_lease(timedelta(seconds=10))
+        # Our own record of an open transaction: a broken connection's status says
+        # "unknown", which must not pass for "inside a transaction" on the next call.
+        self._in_tx = False
         self.conn = self._connect()
 
     def _connect(self) -> Any:
-        conn = self._psycopg.connect(self.url, autocommit=True, connect_timeout=10)
-        # A write waits this long for the write lock, like SQLite's busy_timeout.
-        conn.execute(f"SET lock_timeout = {int(self._busy_timeout_ms)}")
+        conn = self._psycopg.connect(
+            self.url, autocommit=True, connect_timeout=10,
+            # A peer that vanished (a partition, a dead host) is noticed in seconds,
+            # not after the kernel's two-hour default: keepalives for an idle socket,
+            # tcp_user_timeout for data sent and never acknowledged.
+            keepalives=1, keepalives_idle=5, keepalives_interval=2, keepalives_count=3,
+            # Names the process in pg_stat_activity (an operator's first question).
+            application_name=f"llm-incident {this_process()}"[:63],
+            tcp_user_timeout=max(5000, self.limits.statement_ms + 2000))
+        for name, ms in self.limits.settings():
+            conn.execute(f"SET {name} = {int(ms)}")
+        self.conn = conn
+        self.server_now()
         return conn
 
+    def set_limits(self, limits: Limits) -> None:
+        self.limits = limits
+        if not self.conn.closed and not self._in_tx:
+            for name, ms in limits.settings():
+                self.conn.execute(f"SET {name} = {int(ms)}")
+
+    def server_now(self) -> datetime | None:
+        # The offset is the server's clock minus the midpoint of the round trip: off by
+        # at most half a round trip (well under a millisecond on a LAN).
+        before = time.time()
+        row = self.conn.execute("SELECT clock_timestamp()").fetchone()
+        after = time.time()
+        server: datetime = row[0].astimezone(UTC)
+        local = datetime.fromtimestamp((before + after) / 2, UTC)
+        self.clock_offset = server - local
+        return server
+
     def _usable(self) -> Any:
-        # A connection lost between transactions (Postgres restarted, a failover)
-        # is opened again; one lost inside a transaction fails that transaction.
-        if self.conn.closed or (not self.in_transaction and self.conn.broken):
-            self.conn = self._connect()
+        # A connection lost between transactions (Postgres restarted, the server cut
+        # an idle-in-transaction session, a partition) is opened again; one lost
+        # inside a transaction fails that transaction, and the next one reconnects.
+        if self.conn.closed and not self._in_tx:
+            log.warning("the Postgres connection was lost; connecting again")
+            self._connect()
         return self.conn
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
@@ -226,16 +316,27 @@ class PostgresDb(Db):
 
     @property
     def in_transaction(self) -> bool:
-        status = self.conn.info.transaction_status
-        return bool(status != self._psycopg.pq.TransactionStatus.IDLE)
+        return self._in_tx
 
     def begin_write(self) -> None:
+        # The caller rolls back when this raises: past BEGIN the session is inside a
+        # transaction, and a lock wait that timed out leaves it aborted.
         self.execute("BEGIN")
+        self._in_tx = True
         self.execute("SELECT pg_advisory_xact_lock(?)", [WRITE_LOCK_KEY])
 
+    def commit(self) -> None:
+        try:
+            self.conn.execute("COMMIT")
+        finally:
+            self._in_tx = False
+
     def rollback(self) -> None:
-        if not self.conn.closed:
-            self.conn.execute("ROLLBACK")
+        try:
+            if not self.conn.closed:
+                self.conn.execute("ROLLBACK")
+        finally:
+            self._in_tx = False
 
     def json_field(self, column: str, *path: str | int) -> str:
         return f"({column}::jsonb #>> '{{{','.join(str(p) for p in path)}}}')"

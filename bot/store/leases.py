@@ -13,8 +13,11 @@ outbox item) held by a replica is live while that replica's heartbeat is fresh
 (and, on the same machine, its pid runs):
 a replica that hangs (SIGSTOP, a stuck disk) loses its claims like one that died,
 and the new leader settles them once. Processes that never beat (a CLI verb) are
-judged by their pid, as before. Times are the store's clock: replicas on several
-machines need synchronised clocks (NTP), well inside the lease time.
+judged by their pid, as before. Times are the store's clock, which on Postgres is
+the database server's (``Store.now``): the lease is taken and renewed at the
+server's ``clock_timestamp()`` read inside the lease's own transaction, which also
+refreshes this replica's offset to the server's clock for everything else, so a
+replica whose own clock is off neither takes a live lease nor clings to a dead one.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ class LeaseRecords:
         replica_stale_after: timedelta
 
         def now(self) -> datetime: ...
+        def database_now(self) -> datetime: ...
         def transaction(self) -> AbstractContextManager[Any]: ...
         def _rows(self, sql: str, params: list[Any] | None = None) -> list[dict[str, Any]]: ...
 
@@ -68,7 +72,7 @@ class LeaseRecords:
         call, None while another holder's lease runs. Taking over an expired (or
         released) lease bumps the fencing token; renewing keeps it."""
         with self.transaction():
-            now = self.now()
+            now = self.database_now()  # after the write lock: the server's time now
             current = self.lease(name)
             until = to_text(now + ttl)
             if current is None:

@@ -9,23 +9,29 @@ and its timeline event, a mitigation and the run becoming ``applied``) share one
 transaction: use ``with store.transaction():`` around them, it nests.
 
 Records come back as the frozen dataclasses of ``bot.store.records``, never raw rows. Times are aware UTC
-datetimes; ``now`` comes from the injected ``clock`` so tests can freeze time.
+datetimes; ``now`` comes from the injected ``clock`` so tests can freeze time. With
+``database_clock`` (what ``serve`` and the CLI open) on Postgres, ``now`` is the database server's clock (this
+machine's plus the offset measured at connect and at every lease round), so
+replicas whose own clocks disagree still compare leases, heartbeats, claims, TTL
+deadlines and approval expiry on one clock.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import re
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from bot.base.errors import StoreError
-from bot.store.backend import Db, connect, is_postgres_url
+from bot.store.backend import Db, Limits, connect, is_postgres_url
+from bot.store.health import WriteHealth
 from bot.store.incidents import IncidentRecords, Recorded, group_key_for
 from bot.store.leases import DEFAULT_LEASE, LeaseRecords
 from bot.store.migrations import LATEST_VERSION, MIGRATIONS
@@ -54,6 +60,10 @@ __all__ = [
 ]
 
 PAUSE_FLAG = "paused"
+# A replica whose clock is further than this from the database's says so (/readyz, log).
+CLOCK_SKEW_WARN = timedelta(seconds=2)
+
+log = logging.getLogger(__name__)
 
 
 class Store(IncidentRecords, RunRecords, OutboxRecords, LeaseRecords, ReleaseRecords,
@@ -67,11 +77,15 @@ class Store(IncidentRecords, RunRecords, OutboxRecords, LeaseRecords, ReleaseRec
         *,
         clock: Callable[[], datetime] = utc_now,
         busy_timeout_ms: int = 5000,
+        database_clock: bool = False,
     ) -> None:
         self.clock = clock
         # A replica whose heartbeat is older than this has lost its claims.
         self.replica_stale_after = DEFAULT_LEASE
         self._lock = threading.RLock()
+        # The last write transaction's outcome, for /healthz (read without the lock).
+        self.writes = WriteHealth()
+        self._skew_warned = False
         self._ensured: set[tuple[str, int]] = set()
         where = ":memory:" if path is None else str(path)
         self.location = _redacted(where)
@@ -93,6 +107,10 @@ class Store(IncidentRecords, RunRecords, OutboxRecords, LeaseRecords, ReleaseRec
                 f"cannot open the store at {self.location}: {one_line(exc)}",
                 hint="check it is an llm-incident database",
             ) from exc
+        if database_clock and self.db.dialect == "postgres":
+            # Time that replicas compare is the database's (see the module docstring).
+            self.clock = self._database_clock
+            self.check_clock()
 
     def failures(self) -> tuple[type[BaseException], ...]:
         """What a store call may raise when the database fails: ours and the driver's."""
@@ -107,6 +125,64 @@ class Store(IncidentRecords, RunRecords, OutboxRecords, LeaseRecords, ReleaseRec
 
     def now(self) -> datetime:
         return self.clock()
+
+    def _database_clock(self) -> datetime:
+        return utc_now() + self.db.clock_offset
+
+    @property
+    def clock_offset(self) -> timedelta:
+        """The database's clock minus this machine's (0 on SQLite or a test's clock)."""
+        return self.db.clock_offset if self.clock == self._database_clock else timedelta(0)
+
+    def local_time(self, at: datetime) -> datetime:
+        """``at`` (the store's clock) on this machine's clock: what a local timer waits for."""
+        return at - self.clock_offset
+
+    def database_now(self) -> datetime:
+        """The store's time read from the database now (inside a transaction: after its
+        lock), refreshing the clock offset; the local clock where the database has none."""
+        if self.clock != self._database_clock:
+            return self.now()
+        with self._lock:
+            server = self.db.server_now()
+        self.check_clock()
+        return server if server is not None else self.now()
+
+    def check_clock(self) -> str | None:
+        """A warning when this machine's clock is far from the database's, else None
+        (logged once per change between the two)."""
+        offset = self.clock_offset
+        far = abs(offset) > CLOCK_SKEW_WARN
+        if far != self._skew_warned:
+            self._skew_warned = far
+            if far:
+                log.warning("this machine's clock is %.1f s %s the database's; the bot uses "
+                            "the database's clock for leases, claims and timers, but fix the "
+                            "clock (NTP)", abs(offset.total_seconds()),
+                            "behind" if offset > timedelta(0) else "ahead of")
+            else:
+                log.warning("this machine's clock agrees with the database's again")
+        if not far:
+            return None
+        return (f"this machine's clock is {abs(offset.total_seconds()):.1f} s "
+                f"{'behind' if offset > timedelta(0) else 'ahead of'} the database's "
+                "(leases and timers use the database's; fix the clock with NTP)")
+
+    def write_problem(self) -> str | None:
+        """Why this process cannot write to the store, for ``/healthz`` (None: it can).
+        Every limit on a write is under the lease (``backend.Limits``), and a ``serve``
+        writes at every lease round, so a write running for two leases is stuck, and
+        writes failing for three leases (30 s at least) are not a passing lock wait."""
+        lease = self.replica_stale_after.total_seconds()
+        return self.writes.problem(stuck_after=max(15.0, 2 * lease),
+                                   failing_after=max(30.0, 3 * lease))
+
+    def set_lease(self, ttl: timedelta) -> None:
+        """The leader lease in force: claims go stale after it, and every Postgres
+        transaction is bounded by it (``backend.Limits``)."""
+        self.replica_stale_after = ttl
+        with self._lock:
+            self.db.set_limits(Limits.for_lease(ttl))
 
     # --- schema --------------------------------------------------------------------
 
@@ -218,18 +294,25 @@ class Store(IncidentRecords, RunRecords, OutboxRecords, LeaseRecords, ReleaseRec
                 with self.db.savepoint():
                     yield self
                 return
-            self.db.begin_write()
+            self.writes.started()
             try:
+                # Inside the try: a lock wait that timed out (or a connection lost at
+                # BEGIN) must roll back too, or the session stays in an aborted
+                # transaction and refuses every later write.
+                self.db.begin_write()
                 yield self
                 self.db.commit()
             except self.db.errors as exc:
                 self._rollback()
+                self.writes.failed(one_line(exc))
                 raise StoreError(f"store write failed, nothing was saved: {one_line(exc)}",
                                  hint="check the disk, the database file or the "
                                       "Postgres server") from exc
             except BaseException:
                 self._rollback()
+                self.writes.ended()
                 raise
+            self.writes.ok()
 
     def _rollback(self) -> None:
         # A connection already gone means the server rolled the transaction back.
