@@ -27,6 +27,7 @@ a good one fires nothing. ``scale`` divides every window (a 60x copy turns 1h in
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,6 +46,18 @@ ALERTS = (
 )
 SECONDS = {"m": 60, "h": 3600, "d": 86400}
 RATIO = "llm_incident_slo:error_ratio:rate"
+
+
+def literal(text: str) -> str:
+    """``text`` as a Go template that prints it as is: Prometheus expands an alert's
+    labels and annotations as templates when it fires, so a ``{{`` in a route, a
+    model or an objective's description would run as code (``{{ query "up" }}``).
+    A lone ``}}`` outside an action is printed as it is, so ``{{`` is the one to quote."""
+    return text.replace("{{", '{{ "{{" }}')
+
+
+def _literal_values(values: dict[str, str]) -> dict[str, str]:
+    return {k: literal(v) for k, v in values.items()}
 
 
 def _seconds(window: str) -> int:
@@ -134,12 +147,14 @@ def objective_rules(name: str, o: Objective, scale: float = 1,
             for long, short, burn in pairs)
         rules.append({
             "alert": alert, "expr": expr,
-            "labels": {**_labels(name, o), "severity": severity, "incident_class": o.klass},
-            "annotations": alert_annotations(name, o, severity)})
+            "labels": _literal_values({**_labels(name, o), "severity": severity,
+                                       "incident_class": o.klass}),
+            "annotations": _literal_values(alert_annotations(name, o, severity))})
     return rules
 
 
 def alert_annotations(name: str, o: Objective, severity: str) -> dict[str, str]:
+    """The annotations as the alert carries them once fired (the rule quotes them)."""
     what = {"ttft": f"time to first token over {_thr(o)}",
             "latency": f"responses slower than {_thr(o)}",
             "errors": "failed requests", "fallbacks": "requests a fallback served",
@@ -149,7 +164,8 @@ def alert_annotations(name: str, o: Objective, severity: str) -> dict[str, str]:
                        f"({'page' if severity == 'critical' else 'ticket'})",
             "description": f"too many {what} on {o.route} for an objective of "
                            f"{o.target:.4g} good over the period: at this burn rate its "
-                           "error budget runs out early"}
+                           "error budget runs out early",
+            **({"slo_description": o.description} if o.description else {})}
 
 
 def _thr(o: Objective) -> str:
@@ -177,11 +193,28 @@ def budget_labels(name: str, b: Budget) -> dict[str, str]:
                if v}}
 
 
-def _whose(b: Budget) -> str:
+CUSTOMER = "{{ $labels.customer }}"
+
+
+def _whose(b: Budget, quote: Callable[[str], str], customer: str) -> str:
     if not b.per_customer:
-        return b.subject
-    # Alertmanager fills the caller in from the alert's own label.
-    return "customer {{ $labels.customer }}" + (f" on {b.subject}" if b.subject else "")
+        return quote(b.subject)
+    return f"customer {customer}" + (f" on {quote(b.subject)}" if b.subject else "")
+
+
+def budget_annotations(name: str, b: Budget, limit: float, window: str, scale: float = 1, *,
+                       quote: Callable[[str], str] = literal,
+                       customer: str = CUSTOMER) -> dict[str, str]:
+    """As the rule writes them (user text quoted; Prometheus fills the caller in from
+    the alert's own label, the one template here), or, with ``quote`` the identity
+    and the caller named, as the fired alert carries them."""
+    return {"summary": f"{name}: spend over ${limit:g} per "
+                       f"{'hour' if window == '1h' else 'day'}",
+            "description": f"spend of {_whose(b, quote, customer)} in the last {window} "
+                           f"is over its budget of ${limit:g}",
+            # The same budget as dollars per (real) hour, for the playbook's
+            # verification; a fast copy's short window allows more per hour.
+            "hourly_budget_usd": f"{limit * scale / (1 if window == '1h' else 24):g}"}
 
 
 def budget_rules(name: str, b: Budget, scale: float = 1) -> list[dict[str, Any]]:
@@ -194,14 +227,8 @@ def budget_rules(name: str, b: Budget, scale: float = 1) -> list[dict[str, Any]]
         rules.append({
             "alert": "LLMSpendBudgetExceeded",
             "expr": f"{spend(b, scaled(window, scale))} > {limit:g}",
-            "labels": {**labels, "severity": severity, "window": window},
-            "annotations": {"summary": f"{name}: spend over ${limit:g} per "
-                                       f"{'hour' if window == '1h' else 'day'}",
-                            "description": f"spend of {_whose(b)} in the last {window} "
-                                           f"is over its budget of ${limit:g}",
-                            # The same budget as dollars per (real) hour, for the playbook's
-                            # verification; a fast copy's short window allows more per hour.
-                            "hourly_budget_usd": f"{limit * scale / (1 if window == '1h' else 24):g}"}})
+            "labels": _literal_values({**labels, "severity": severity, "window": window}),
+            "annotations": budget_annotations(name, b, limit, window, scale)})
     return rules
 
 
@@ -298,15 +325,15 @@ def _budget_test(name: str, b: Budget) -> dict[str, Any]:
     per_minute = (b.per_hour_usd or 0) * 1.5 / 60 if hourly else (b.per_day_usd or 0) * 2 / 60
     window = "1h" if hourly else "1d"
     rule = next(r for r in budget_rules(name, b) if r["labels"]["window"] == window)
-    expected = rule["labels"] | budget_labels(name, b)
-    annotations = rule["annotations"]
+    expected = {**rule["labels"], **budget_labels(name, b)}  # the labels as fired: unquoted
+    limit = b.per_hour_usd if hourly else b.per_day_usd
+    assert limit is not None
+    annotations = budget_annotations(name, b, limit, window, quote=str, customer="c1")
     if b.per_customer:
         # Two callers: the one over its budget is named; the one at a tenth is not.
         series = [(labels | {"end_user": "c1"}, per_minute), (labels | {"end_user": "c2"},
                                                              per_minute / 15)]
         expected = expected | {"customer": "c1"}
-        annotations = annotations | {"description": annotations["description"].replace(
-            "{{ $labels.customer }}", "c1")}
     else:
         series = [(labels | ({"end_user": b.customer} if b.customer else {}), per_minute)]
     return {"interval": "1m",

@@ -64,6 +64,23 @@ SLI_CLASS: dict[str, str] = {
 _SECONDS = re.compile(r"^\s*(\d+(\.\d+)?)\s*(ms|s)\s*$")
 _PERCENT = re.compile(r"^\s*(\d+(\.\d+)?)\s*%\s*$")
 _NAME = r"^[a-z0-9][a-z0-9_-]*$"
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def plain_name(v: str | None) -> str | None:
+    """A route, model, customer or environment as the alerts will carry it: its labels
+    and annotations are Go templates to Prometheus, so ``{{``/``}}`` would run when
+    the alert fires; a control character or stray space would be a different name."""
+    if v is None:
+        return v
+    if "{{" in v or "}}" in v:
+        raise ValueError(f"{v[:60]!r} holds a template delimiter ({{{{ or }}}}): Prometheus "
+                         "would run it as a template when the alert fires; give the plain name")
+    if _CONTROL.search(v):
+        raise ValueError(f"{v[:60]!r} holds a control character (a newline, a tab...)")
+    if v != v.strip():
+        raise ValueError(f"{v[:60]!r} starts or ends with whitespace")
+    return v
 
 
 def _share(value: Any) -> float:
@@ -97,6 +114,11 @@ class Objective(_Strict):
     good: str | None = Field(default=None, description="ratio: a counter of good requests")
     total: str | None = Field(default=None, description="ratio: a counter of all requests")
     description: str = ""
+
+    @field_validator("route")
+    @classmethod
+    def _route(cls, v: str) -> str:
+        return str(plain_name(v))
 
     @field_validator("bad", "good", "total")
     @classmethod
@@ -181,6 +203,11 @@ class Budget(_Strict):
                                     "environment label (set by your scrape config)")
     per_hour_usd: float | None = Field(default=None, gt=0)
     per_day_usd: float | None = Field(default=None, gt=0)
+
+    @field_validator("route", "model", "customer", "environment")
+    @classmethod
+    def _plain(cls, v: str | None) -> str | None:
+        return plain_name(v)
 
     @model_validator(mode="after")
     def _says_something(self) -> Budget:
