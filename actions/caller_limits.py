@@ -6,12 +6,18 @@ caller's output cap is applied with the route's by the gateway, the tighter winn
 Windows are the last 60 seconds of the gateway's clock. A request counts when it is
 admitted, its tokens (input plus output) when it is answered, so a runaway caller's
 long answers fill its token budget. Only callers the policy lists are tracked.
+
+The sandbox asks by caller id (``admit``). The LiteLLM hook asks by ``Counter``: what
+one request is counted under (its key, its team, one end user of them), each with the
+tightest limits of the policy entries that name it (``admit_counters``); this in-process
+version is what it uses when the proxy has no shared Redis.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from actions.policy import CustomerPolicy, ServingPolicy
 
@@ -24,6 +30,23 @@ class CustomerRefused(Exception):
     def __init__(self, status: int, message: str, code: str) -> None:
         super().__init__(message)
         self.status, self.message, self.code = status, message, code
+
+
+@dataclass(frozen=True)
+class Counter:
+    """What a request is counted under (``key``), the caller it is named as in messages
+    (``label``: the policy key), and the limits that hold for it."""
+
+    key: str
+    label: str
+    rpm: int | None = None
+    tpm: int | None = None
+
+
+def over_limit(counter: Counter, what: str) -> CustomerRefused:
+    limit = counter.rpm if what == "requests" else counter.tpm
+    return CustomerRefused(429, f"customer '{counter.label}' is over its limit of {limit} "
+                           f"{what} per minute; retry later", "customer_rate_limited")
 
 
 class CustomerLimits:
@@ -51,18 +74,27 @@ class CustomerLimits:
             raise CustomerRefused(403, f"customer '{customer}' is blocked by the serving "
                                   "policy" + (f" ({policy.updated_by})" if policy.updated_by
                                               else ""), "customer_blocked")
-        asked, used = self._recent(customer)
-        rpm, tpm = limits.max_requests_per_minute, limits.max_tokens_per_minute
-        if rpm is not None and len(asked) >= rpm:
-            raise CustomerRefused(429, f"customer '{customer}' is over its limit of {rpm} "
-                                  "requests per minute; retry later", "customer_rate_limited")
-        if tpm is not None and sum(t for _, t in used) >= tpm:
-            raise CustomerRefused(429, f"customer '{customer}' is over its limit of {tpm} "
-                                  "tokens per minute; retry later", "customer_rate_limited")
-        asked.append(self._clock())
+        self.admit_counters([Counter(customer, customer, limits.max_requests_per_minute,
+                                     limits.max_tokens_per_minute)])
         return limits
+
+    def admit_counters(self, counters: Sequence[Counter]) -> None:
+        """Count one request under every counter, or under none if one is over its limit."""
+        recent = [(c, *self._recent(c.key)) for c in counters]
+        for c, asked, used in recent:
+            if c.rpm is not None and len(asked) >= c.rpm:
+                raise over_limit(c, "requests")
+            if c.tpm is not None and sum(t for _, t in used) >= c.tpm:
+                raise over_limit(c, "tokens")
+        now = self._clock()
+        for _, asked, _ in recent:
+            asked.append(now)
 
     def record_tokens(self, customer: str | None, tokens: int) -> None:
         """An answered request's tokens, for a caller ``admit`` returned limits for."""
         if customer is not None and customer in self._tokens:
             self._recent(customer)[1].append((self._clock(), tokens))
+
+    def record_counters(self, counters: Sequence[Counter], tokens: int) -> None:
+        for c in counters:
+            self.record_tokens(c.key, tokens)

@@ -16,14 +16,16 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from actions.base import Action
-from actions.policy import CUSTOMER_ID, ServingPolicy, customer_subject
+from actions.caller_ids import CALLER_ID_HELP, is_customer_id
+from actions.policy import ServingPolicy, customer_subject
 from bot.base.errors import InputError
 
 
 class _CustomerParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    # One caller or several (LiteLLM team id, key hash or end user, as the gateway sees it).
+    # One caller or several: a team id or key hash, team:ID, key:HASH, user:ID, or an end
+    # user of one of those as P/END_USER (actions/caller_ids.py; the README's LiteLLM section).
     customer: str | list[str]
 
     @field_validator("customer")
@@ -33,9 +35,8 @@ class _CustomerParams(BaseModel):
         if not names:
             raise ValueError("customer must name at least one customer")
         for n in names:
-            if not CUSTOMER_ID.match(n):
-                raise ValueError(f"customer {n[:60]!r} is not a caller id (1-128 of letters, "
-                                 "digits and . _ @ : + = -)")
+            if not is_customer_id(n):
+                raise ValueError(f"customer {n[:60]!r} is not a caller id ({CALLER_ID_HELP})")
         return v
 
     @property

@@ -6,11 +6,14 @@ every request. The file format is fixed by DESIGN.md ("Serving policy file").
 
 from __future__ import annotations
 
-import re
 from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+# Caller ids (the ``customers`` keys): their grammar and how they are compared.
+from actions.caller_ids import CALLER_ID_HELP, CallerId, parse_customer_id
+from actions.caller_ids import CUSTOMER_ID as CUSTOMER_ID  # re-exported for callers
 
 # The route settings an action may change, in the order diffs show them.
 ROUTE_FIELDS: tuple[str, ...] = (
@@ -31,9 +34,6 @@ CUSTOMER_FIELDS: tuple[str, ...] = (
     "max_requests_per_minute",
     "max_tokens_per_minute",
 )
-# A caller identity as gateways see it: a LiteLLM team id, a key hash, an end user
-# (an email too). No "/" (plans key customers as "customer/ID"), no spaces or quotes.
-CUSTOMER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@:+=-]{0,127}$")
 # In plans, guards and driver updates a customer is the subject "customer/ID", beside
 # route names, so cooldowns, run limits, locks and blast radius count customers the
 # way they count routes. No route may start with it (ServingPolicy refuses one).
@@ -148,10 +148,16 @@ class ServingPolicy(BaseModel):
     @field_validator("customers")
     @classmethod
     def _customer_ids(cls, v: dict[str, CustomerPolicy]) -> dict[str, CustomerPolicy]:
+        seen: dict[CallerId, str] = {}
         for name in v:
-            if not CUSTOMER_ID.match(name):
-                raise ValueError(f"customer {name[:60]!r}: an id is 1-128 of letters, digits "
-                                 "and . _ @ : + = - (starting with a letter or digit)")
+            parsed = parse_customer_id(name)
+            if parsed is None:
+                raise ValueError(f"customer {name[:60]!r}: {CALLER_ID_HELP}")
+            if parsed in seen:
+                # Ids compare without case: two entries would be two limits for one caller.
+                raise ValueError(f"customers {seen[parsed]!r} and {name!r} name the same caller "
+                                 "(ids are compared without case); keep one")
+            seen[parsed] = name
         return v
 
     def customer(self, name: str) -> CustomerPolicy:
@@ -172,7 +178,7 @@ class ServingPolicy(BaseModel):
         customer (a caller need not be listed before its first limit)."""
         section, key = split_subject(name)
         if section == "customers":
-            return bool(CUSTOMER_ID.match(key))
+            return parse_customer_id(key) is not None
         return name in self.routes
 
     def get(self, subject: str, field: str) -> Any:

@@ -14,12 +14,15 @@ as ``data``. For a route the policy lists we:
   as an ``x-prompt-version`` header to the upstream, and as LiteLLM's own
   ``prompt_version`` when the caller uses a managed prompt (``prompt_id``).
 
-Per caller (the policy's ``customers`` section), keyed by the identity LiteLLM
-knows, tried in this order: the key's team id, the key's hash, the end user (the
-body's ``user``, or the key's end user). A blocked caller gets 403, one over its
-requests or tokens per minute 429 (counted in this proxy process), and its output
-cap is applied with the route's, the tightest winning. A listed caller's limits hold
-on a route the policy does not list too; a caller it does not list has none.
+Per caller (the policy's ``customers`` section): who a request is comes from what the
+proxy authenticated (the key's hash, its team id, its owner's user id); the body's
+``user`` only names an end user *within* its key's or team's namespace (identity.py,
+actions/caller_ids.py). Every entry naming the request holds: a blocked one gives 403,
+one over its requests or tokens per minute 429, and the output caps are applied with the
+route's, the tightest winning. Counts are shared by the proxy's workers and instances
+through its Redis when it has one, else kept per process (shared_limits.py; the choice
+is logged at startup). A listed caller's limits hold on a route the policy does not list
+too; a caller it does not list has none.
 
 Every path into a route: LiteLLM's own fallbacks (``router_settings.fallbacks``),
 retries and load-balanced deployments call the deployment without the pre-call hook
@@ -38,9 +41,12 @@ a broken policy file must never block all traffic.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 import random
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +60,8 @@ from pydantic import ValidationError
 
 from actions.caller_limits import CustomerLimits, CustomerRefused
 from actions.policy import ServingPolicy
+from bot_litellm_hook.identity import CallerIndex, Match, counters, identity_of
+from bot_litellm_hook.shared_limits import SharedLimits, describe, proxy_redis
 
 # The key under ``litellm_settings`` naming the policy file. LiteLLM sets unknown
 # ``litellm_settings`` keys as attributes of the ``litellm`` module, which lets
@@ -132,15 +140,9 @@ def decide(policy: ServingPolicy, route: str, rng: random.Random) -> RouteDecisi
     )
 
 
-def caller_of(policy: ServingPolicy, user_api_key_dict: Any, data: dict) -> str | None:
-    """The first of the caller's identities the policy lists (team, key hash, end user)."""
-    for candidate in (getattr(user_api_key_dict, "team_id", None),
-                      getattr(user_api_key_dict, "token", None),
-                      data.get("user"),
-                      getattr(user_api_key_dict, "end_user_id", None)):
-        if isinstance(candidate, str) and candidate in policy.customers:
-            return candidate
-    return None
+def callers_of(index: CallerIndex, user_api_key_dict: Any, data: dict) -> list[Match]:
+    """Every ``customers`` entry naming this request (by what the proxy authenticated)."""
+    return index.matches(identity_of(user_api_key_dict, data))
 
 
 def _pick(weights: dict[str, float], rng: random.Random) -> str:
@@ -196,14 +198,42 @@ def apply_decision(data: dict[str, Any], d: RouteDecision) -> dict[str, Any]:
 class PolicyHook(CustomLogger):
     """The pre-call hook; ``path`` overrides ``litellm_settings.llm_incident_policy_file``."""
 
-    def __init__(self, path: str | os.PathLike[str] | None = None, *, seed: int | None = None):
+    def __init__(self, path: str | os.PathLike[str] | None = None, *, seed: int | None = None,
+                 redis: Any | None = None):
         super().__init__()
         self._path = Path(path) if path is not None else None
         self._policy = ServingPolicy()  # the last good policy; empty = enforce nothing
         self._stamp: tuple[int, int, int] | None = None
         self._loaded = False
         self._rng = random.Random(seed)
+        self._index = CallerIndex(self._policy)
         self._callers = CustomerLimits(time.monotonic)
+        # ``redis``: a LiteLLM RedisCache to count in (tests); else the proxy's, if any.
+        self._redis = redis
+        self._shared: SharedLimits | None = None
+        self._said: str | None = None
+        with contextlib.suppress(RuntimeError):  # outside the proxy's startup: no loop
+            asyncio.get_running_loop().create_task(self._announce_when_started())
+
+    async def _announce_when_started(self) -> None:
+        # Imported while the proxy loads its config; its Redis is settled once the proxy
+        # has its router (the config is loaded then). Else it is said at the first request.
+        deadline = time.monotonic() + 600
+        proxy = sys.modules.get("litellm.proxy.proxy_server")
+        while proxy is not None and getattr(proxy, "llm_router", None) is None \
+                and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        self._limiter()
+
+    def _limiter(self) -> SharedLimits | None:
+        """Where requests are counted now; logged when that is first known or changes."""
+        cache = self._redis if self._redis is not None else proxy_redis()
+        if self._said is not None and (self._shared and self._shared.cache) is cache:
+            return self._shared
+        self._shared = SharedLimits(cache, self._callers) if cache is not None else None
+        self._said = describe(cache)
+        (log.info if cache is not None else log.warning)("%s", self._said)
+        return self._shared
 
     def policy_path(self) -> Path | None:
         if self._path is not None:
@@ -239,6 +269,7 @@ class PolicyHook(CustomLogger):
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             return self._keep(stamp, f"{path}: {first}")
         self._policy, self._stamp, self._loaded = policy, stamp, True
+        self._index = CallerIndex(policy)
         log.info("serving policy loaded from %s (%d routes)", path, len(policy.routes))
         return policy
 
@@ -256,9 +287,10 @@ class PolicyHook(CustomLogger):
         if not isinstance(route, str):
             return data
         policy = self.current()
-        caller = caller_of(policy, user_api_key_dict, data)
+        _drop_forged_decision(data)
+        found = callers_of(self._index, user_api_key_dict, data)
         try:
-            self._callers.admit(caller, policy)
+            await self._admit(found)
         except CustomerRefused as exc:
             raise _refusal(exc, route) from None
         try:
@@ -268,11 +300,12 @@ class PolicyHook(CustomLogger):
             raise litellm.ServiceUnavailableError(
                 message=str(exc), llm_provider="llm-incident", model=route
             ) from None
-        if caller is not None:
-            mine = policy.customer(caller).max_output_tokens
+        if found:
+            mine = _tighter(*(m.limits.max_output_tokens for m in found))
             decision = decision or RouteDecision(route=route, model=route)
             decision.max_output_tokens = _tighter(decision.max_output_tokens, mine)
-            decision.extra["customer"] = caller
+            decision.extra["customer"] = found[0].label
+            decision.extra["customers"] = sorted({m.label for m in found})
         if decision is None:
             return data
         return apply_decision(data, decision)
@@ -305,13 +338,44 @@ class PolicyHook(CustomLogger):
 
     async def async_post_call_success_hook(self, data: dict, user_api_key_dict: Any,
                                            response: Any) -> Any:
-        """Count the answer's tokens against its caller's tokens per minute."""
-        meta = (data.get("metadata") or {}).get("llm_incident") or {}
+        """Count the answer's tokens against its callers' tokens per minute."""
         usage = getattr(response, "usage", None)
-        if meta.get("customer") and usage is not None:
-            self._callers.record_tokens(meta["customer"], int(getattr(
-                usage, "total_tokens", 0) or 0))
+        tokens = int(getattr(usage, "total_tokens", 0) or 0) if usage is not None else 0
+        # Who it was is worked out again from the authenticated key, never read back
+        # from the request's metadata (a caller could have written that).
+        mine = [c for c in counters(callers_of(self._index, user_api_key_dict, data))
+                if c.tpm is not None]
+        if mine and tokens > 0:
+            shared = self._limiter()
+            if shared is not None:
+                await shared.record(mine, tokens)
+            else:
+                self._callers.record_counters(mine, tokens)
         return response
+
+    async def _admit(self, found: list[Match]) -> None:
+        blocked = next((m for m in found if m.limits.blocked), None)
+        if blocked is not None:
+            policy = self._policy
+            raise CustomerRefused(403, f"customer '{blocked.label}' is blocked by the serving "
+                                  "policy" + (f" ({policy.updated_by})" if policy.updated_by
+                                              else ""), "customer_blocked")
+        mine = counters(found)
+        shared = self._limiter()
+        if not mine:
+            return
+        if shared is not None:
+            await shared.admit(mine)
+        else:
+            self._callers.admit_counters(mine)
+
+
+def _drop_forged_decision(data: dict[str, Any]) -> None:
+    """The hook's own metadata key, if the caller sent one, goes: only the hook writes it."""
+    for field_name in ("metadata", "litellm_metadata"):
+        meta = data.get(field_name)
+        if isinstance(meta, dict):
+            meta.pop("llm_incident", None)
 
 
 def _refusal(exc: CustomerRefused, route: str) -> Exception:

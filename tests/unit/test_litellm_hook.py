@@ -177,21 +177,35 @@ def test_a_canary_takes_its_weight_of_the_routes_own_traffic_only() -> None:
 class _Key:
     """The fields of LiteLLM's UserAPIKeyAuth the hook reads."""
 
-    def __init__(self, team_id=None, token=None, end_user_id=None):
+    def __init__(self, team_id=None, token=None, end_user_id=None, user_id=None):
         self.team_id, self.token, self.end_user_id = team_id, token, end_user_id
+        self.user_id = user_id
 
 
-def test_a_caller_is_known_by_team_then_key_hash_then_end_user(tmp_path: Path) -> None:
-    from bot_litellm_hook.hook import caller_of
+def test_a_caller_is_known_by_what_the_proxy_authenticated(tmp_path: Path) -> None:
+    from bot_litellm_hook.hook import callers_of
+    from bot_litellm_hook.identity import CallerIndex
 
     policy = ServingPolicy.model_validate({"customers": {
         "team-a": {"max_output_tokens": 8}, "h4sh": {"blocked": True},
-        "bob@example.com": {"max_output_tokens": 4}}})
-    assert caller_of(policy, _Key("team-a", "h4sh"), {"user": "bob@example.com"}) == "team-a"
-    assert caller_of(policy, _Key("team-z", "h4sh"), {}) == "h4sh"
-    assert caller_of(policy, _Key(), {"user": "bob@example.com"}) == "bob@example.com"
-    assert caller_of(policy, _Key(end_user_id="bob@example.com"), {}) == "bob@example.com"
-    assert caller_of(policy, _Key("team-z"), {"user": "carol"}) is None
+        "user:owner": {"max_output_tokens": 6},
+        "key:h4sh/bob@example.com": {"max_output_tokens": 4},
+        "bob@example.com": {"max_output_tokens": 2}}})
+    index = CallerIndex(policy)
+
+    def names(key, data=None):
+        return sorted(m.label for m in callers_of(index, key, data or {}))
+
+    # Every entry naming the request holds: its team, and its key's end user.
+    assert names(_Key("team-a", "h4sh-2"), {"user": "bob@example.com"}) == ["team-a"]
+    assert names(_Key("team-z", "h4sh")) == ["h4sh"]
+    assert names(_Key(token="h4sh"), {"user": "bob@example.com"}) == [
+        "h4sh", "key:h4sh/bob@example.com"]
+    assert names(_Key(token="other", end_user_id="bob@example.com")) == []
+    assert names(_Key(user_id="owner")) == ["user:owner"]
+    # A plain id is a team id or key hash: never matched from the body's `user`.
+    assert names(_Key(), {"user": "bob@example.com"}) == []
+    assert names(_Key(), {"user": "team-a"}) == []
 
     path = tmp_path / "policy.yaml"
     path.write_text(POLICY + "customers:\n  team-a: {max_output_tokens: 8}\n"
