@@ -13,6 +13,7 @@ keep two applies/reverts from interleaving on the same (target, route).
 from __future__ import annotations
 
 import asyncio
+import math
 import operator
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
@@ -377,12 +378,19 @@ _OPS: dict[str, Callable[[float, float], bool]] = {
 def evaluate_verification(samples: Sequence[Sample], verify: Verify) -> tuple[bool, str]:
     """``(passed, explanation)``: every sample must pass ``verify.expect``.
 
-    No samples is *not* a pass: a query with no data proves nothing, and a
-    typo in a label would otherwise verify every change.
+    No samples is *not known yet*, never a pass: a query with no data proves
+    nothing (a series one scrape old, a metric renamed by an upgrade, a label that
+    matches nothing), so the runner waits until ``within`` and then applies
+    ``on_fail``. A sample that is no number (NaN from a ratio over no traffic,
+    an infinity) is the same: ``NaN != 0`` holds, but it measured nothing.
     """
     if not samples:
-        return False, ("the query returned no data (if no series means healthy, "
-                       "end the query with `or vector(0)`)")
+        return False, ("not known yet: the query returned no data (a metric not scraped "
+                       "yet, renamed, or a label that matches nothing); no data never passes")
+    blind = [s for s in samples if not math.isfinite(s.value)]
+    if blind:
+        return False, (f"not known yet: {len(blind)} of {len(samples)} samples are not a "
+                       f"number ({blind[0].value:g}); a check needs measured values")
     op, threshold = verify.expectation()
     bad = [s for s in samples if not _OPS[op](s.value, threshold)]
     if bad:

@@ -19,6 +19,7 @@ from bot.core.guards import (
     fmt_span,
     fmt_time,
 )
+from bot.playbook.promql_check import no_data_fallback
 from bot.playbook.schema import Verify, format_duration
 from bot.store import PAUSE_FLAG, Run, Store
 
@@ -74,6 +75,11 @@ class RunnerTimers:
     async def _evaluate(self, query: str, verify: Verify) -> tuple[bool, str]:
         if self.metrics is None:
             return False, "no metrics source is configured"
+        # lint refuses these in a playbook; a run planned before that (its query is
+        # stored rendered) must not pass on a value the query made up either.
+        if (made_up := no_data_fallback(query)) is not None:
+            return False, (f"not known: the query makes up a value when there is no data "
+                           f"({made_up}), so its answer shows nothing about the change")
         try:
             samples = await self.metrics.query(query)
         except Exception as exc:  # any query failure is "not passing", judged at the deadline

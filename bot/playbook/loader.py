@@ -133,18 +133,41 @@ def _tainted_params(params: dict) -> set[str]:
     return out
 
 
+def _ranged_params(params: dict) -> set[str]:
+    """Params declared as a number with a range (``{value, min, max}``): whatever the
+    alert says, the plan holds a number inside it (``render.bounded_number``)."""
+    return {str(k) for k, v in params.items()
+            if isinstance(v, dict) and "min" in v and "max" in v}
+
+
+_RANGE_HINT = ("declare the number as a param with a range, e.g. budget: {value: "
+               "'{{ annotations.budget | default(20) }}', min: 1, max: 500}, and use "
+               "{{ params.budget }}")
+
+
 def _query_problems(doc: YamlDocument, path: KeyPath, text: str, tainted: set[str]) -> list[Problem]:
-    """Alert-derived values reach PromQL only quoted (``promql``) or as numbers."""
+    """Alert-derived values reach PromQL only quoted (``"{{ x | promql }}"``) or as a
+    number the playbook bounds (a param with ``min``/``max``)."""
     try:
         raw = raw_alert_values(text, tainted)
     except Exception:  # noqa: BLE001 - a syntax error is reported by the template checks
         return []
-    return [
-        _at(doc, path, f"query puts alert-derived {what} into PromQL unescaped",
-            "quote label values with | promql and numbers with | number, e.g. "
-            "{{ params.budget | number }}", line=doc.value_line(path, lineno))
-        for lineno, what in raw
-    ]
+    out = []
+    for lineno, what, why in raw:
+        if why == "number":
+            msg = (f"query uses alert-derived {what} as a number with no declared range: "
+                   "the alert would choose the query's scale")
+            hint = _RANGE_HINT
+        elif why == "unquoted":
+            msg = (f"query puts alert-derived {what} outside a double-quoted label value "
+                   "(| promql escapes quotes, not PromQL operators)")
+            hint = 'write it inside a label matcher: route="{{ params.route | promql }}"'
+        else:
+            msg = f"query puts alert-derived {what} into PromQL unescaped"
+            hint = ('quote label values: route="{{ params.route | promql }}"; for a number, '
+                    + _RANGE_HINT)
+        out.append(_at(doc, path, msg, hint, line=doc.value_line(path, lineno)))
+    return out
 
 
 def _allow_problems(doc: YamlDocument, base: KeyPath, step: dict, guard: dict,
@@ -175,7 +198,8 @@ def _allow_problems(doc: YamlDocument, base: KeyPath, step: dict, guard: dict,
 
 
 def _step_problems(
-    doc: YamlDocument, i: int, step: dict, defined: set[str], tainted: set[str]
+    doc: YamlDocument, i: int, step: dict, defined: set[str], tainted: set[str],
+    unbounded: set[str],
 ) -> list[Problem]:
     out: list[Problem] = []
     base: KeyPath = ("steps", i)
@@ -193,7 +217,7 @@ def _step_problems(
     if isinstance(verify, dict) and isinstance(verify.get("query"), str):
         path = (*base, "guard", "verify", "query")
         out += _template_problems(doc, path, verify["query"], defined)
-        out += _query_problems(doc, path, verify["query"], tainted)
+        out += _query_problems(doc, path, verify["query"], unbounded)
     if isinstance(guard, dict):
         out += _allow_problems(doc, base, step, guard, tainted)
     return out
@@ -205,17 +229,18 @@ def _semantic_problems(doc: YamlDocument) -> list[Problem]:
     params = _mapping(data.get("params"))
     defined = {str(k) for k in params}
     tainted = _tainted_params(params)
+    unbounded = tainted - _ranged_params(params)  # what a query may not use as is
     for path, text in _strings(params, ("params",)):
         out += _template_problems(doc, path, text, None)
     diagnose = data.get("diagnose")
     for i, item in enumerate(diagnose if isinstance(diagnose, list) else []):
         if isinstance(item, dict) and isinstance(item.get("query"), str):
             out += _template_problems(doc, ("diagnose", i, "query"), item["query"], defined)
-            out += _query_problems(doc, ("diagnose", i, "query"), item["query"], tainted)
+            out += _query_problems(doc, ("diagnose", i, "query"), item["query"], unbounded)
     steps = data.get("steps")
     for i, step in enumerate(steps if isinstance(steps, list) else []):
         if isinstance(step, dict):
-            out += _step_problems(doc, i, step, defined, tainted)
+            out += _step_problems(doc, i, step, defined, tainted, unbounded)
     return out
 
 
@@ -238,9 +263,8 @@ def _parse_playbook(text: str, file: str) -> tuple[Playbook | None, YamlDocument
         problems = validation_problems(exc, doc, Playbook) + problems
         playbook = None
     if playbook is not None and not problems:
-        problems = [_at(doc, path, message, "check the query in Prometheus' expression browser",
-                        line=doc.value_line(path))
-                    for path, message in promql_errors(playbook)]
+        problems = [_at(doc, path, message, hint, line=doc.value_line(path))
+                    for path, message, hint in promql_errors(playbook)]
     problems.sort(key=lambda p: p.line or 0)
     if playbook is not None and not problems:
         playbook = _default_approvals(playbook)

@@ -29,7 +29,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
 from bot.base.errors import TemplateError
 from bot.intake.alert import Alert
-from bot.playbook.schema import Playbook, Step
+from bot.playbook.schema import NumberParam, Playbook, Step
 
 MAX_OUTPUT = 4096
 # Intermediate values may be longer than the output (e.g. a long annotation that
@@ -186,9 +186,11 @@ def number(value: Any) -> int | float:
     return int(out) if out.is_integer() and abs(out) < 2**53 else out
 
 
-# Filters whose output cannot carry PromQL syntax: a query may use alert-derived
-# values only through one of them (lint checks; ``promql`` quotes, the rest are numbers).
-SAFE_QUERY_FILTERS = frozenset({"promql", "number", "int", "float", "round", "abs", "length"})
+# Filters whose output cannot carry PromQL syntax. ``promql`` quotes a label value; the
+# rest make numbers, and a number from the alert is still the alert choosing how a
+# query scales (``/ 1e300`` verifies anything), so lint lets alert-derived values into
+# a query only quoted, or as a param with a declared range (``NumberParam``).
+NUMBER_FILTERS = frozenset({"number", "int", "float", "round", "abs", "length"})
 
 
 class _Sandbox(ImmutableSandboxedEnvironment):
@@ -287,21 +289,44 @@ def reads_alert(text: str, tainted_params: frozenset[str] | set[str] = frozenset
     return bool(info.names & ALERT_SCOPE) or bool(info.params & set(tainted_params))
 
 
-def raw_alert_values(text: str, tainted_params: frozenset[str] | set[str]) -> list[tuple[int, str]]:
-    """``(line, what)`` for each ``{{ ... }}`` of a query that puts alert-derived text
-    into PromQL without a safe filter (``promql`` to quote, ``number`` for numbers)."""
+def raw_alert_values(text: str, tainted_params: frozenset[str] | set[str]
+                     ) -> list[tuple[int, str, str]]:
+    """``(line, what, why)`` for each ``{{ ... }}`` of a query that puts alert-derived
+    text into PromQL other than quoted inside a double-quoted label value
+    (``"{{ x | promql }}"``). ``why`` is ``"number"`` when it goes through a number
+    filter (safe syntax, but an unbounded scale), ``"unquoted"`` for ``| promql``
+    outside double quotes (it escapes quotes, not operators), else ``"raw"``. Params
+    with a declared range are not in ``tainted_params``: the playbook bounds them."""
     tree = _ENV.parse(text)
-    out: list[tuple[int, str]] = []
+    out: list[tuple[int, str, str]] = []
     for output in tree.find_all(nodes.Output):
+        quoted = False  # inside "..." of the PromQL, judged from the literal text
         for expr in output.nodes:
             if isinstance(expr, nodes.TemplateData):
-                continue
-            if isinstance(expr, nodes.Filter) and expr.name in SAFE_QUERY_FILTERS:
+                quoted ^= _unescaped_quotes(expr.data) % 2 == 1
                 continue
             read = sorted(_alert_reads(expr, tainted_params))
-            if read:
-                out.append((expr.lineno or 1, ", ".join(read)))
+            if not read:
+                continue
+            if isinstance(expr, nodes.Filter) and expr.name == "promql":
+                if not quoted:
+                    out.append((expr.lineno or 1, ", ".join(read), "unquoted"))
+                continue
+            why = ("number" if isinstance(expr, nodes.Filter) and expr.name in NUMBER_FILTERS
+                   else "raw")
+            out.append((expr.lineno or 1, ", ".join(read), why))
     return out
+
+
+def _unescaped_quotes(text: str) -> int:
+    count, i = 0, 0
+    while i < len(text):
+        if text[i] == "\\":
+            i += 2
+            continue
+        count += text[i] == '"'
+        i += 1
+    return count
 
 
 ALERT_SCOPE = frozenset({"alert", "labels", "annotations"})
@@ -438,7 +463,34 @@ def _render_value(value: Any, context: Mapping[str, Any], where: str) -> Any:
 def render_params(playbook: Playbook, alert: Alert) -> dict[str, Any]:
     """The playbook's params rendered against ``alert`` (params see the alert only)."""
     context = alert_context(alert)
-    return {k: _render_value(v, context, f"params.{k}") for k, v in playbook.params.items()}
+    return {k: render_param(k, v, context) for k, v in playbook.params.items()}
+
+
+def render_param(name: str, value: Any, context: Mapping[str, Any]) -> Any:
+    """One param; a ``NumberParam`` becomes a number inside its range, or an error."""
+    if isinstance(value, NumberParam):
+        return bounded_number(name, value, context)
+    return _render_value(value, context, f"params.{name}")
+
+
+def bounded_number(name: str, param: NumberParam, context: Mapping[str, Any]) -> int | float:
+    """The alert may choose the number, the playbook the range it falls in: a value
+    outside refuses the plan (an alert saying ``1e300`` or ``-1`` never scales a check)."""
+    where = f"params.{name}"
+    raw = _render_value(param.value, context, where)
+    try:
+        out = number(raw)
+    except TemplateError as exc:
+        raise TemplateError(f"{where}: {exc.message} (the playbook allows "
+                            f"{param.min:g}..{param.max:g})",
+                            hint="the value comes from the alert; fix its source") from None
+    if not param.min <= out <= param.max:
+        raise TemplateError(
+            f"{where} = {raw!s:.64} is outside {param.describe_range()} the playbook "
+            "allows",
+            hint=f"fix the alert's source, or widen params.{name}.min/max in the playbook "
+                 "if the value is genuine")
+    return out
 
 
 def _with_params(params: Mapping[str, Any], alert: Alert) -> dict[str, Any]:

@@ -7,6 +7,7 @@ playbook points editors at it with a ``yaml-language-server`` comment.
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated, Any, Literal
 
@@ -213,6 +214,39 @@ class Step(_Strict):
     guard: Guard = Field(default_factory=Guard)
 
 
+class NumberParam(_Strict):
+    """A number the alert may give, within the range the playbook allows.
+
+    ``hourly_budget_usd: {value: "{{ annotations.hourly_budget_usd | default(20) }}",
+    min: 0.01, max: 1000}``. The alert is untrusted text: a value outside
+    ``[min, max]`` (``1e300``, ``-1``, ``nan``) refuses the plan naming the param,
+    the value and the range, so an annotation can never scale a verification until
+    it passes. ``lint`` refuses an alert-derived number in a query without one.
+    """
+
+    value: str | int | float = Field(description="a template (or a constant) giving the number")
+    min: float = Field(description="the smallest value the playbook accepts")
+    max: float = Field(description="the largest value the playbook accepts")
+
+    @model_validator(mode="after")
+    def _range(self) -> NumberParam:
+        if not (math.isfinite(self.min) and math.isfinite(self.max)):
+            raise ValueError("min and max must be finite numbers")
+        if self.min > self.max:
+            raise ValueError(f"min ({self.min:g}) is above max ({self.max:g})")
+        if isinstance(self.value, int | float) and not isinstance(self.value, bool) and \
+                not self.min <= self.value <= self.max:
+            raise ValueError(f"value {self.value:g} is outside {self.describe_range()}")
+        return self
+
+    def describe_range(self) -> str:
+        return f"the range {self.min:g}..{self.max:g}"
+
+
+# A param is a template (or a constant), or a number with its range.
+Param = NumberParam | str | int | float | bool | list[Any] | None
+
+
 class DiagnoseQuery(_Strict):
     title: str
     query: str = Field(description="PromQL shown to humans; a template")
@@ -225,8 +259,9 @@ class Playbook(_Strict):
     severity: Severity
     summary: str = ""
     match: Match
-    params: dict[str, Any] = Field(
-        default_factory=dict, description="named values rendered from the alert; templates"
+    params: dict[str, Param] = Field(
+        default_factory=dict, description="named values rendered from the alert; templates, "
+        "or {value, min, max} for a number the alert may set within a range"
     )
     diagnose: list[DiagnoseQuery] = Field(default_factory=list)
     steps: list[Step] = Field(min_length=1)

@@ -102,7 +102,7 @@ def test_params_mismatch_and_unknown_param(tmp_path, playbooks):
           alert: {labels: {alertname: LLMCostBurnRateHigh, route: chat}}
           expect:
             match: fixture-runaway-cost
-            params: {route: chat-large, output_cap: 256, budget: "20", colour: red}
+            params: {route: chat-large, output_cap: 256, budget: 20, colour: red}
         """,
     )
     assert failures(report) == [

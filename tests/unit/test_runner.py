@@ -344,7 +344,7 @@ def test_empty_result_and_missing_metrics_only_fail_at_the_deadline():
         clock.tick(timedelta(minutes=10))
         run(env.runner.check_verification(r.id))
         assert "no data" in env.store.run_events(r.id)[-1].text
-        assert "or vector(0)" in env.store.run_events(r.id)[-1].text
+        assert "not known yet" in env.store.run_events(r.id)[-1].text
     blind = Env(metrics=False)
     with freeze_time(T0) as clock:
         r = blind.approved(verify=VERIFY)

@@ -134,7 +134,7 @@ def test_an_annotation_cannot_change_what_verification_measures():
         render_query(query, render_params(pb, evil), evil)
     fine = _alert({"hourly_budget_usd": "40"})
     rendered = render_query(query, render_params(pb, fine), fine)
-    assert "/ 40 or vector(0)" in rendered and "unless" not in rendered
+    assert rendered.rstrip().endswith("/ 40") and "unless" not in rendered
 
 
 BASE = """id: p
@@ -166,10 +166,12 @@ steps:
     path = tmp_path / "p.yaml"
     path.write_text(text)
     problems = lint([path])
+    # `| number` makes the syntax safe but leaves the scale to the alert: a range is needed.
     assert [(p.line, p.field) for p in problems] == [
-        (12, "diagnose[0].query"), (21, "steps[0].guard.verify.query")]
-    assert "params.budget" in problems[0].message and "| number" in (problems[0].hint or "")
-    assert "labels" in problems[1].message
+        (12, "diagnose[0].query"), (14, "diagnose[1].query"), (21, "steps[0].guard.verify.query")]
+    assert "params.budget" in problems[0].message and "min:" in (problems[0].hint or "")
+    assert "no declared range" in problems[1].message and "params.budget" in problems[1].message
+    assert "labels" in problems[2].message
 
 
 def test_lint_refuses_an_automatic_step_whose_target_comes_from_the_alert(tmp_path):
