@@ -25,6 +25,7 @@ from typing import Any
 
 import uvicorn
 
+from bot.adapters.console.oncall import console_oncall
 from bot.adapters.console.views import attach_console
 from bot.adapters.core_loop import CoreLoop
 from bot.adapters.pagers import build_escalations
@@ -121,15 +122,17 @@ class Service:
         self.core = CoreLoop()
         self.app = create_app(self.engine, settings, metrics=self.metrics,
                               scheduler=self.scheduler, core=self.core)
-        # The web console at /ui: read-only, but for signed approval links.
-        attach_console(self.app, self.engine, core=self.core, secret=settings.console_secret,
-                       user_header=settings.console_user_header,
-                       oncall_users=settings.oncall_users)
         # POST /slack/events and/or Socket Mode, as far as the Slack settings say.
         self.slack = attach_slack(
             self.engine, settings, self.app,
             on_ignored=lambda reason: self.metrics.channel_messages_ignored.labels(reason).inc(),
             core=self.core)
+        # The web console at /ui: read-only, but for signed approval links, which ask
+        # Slack's on-call check again at use (the Slack app's own, when there is one).
+        attach_console(self.app, self.engine, core=self.core, secret=settings.console_secret,
+                       user_header=settings.console_user_header,
+                       external_url=settings.console_url,
+                       oncall=console_oncall(settings, self.slack.app))
         self.playbook_watch = PlaybookWatcher(
             self.engine,
             on_result=lambda r: self.metrics.playbook_reloads.labels(

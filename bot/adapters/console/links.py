@@ -7,7 +7,8 @@ approving it with the form on that page is the same use case as Slack's Approve
 button (``Runner.approve_and_apply``): the same two-person rule, the same guards at
 apply time, and the person it names as the approver. The nonce is recorded at the
 first approval, in the same process that checks it, so a link works once; an
-expired, altered or reused link is refused with a page saying which.
+expired, altered or reused link is refused with a page saying which. A link lives
+at most ``MAX_TTL`` (24h); one that claims longer is refused at use.
 
 The key is ``LLM_INCIDENT_CONSOLE_SECRET`` when set (rotate it to revoke every link
 out there); otherwise one is made at first use and kept in the store, so every
@@ -24,11 +25,20 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from bot.base.durations import format_duration
 from bot.base.errors import InputError
 from bot.store import Store, to_text
 from bot.store.backend import Db
 
 DEFAULT_TTL = timedelta(minutes=30)
+# The longest a link may live. A link is a bearer credential in a URL (chat scrollback,
+# browser history, proxy logs): it should die soon. A day covers handing one to the
+# next shift or another time zone when Slack is down; past that, ask for a new one.
+# (Membership is re-checked at use either way, so rotation off call is not the reason.)
+MAX_TTL = timedelta(hours=24)
+MAX_TTL_TEXT = f"{MAX_TTL // timedelta(hours=1)}h"
+# Replicas' clocks differ a little: a link made on one is not "too long" on another.
+_CLOCK_SLACK = timedelta(minutes=5)
 
 
 def _v1_console(db: Db) -> None:
@@ -77,6 +87,11 @@ class ApprovalLinks:
                                   "VALUES (1, ?, ?)", [made, to_text(self.store.now())])
             return made
 
+    @property
+    def key(self) -> bytes:
+        """The signing key, for the console's form tokens (which derive their own)."""
+        return self._key
+
     def _sign(self, payload: str) -> str:
         return _b64(hmac.new(self._key, payload.encode(), hashlib.sha256).digest())
 
@@ -85,6 +100,14 @@ class ApprovalLinks:
         if not user or not run_id:
             raise InputError("an approval link names a run and the person it is for",
                              hint="link RUN --for USER")
+        if ttl > MAX_TTL:
+            raise InputError(f"an approval link lives at most {MAX_TTL_TEXT}; "
+                             f"--ttl {format_duration(ttl)} is longer",
+                             hint=f"--ttl {MAX_TTL_TEXT} or less; ask for a new link when it "
+                                  "runs out")
+        if ttl <= timedelta(0):
+            raise InputError("an approval link must live a while; --ttl 0s expires at once",
+                             hint="e.g. --ttl 30m (the default)")
         body = {"run": run_id, "user": user, "nonce": secrets.token_urlsafe(12),
                 "exp": int((self.store.now() + ttl).timestamp())}
         payload = _b64(json.dumps(body, separators=(",", ":"), sort_keys=True).encode())
@@ -104,6 +127,11 @@ class ApprovalLinks:
                           str(body["nonce"]))
         except (ValueError, KeyError, TypeError):
             raise LinkRefused("this approval link is not valid") from None
+        if grant.expires_at - self.store.now() > MAX_TTL + _CLOCK_SLACK:
+            # Issued before the ceiling existed (or by a key holder who ignored it).
+            raise LinkRefused(f"this approval link for {grant.run_id} lives longer than the "
+                              f"{MAX_TTL_TEXT} a link may",
+                              hint="ask for a new link: `llm-incident link RUN --for YOU`")
         if self.store.now() >= grant.expires_at:
             raise LinkRefused(f"this approval link for {grant.run_id} expired at "
                               f"{grant.expires_at:%H:%M} UTC", hint="ask for a new link")

@@ -13,5 +13,9 @@ def page_url(base: str, key: str) -> str:
     return f"{base.rstrip('/')}/ui/{page}"
 
 
+def approval_path(token: str) -> str:
+    return f"/ui/approve/{token}"
+
+
 def approval_url(base: str, token: str) -> str:
-    return f"{base.rstrip('/')}/ui/approve/{token}"
+    return f"{base.rstrip('/')}{approval_path(token)}"

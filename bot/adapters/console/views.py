@@ -5,6 +5,8 @@ write lock never stalls the web loop). The incident list and an incident's
 timeline refresh themselves: the page asks for its own ``?part=`` fragment every
 few seconds and swaps it in. The approval page is the one form; its POST spends
 the signed link and calls ``Runner.approve_and_apply`` on the core, as Slack does.
+Every state-changing request must come from the console's own origin and carry
+its page's form token, and every response says it may not be framed (``guard``).
 """
 
 from __future__ import annotations
@@ -16,11 +18,22 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
+from bot.adapters.console.guard import (
+    FORM_FIELD,
+    MAX_FORM_BYTES,
+    SAFE_METHODS,
+    ConsoleSecurity,
+    FormTokens,
+    RequestRefused,
+    safe_path,
+)
 from bot.adapters.console.links import ApprovalLinks, Grant, LinkRefused
+from bot.adapters.console.oncall import OncallCheck
+from bot.adapters.console.urls import approval_path
 from bot.base.errors import IncidentBotError, NotFound
 from bot.core.engine import Engine
 from bot.playbook.schema import format_duration
@@ -57,10 +70,11 @@ class Console:
     """The reads behind each page, and the one write (an approval through a link)."""
 
     def __init__(self, engine: Engine, links: ApprovalLinks, *, core: Any,
-                 user_header: str | None = None, oncall_users: tuple[str, ...] = ()) -> None:
+                 user_header: str | None = None, oncall: OncallCheck | None = None) -> None:
         self.engine, self.store, self.links, self.core = engine, engine.store, links, core
         self.user_header = user_header
-        self.oncall_users = oncall_users
+        self.oncall = oncall
+        self.forms = FormTokens(links.key, lambda: self.store.now().timestamp())
 
     def incidents(self, status: str | None, klass: str | None, drill: str | None,
                   part: str | None) -> str:
@@ -126,24 +140,37 @@ class Console:
 
     # --- the signed link --------------------------------------------------------------
 
-    def approval_page(self, token: str) -> tuple[int, str]:
-        try:
-            grant = self.links.check(token)
-            run = self.store.run(grant.run_id)
-        except (LinkRefused, NotFound) as exc:
-            return 403, render("message.html.j2", title="Link refused", text=str(exc),
-                               hint=getattr(exc, "hint", None))
-        inc = self.store.incident(run.incident_id) if run.incident_id else None
-        return 200, render("approve.html.j2", grant=grant, run=run, inc=inc, token=token,
-                           approvals=self.store.approvals(run.id), now=self.store.now())
+    def who(self, request: Request) -> str:
+        """The person the auth proxy signed in ('' without one)."""
+        return request.headers.get(self.user_header, "") if self.user_header else ""
 
-    async def approve(self, token: str, request: Request) -> tuple[int, str]:
+    async def approval_page(self, token: str, request: Request) -> tuple[int, str]:
         try:
             grant = await asyncio.to_thread(self.links.check, token)
-            self._same_person(grant, request)
+            await self._may_approve(grant, request)  # said now, not after reading the diff
+            return 200, await asyncio.to_thread(self._approval_html, grant, token,
+                                                self.who(request))
+        except (LinkRefused, NotFound) as exc:
+            return 403, render("message.html.j2", title="Link refused", text=exc.message,
+                               hint=exc.hint)
+
+    def _approval_html(self, grant: Grant, token: str, who: str) -> str:
+        run = self.store.run(grant.run_id)
+        inc = self.store.incident(run.incident_id) if run.incident_id else None
+        return render("approve.html.j2", grant=grant, run=run, inc=inc, token=token,
+                      form_token=self.forms.issue(approval_path(token), who),
+                      form_field=FORM_FIELD, approvals=self.store.approvals(run.id),
+                      now=self.store.now())
+
+    async def approve(self, token: str, request: Request) -> tuple[int, str]:
+        # The origin and the page's form token were checked before this runs (guard).
+        try:
+            grant = await asyncio.to_thread(self.links.check, token)
+            await self._may_approve(grant, request)
             await asyncio.to_thread(self.links.spend, grant)  # once, even if what follows fails
         except LinkRefused as exc:
-            return 403, render("message.html.j2", title="Link refused", text=str(exc),
+            log.info("console approval link refused: %s", exc.message)
+            return 403, render("message.html.j2", title="Link refused", text=exc.message,
                                hint=exc.hint)
         try:
             run = await self.core.call(self.engine.runner.approve_and_apply, grant.run_id,
@@ -155,24 +182,57 @@ class Console:
         return 200, render("message.html.j2", title=f"{run.id} approved by {grant.user}",
                            text=f"{run.id} is {run.state}.", run=run, hint=None)
 
-    def _same_person(self, grant: Grant, request: Request) -> None:
-        if self.oncall_users and grant.user not in self.oncall_users:
-            raise LinkRefused(f"{grant.user} is not on call any more",
-                              hint="LLM_INCIDENT_ONCALL_USERS lists who may approve")
+    async def _may_approve(self, grant: Grant, request: Request) -> None:
         if self.user_header:
             # Behind an SSO proxy: the person signed in must be the one the link names.
-            who = request.headers.get(self.user_header)
+            who = self.who(request)
             if who != grant.user:
                 raise LinkRefused(f"this link is for {grant.user}; you are signed in as "
                                   f"{who or 'nobody'}", hint="ask for a link of your own")
+        if self.oncall is not None:
+            # On call when issued is not enough: asked again now, as Slack asks on a click.
+            decision = await self.oncall.check(grant.user)
+            if not decision.allowed:
+                raise LinkRefused(f"{grant.user} may not approve any more: {decision.reason}",
+                                  hint="ask someone on call now for the approval")
 
 
 def attach_console(app: FastAPI, engine: Engine, *, core: Any, secret: str | None = None,
-                   user_header: str | None = None,
-                   oncall_users: tuple[str, ...] = ()) -> Console:
+                   user_header: str | None = None, oncall: OncallCheck | None = None,
+                   external_url: str | None = None) -> Console:
+    """Mount ``/ui`` on ``app``. ``external_url`` (LLM_INCIDENT_CONSOLE_URL) is the origin
+    a state-changing request must come from (default: the request's own Host);
+    ``oncall`` is Slack's on-call check, asked again whenever a link is used."""
     console = Console(engine, ApprovalLinks(engine.store, secret), core=core,
-                      user_header=user_header, oncall_users=oncall_users)
-    router = APIRouter(prefix="/ui", include_in_schema=False)
+                      user_header=user_header, oncall=oncall)
+
+    def refusal(exc: RequestRefused) -> tuple[int, str]:
+        return 403, render("message.html.j2", title="Request refused", text=exc.message,
+                           hint=exc.hint)
+
+    async def form_token(request: Request) -> None:
+        """Every state-changing route: the page's form token, for this path and person."""
+        if request.method in SAFE_METHODS:
+            return
+        body, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            body.append(chunk)
+            if size > MAX_FORM_BYTES:
+                break  # enough to refuse it (check says the form is too large)
+        console.forms.check(request.url.path, console.who(request), b"".join(body))
+
+    async def refused(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestRefused)
+        log.warning("console %s %s refused: %s", request.method, safe_path(request.url.path),
+                    exc.message)
+        status, html = refusal(exc)
+        return HTMLResponse(html, status_code=status, headers={"Cache-Control": "no-store"})
+
+    app.add_exception_handler(RequestRefused, refused)
+    # Headers on every /ui response, and the origin check before any state-changing handler.
+    app.add_middleware(ConsoleSecurity, external_url=external_url, refused=refusal)
+    router = APIRouter(prefix="/ui", include_in_schema=False, dependencies=[Depends(form_token)])
 
     async def page(fn: Any, *args: Any) -> Response:
         try:
@@ -211,10 +271,10 @@ def attach_console(app: FastAPI, engine: Engine, *, core: Any, secret: str | Non
         return await page(console.releases)
 
     @router.get("/approve/{token}")
-    async def approval(token: str) -> Response:
-        status, html = await asyncio.to_thread(console.approval_page, token)
-        return HTMLResponse(html, status_code=status, headers={"Cache-Control": "no-store",
-                                                               "Referrer-Policy": "no-referrer"})
+    async def approval(token: str, request: Request) -> Response:
+        # Referrer-Policy same-origin (guard.HEADERS) keeps the token from other sites.
+        status, html = await console.approval_page(token, request)
+        return HTMLResponse(html, status_code=status, headers={"Cache-Control": "no-store"})
 
     @router.post("/approve/{token}")
     async def approve(token: str, request: Request) -> Response:
