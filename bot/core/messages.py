@@ -43,7 +43,7 @@ MessageKind = Literal["suggestion", "update", "timeline", "reminder", "result", 
 # How many ``:``-separated parts each action's value has.
 VALUE_PARTS: dict[str, int] = {
     "run_step": 3, "dry_run": 3, "approve": 1, "deny": 1, "revert": 1, "ack": 1,
-    "not_this_playbook": 2, "release_promote": 1, "release_hold": 1, "release_rollback": 1,
+    "not_this_playbook": 2, "release_promote": 2, "release_hold": 1, "release_rollback": 1,
 }  # fmt: skip
 
 
@@ -118,7 +118,8 @@ BUTTON_COMMANDS: dict[str, Callable[[tuple[str, ...]], list[str]]] = {
     "revert": lambda p: ["revert", p[0]],
     "ack": lambda p: ["ack", p[0]],
     "not_this_playbook": lambda p: ["reject", p[0], p[1]],
-    "release_promote": lambda p: ["release", "promote", p[0]],
+    # REL:percent shown: a double click or a stale button finds the step moved, refused.
+    "release_promote": lambda p: ["release", "promote", p[0], "--from", f"{p[1]}%"],
     "release_hold": lambda p: ["release", "hold", p[0], "--reason", "held from chat"],
     "release_rollback": lambda p: ["release", "rollback", p[0], "--reason",
                                    "rolled back from chat"],

@@ -25,6 +25,7 @@ from bot.base.errors import GuardRefused, InputError
 from bot.core.canary_judge import SIGNALS, Sample, Verdict, judge
 from bot.core.canary_samples import Version, read_samples
 from bot.core.messages import Button, Message, Section
+from bot.core.release_moves import active, moving, parse_steps
 from bot.intake.alert import Alert
 from bot.playbook.canary_thresholds import CanaryThresholds, load_thresholds
 from bot.playbook.schema import Guard
@@ -50,18 +51,6 @@ class EvalGate(Protocol):
     """Checks a release before its first step (an offline eval): (passed, what it said)."""
 
     async def check(self, release: Release) -> tuple[bool, str]: ...
-
-
-def parse_steps(text: str | Sequence[int]) -> list[int]:
-    try:
-        steps = [int(s) for s in (text.split(",") if isinstance(text, str) else text)]
-    except ValueError:
-        raise InputError(f"steps must be percents like 5,25,50,100, got {text!r}") from None
-    if len(steps) < 2 or steps[-1] != 100 or any(not 0 < s <= 100 for s in steps) or \
-            steps != sorted(set(steps)):
-        raise InputError(f"steps must rise from above 0 to 100, got {steps}",
-                         hint="e.g. --steps 5,25,50,100 (100 is the promotion)")
-    return steps
 
 
 class ReleaseGuard:
@@ -137,10 +126,20 @@ class ReleaseGuard:
                              f"{steps[0]}% of {route}")
         return self.store.release(release.id)
 
-    async def promote(self, release_id: str, *, actor: str, automatic: bool = False) -> Release:
+    async def promote(self, release_id: str, *, actor: str, automatic: bool = False,
+                      seen: int | None = None) -> Release:
         """To the next step; the step of 100% is the promotion itself (there is nothing
-        left to compare a canary on all traffic with)."""
+        left to compare a canary on all traffic with).
+
+        ``seen`` is the percent the person saw (a button carries it, `--from` gives it);
+        without it, the step read now. Either way the move is a compare-and-set on that
+        step: a double click or a stale button gets "already promoted", never a second
+        step nobody judged."""
         release = self._active(release_id)
+        async with moving(self.store, release, seen) as release:
+            return await self._promote(release, actor=actor, automatic=automatic)
+
+    async def _promote(self, release: Release, *, actor: str, automatic: bool) -> Release:
         if release.steps[release.step + 1] == 100:
             run = await self._run("promote_canary", release, {}, actor=actor,
                                   automatic=automatic)
@@ -173,7 +172,15 @@ class ReleaseGuard:
 
     async def rollback(self, release_id: str, *, actor: str, reason: str,
                        verdict: Verdict | None = None, automatic: bool = False) -> Release:
+        """Rolling back is the safe direction: it takes whatever step the release is at
+        now (a stale button still rolls back), after a move in flight has finished."""
         release = self._active(release_id)
+        async with moving(self.store, release, None, any_step=True) as release:
+            return await self._rollback(release, actor=actor, reason=reason, verdict=verdict,
+                                        automatic=automatic)
+
+    async def _rollback(self, release: Release, *, actor: str, reason: str,
+                        verdict: Verdict | None, automatic: bool) -> Release:
         run = await self._run("rollback_canary", release, {}, actor=actor, automatic=automatic)
         # The judge's evidence opens an incident now, approval or not: people must know.
         incident_id = await self._open_incident(release, verdict) if verdict else None
@@ -269,11 +276,7 @@ class ReleaseGuard:
                    for e in self.store.release_timeline(release.id))
 
     def _active(self, release_id: str) -> Release:
-        release = self.store.release(release_id)
-        if release.state != "canary":
-            raise InputError(f"{release.id} is {release.state}; only a release in canary "
-                             "can move", hint=f"`release status {release.id}`")
-        return release
+        return active(self.store.release(release_id))
 
     def approvals(self, route: str) -> tuple[str, str]:
         """The release policy's (promote, rollback) approval on ``route``."""
@@ -368,7 +371,8 @@ class ReleaseGuard:
         if verdict is not None:
             sections.append(Section(verdict_text(verdict), title="canary vs baseline"))
         live = release.state == "canary"
-        buttons = (Button("release_promote", f"Promote {release.id}", release.id, "primary"),
+        buttons = (Button("release_promote", f"Promote {release.id}",
+                          f"{release.id}:{release.steps[release.step]}", "primary"),
                    Button("release_hold", "Hold", release.id),
                    Button("release_rollback", "Roll back", release.id, "danger")) if live else ()
         first = len(self.store.release_timeline(release.id)) <= 1

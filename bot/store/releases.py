@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from bot.base.claims import owner_alive
 from bot.base.errors import Conflict, InputError, NotFound
 from bot.store.backend import Db
 from bot.store.records import from_text, required_time, to_text
@@ -25,6 +26,15 @@ RELEASE_MOVES: dict[str, tuple[str, ...]] = {
     "canary": ("canary", "promoted", "rolled_back", "aborted"),
     "promoted": (), "rolled_back": (), "aborted": (),
 }
+# A promote or rollback that changes the target holds this flag (``flags``) from the
+# compare-and-set to the record's move, so a second one waits and then answers from
+# what the first did instead of changing the target again. Its value is the holder
+# (``bot.base.claims``): a claim left by a dead process is taken over.
+MOVE_CLAIM = "release_move:"
+
+
+class MoveInFlight(Conflict):
+    """Another live process is moving this release right now."""
 
 
 @dataclass(frozen=True)
@@ -135,10 +145,7 @@ class ReleaseRecords:
         with self.transaction():
             before = self.release(release_id)
             to = state or before.state
-            if before.state != ACTIVE_RELEASE or before.step != expect_step:
-                raise Conflict(f"{before.id} is {before.state} at step {before.step + 1} now "
-                               "(another request moved it first)",
-                               hint=f"`release status {before.id}` shows where it is")
+            expect_at(before, expect_step)
             if to not in RELEASE_MOVES[before.state]:
                 raise InputError(f"{before.id} is {before.state}; it cannot become {to}")
             sets: dict[str, Any] = {"state": to, "updated_at": to_text(self.now())}
@@ -154,6 +161,28 @@ class ReleaseRecords:
             self.add_release_event(before.id, kind, text, actor=actor, data=data)
         return self.release(release_id)
 
+    def claim_release_move(self, release_id: str, *, expect_step: int, owner: str) -> Release:
+        """Compare-and-set on the step the person saw, and claim the move: ``Conflict``
+        saying where the release is when it moved on, ``MoveInFlight`` while another
+        live process holds the claim."""
+        name = MOVE_CLAIM + release_id.upper()
+        with self.transaction():
+            before = self.release(release_id)
+            expect_at(before, expect_step)
+            rows = self._rows("SELECT value, set_at FROM flags WHERE name = ?", [name])
+            if rows and rows[0]["value"] != owner and owner_alive(
+                    rows[0]["value"], claimed_at=from_text(rows[0]["set_at"]), now=self.now()):
+                raise MoveInFlight(f"{before.id} is being moved by another request",
+                                   hint="wait for it and look again")
+            self.db.upsert("flags", {"name": name, "value": owner, "set_by": owner,
+                                     "set_at": to_text(self.now())}, pk="name")
+        return before
+
+    def release_move_claim(self, release_id: str, *, owner: str) -> None:
+        with self.transaction():
+            self.db.execute("DELETE FROM flags WHERE name = ? AND value = ?",
+                            [MOVE_CLAIM + release_id.upper(), owner])
+
     def add_release_event(self, release_id: str, kind: str, text: str, *, actor: str,
                           data: dict[str, Any] | None = None) -> None:
         with self.transaction():
@@ -168,6 +197,22 @@ class ReleaseRecords:
                           [release_id.upper()])
         return [ReleaseEvent(from_text(r["at"]) or self.now(), r["kind"], r["actor"], r["text"],
                              json.loads(r["data"])) for r in rows]
+
+
+def expect_at(release: Release, step: int) -> None:
+    """``Conflict`` unless ``release`` is in canary at ``step`` (what the person saw)."""
+    if release.state == ACTIVE_RELEASE and release.step == step:
+        return
+    saw = release.steps[step] if 0 <= step < len(release.steps) else None
+    seen = f"you saw {saw}%" if saw is not None else f"you saw step {step + 1}"
+    if release.state == ACTIVE_RELEASE and release.step > step:
+        where = f"already promoted to {release.steps[release.step]}%"
+    elif release.state == ACTIVE_RELEASE:
+        where = f"at {release.steps[release.step]}%"
+    else:
+        where = f"already {release.state.replace('_', ' ')}"
+    raise Conflict(f"{release.id} {where} ({seen}); nothing changed",
+                   hint=f"`release status {release.id}` shows where it is and who moved it")
 
 
 def describe_change(change: dict[str, str]) -> str:

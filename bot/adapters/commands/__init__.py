@@ -129,7 +129,8 @@ VERBS: dict[str, Verb] = _verbs(
     Verb("release", "release guard: start ROUTE --prompt V | status [REL] | list | "
          "promote REL | hold REL | rollback REL | judge REL",
          optional=("sub", "arg"), options=("--prompt", "--model", "--baseline", "--steps",
-                                           "--bake", "--owner", "--reason", "--target", AS),
+                                           "--bake", "--owner", "--reason", "--target", "--from",
+                                           AS),
          flags=("--auto-promote", JSON), changes_state=True, handler=rv.release_verb),
     Verb("slo", "SLOs and budgets: status [FILE] (budget left, burn) | lint [FILE] | "
          "render [FILE] [--out DIR] [--scale N] [--source NAME|auto --metrics URL|FILE] | "

@@ -25,7 +25,7 @@ from bot.store.releases import Release
 
 USAGE = ("release start ROUTE --prompt V | --model M [--baseline V] [--steps 5,25,50,100] "
          "[--bake 10m] [--owner U] [--auto-promote] | release status [REL] | release list | "
-         "release promote REL | release hold REL [--reason R] | "
+         "release promote REL [--from 5%] | release hold REL [--reason R] | "
          "release rollback REL [--reason R] | release judge REL | release thresholds [FILE]")
 
 
@@ -40,6 +40,17 @@ def _line(r: Release) -> str:
     held = ", held" if r.held else ""
     where = f"{r.steps[r.step]}%" if r.state == "canary" else r.state.replace("_", " ")
     return f"{r.id} {r.route}: {r.what} at {where}{held} (owner {r.owner})"
+
+
+def _percent(text: str | None) -> int | None:
+    """`--from 5%` (or 5): the step the person saw; the promote is refused if it moved."""
+    if text is None:
+        return None
+    digits = text.strip().removesuffix("%")
+    if not digits.isdigit():
+        raise InputError(f"--from takes the percent you saw, like 5%, got {text[:20]!r}",
+                         hint="`release status REL` shows the step it is at")
+    return int(digits)
 
 
 def _thresholds(ctx: Context, path: str | None) -> Result:
@@ -99,7 +110,7 @@ async def release_verb(ctx: Context, cmd: Command) -> Result:
              "baseline": s.baseline, "change": s.change, "p_value": s.p_value,
              "why": s.why} for s in verdict.signals]})
     if sub == "promote":
-        rel = await guard.promote(arg, actor=ctx.actor)
+        rel = await guard.promote(arg, actor=ctx.actor, seen=_percent(cmd.opt("--from")))
     elif sub == "hold":
         rel = await guard.hold(arg, actor=ctx.actor, reason=cmd.opt("--reason") or "")
     elif sub == "rollback":
