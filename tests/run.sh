@@ -14,6 +14,8 @@ command -v prometheus-alertmanager >/dev/null || need_apt+=(prometheus-alertmana
 command -v podman >/dev/null || need_apt+=(podman)
 command -v runc >/dev/null || need_apt+=(runc)
 command -v debootstrap >/dev/null || need_apt+=(debootstrap)
+# The LiteLLM hook counts per-customer limits in the proxy's shared Redis (a real one in the tests).
+command -v redis-server >/dev/null || need_apt+=(redis-server)
 # The store suite and the replica tests run on a real Postgres, which the tests start
 # themselves (initdb and pg_ctl as the package's postgres user) and stop.
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need_apt+=(postgresql)
