@@ -8,6 +8,7 @@ the bot's machine, so from Slack only the configured file is used.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from pathlib import Path
@@ -26,6 +27,12 @@ from bot.playbook.slos import SHIPPED_EXAMPLE, SloFile, load_slos, slos_json_sch
 USAGE = "slo lint [FILE] | slo render [FILE] [--out DIR] [--scale N] | slo status [FILE] | " \
         "slo sources | slo schema; lint, render and status take --source NAME, or --source " \
         "auto --metrics URL|FILE"
+
+
+# A metrics page is a few MB at most; an engine with a cardinality problem, a wrong
+# port or a hostile page must not take the machine's memory or hang the command.
+MAX_PAGE_BYTES = 32 * 1024 * 1024
+PAGE_DEADLINE = 15.0  # seconds for the whole page, not per read
 
 
 def _file(ctx: Context, path: str | None) -> tuple[Path, SloFile, list[str]]:
@@ -58,20 +65,47 @@ async def _metrics_page(ctx: Context, where: str | None) -> str:
     ctx.require_local("slo --metrics")  # a file or the network of the bot's machine
     if not where.startswith(("http://", "https://")):
         try:
-            return Path(where).read_text(encoding="utf-8", errors="replace")
+            with Path(where).open("rb") as f:
+                data = f.read(MAX_PAGE_BYTES + 1)
         except OSError as exc:
             raise InputError(f"cannot read {where}: {exc.strerror or exc}") from None
+        return _within_limit(where, data).decode("utf-8", errors="replace")
     try:
-        async with httpx.AsyncClient(timeout=10, trust_env=False) as client:
-            resp = await client.get(where)
+        return await asyncio.wait_for(_fetch_page(where), PAGE_DEADLINE)
+    except TimeoutError:
+        raise InputError(f"{where} did not send its whole page within {PAGE_DEADLINE:g} s "
+                         "(the limit for reading a metrics page)",
+                         hint="is that the engine's metrics port? Save the page with curl "
+                              "and give the file instead") from None
     except httpx.HTTPError as exc:
         raise InputError(f"cannot read {where}: {type(exc).__name__}",
                          hint="is the engine up, and is that its metrics port?") from None
-    if resp.status_code != 200:
-        raise InputError(f"{where} answered {resp.status_code}",
-                         hint="some proxies want a key: save the page with curl and give "
-                              "the file instead")
-    return resp.text
+
+
+async def _fetch_page(where: str) -> str:
+    """The page, streamed: stopped as soon as it passes ``MAX_PAGE_BYTES``."""
+    async with httpx.AsyncClient(timeout=10, trust_env=False) as client, \
+            client.stream("GET", where) as resp:
+        if resp.status_code != 200:
+            raise InputError(f"{where} answered {resp.status_code}",
+                             hint="some proxies want a key: save the page with curl and "
+                                  "give the file instead")
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in resp.aiter_bytes():
+            size += len(chunk)
+            _within_limit(where, b"", size)
+            chunks.append(chunk)
+        return b"".join(chunks).decode(resp.encoding or "utf-8", errors="replace")
+
+
+def _within_limit(where: str, data: bytes, size: int | None = None) -> bytes:
+    if (len(data) if size is None else size) > MAX_PAGE_BYTES:
+        raise InputError(f"{where} is larger than {MAX_PAGE_BYTES // 2**20} MB (the limit "
+                         "for a metrics page); nothing was read from it",
+                         hint="is that the engine's metrics page? Save the part you need to a "
+                              "file and give the file instead")
+    return data
 
 
 def _pct(v: float | None) -> str:
