@@ -32,6 +32,9 @@ from actions.drivers.litellm import HttpProbe, LiteLLMDriver
 from actions.drivers.policy_file import PolicyFileDriver
 
 pytestmark = pytest.mark.integration
+# The body's `user` names an end user only within its key's namespace: the master
+# key's (LiteLLM's UserAPIKeyAuth.token for it is this alias, not a hash).
+END_USER = "key:litellm_proxy_master_key/"
 
 @dataclass
 class Gateway:
@@ -289,11 +292,12 @@ def test_a_release_canary_splits_the_routes_traffic_through_the_real_proxy(
 
 def test_customer_limits_hold_for_that_caller_only_through_the_real_proxy(
         gateway: Gateway) -> None:
-    # cap_customer through the driver: the hook clamps that caller (LiteLLM's end user,
-    # the body's `user`) and nobody else; throttle gives it 429s; block gives it 403;
-    # reverted, it is served as before.
-    cap = gateway.apply("cap_customer", {"customer": "runaway", "max_output_tokens": 16})
-    assert yaml.safe_load(gateway.policy.read_text())["customers"]["runaway"][
+    # cap_customer through the driver: the hook clamps that caller (an end user, the
+    # body's `user`, of the master key: END_USER) and nobody else; throttle gives it
+    # 429s; block gives it 403; reverted, it is served as before.
+    runaway, acme = END_USER + "runaway", END_USER + "acme"
+    cap = gateway.apply("cap_customer", {"customer": runaway, "max_output_tokens": 16})
+    assert yaml.safe_load(gateway.policy.read_text())["customers"][runaway][
         "max_output_tokens"] == 16
     capped = gateway.chat(max_tokens=100, user="runaway")
     other = gateway.chat(max_tokens=100, user="acme")
@@ -302,17 +306,17 @@ def test_customer_limits_hold_for_that_caller_only_through_the_real_proxy(
     assert capped.json()["usage"]["completion_tokens"] == 16
     assert other.json()["usage"]["completion_tokens"] == 100
     assert nobody.json()["usage"]["completion_tokens"] == 100
-    throttle = gateway.apply("throttle_customer", {"customer": "runaway",
+    throttle = gateway.apply("throttle_customer", {"customer": runaway,
                                                    "max_requests_per_minute": 2})
     codes = [gateway.chat(max_tokens=5, user="runaway").status_code for _ in range(4)]
-    # Its capped request above counts in the same minute: one more fits, then 429s.
-    assert codes == [200, 429, 429, 429], codes
+    # Requests are counted from the first rate limit on (the capped one above was not).
+    assert codes == [200, 200, 429, 429], codes
     assert gateway.chat(max_tokens=5, user="acme").status_code == 200
     gateway.revert(throttle)
-    block = gateway.apply("block_customer", {"customer": "acme"})
+    block = gateway.apply("block_customer", {"customer": acme})
     refused = gateway.chat(max_tokens=5, user="acme")
     assert refused.status_code == 403, refused.text
-    assert "'acme' is blocked" in refused.text
+    assert f"'{acme}' is blocked" in refused.text
     gateway.revert(block)
     gateway.revert(cap)
     assert gateway.chat(max_tokens=100, user="acme").status_code == 200
@@ -321,7 +325,7 @@ def test_customer_limits_hold_for_that_caller_only_through_the_real_proxy(
 
 
 def test_tokens_per_minute_counts_what_the_proxy_answered(gateway: Gateway) -> None:
-    plan = gateway.apply("throttle_customer", {"customer": "tokens-co",
+    plan = gateway.apply("throttle_customer", {"customer": END_USER + "tokens-co",
                                                "max_tokens_per_minute": 150})
     codes = [gateway.chat(max_tokens=60, user="tokens-co").status_code for _ in range(5)]
     gateway.revert(plan)
