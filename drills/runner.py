@@ -138,7 +138,8 @@ class DrillRunner:
             self._log("detector", STAND_IN_NOTE)
         traffic: asyncio.Task | None = None
         status, reason, response = "failed", None, Response()
-        drilling = self.engine.drilling(scenario.expect.alertname, scenario.injection.fault.route)
+        drilling = self.engine.drilling(scenario.expect.alertname, scenario.injection.fault.route,
+                                        drill_id=self.drill.id)
         try:
             with drilling:  # the drill's alert is a drill alert, by whatever path it arrives
                 await self._steady_state_before(scenario)
@@ -376,7 +377,10 @@ class DrillRunner:
                 raise IncidentBotError(f"{name} never fired within {limit:g}s of drill time",
                                        hint="check the alert rule and the scenario's fault")
         self._set(detected_at=self.drills.now(), phase="detected")
-        ingested = (await self.engine.handle_alerts([alert], is_drill=True))[0]
+        # Grouped within this drill only: a drill of the same class minutes ago is
+        # another incident, not one to reopen as flapping.
+        ingested = (await self.engine.handle_alerts([alert], is_drill=True,
+                                                    drill_id=self.drill.id))[0]
         suggested = self.engine.suggested_playbook(ingested.incident_id)
         self._set(incident_id=ingested.incident_id, suggested_playbook=suggested)
         self._log("detected", f"{name} fired ({self.observer.description}) and reached the bot: "

@@ -40,6 +40,7 @@ from bot.base.claims import this_process
 from bot.core.engine import Engine
 from bot.core.leadership import Leadership
 from bot.core.notifier import ConsoleNotifier, Notifier, publish_safely
+from bot.core.outbox import watch as watch_outbox
 from drills.harness import drill_service, next_class
 from drills.schedule import MISSED, attach_drill_schedule
 
@@ -195,6 +196,8 @@ class Service:
             start()  # what Slack had not taken before a crash or restart goes out now
         await self.scheduler.start()
         await self.engine.drain_outbox()  # announced and stepped once, even after a crash
+        # What another process (the CLI) queued reaches the channel within a second.
+        self._outbox_watch = asyncio.ensure_future(watch_outbox(self.engine))
         await self.drills.recover(log.info)
         attach_drill_schedule(
             self.scheduler,
@@ -219,6 +222,9 @@ class Service:
         # Background work stops here; the outbox keeps what it had not done, and the
         # next start (or another process) does it, once.
         await self.core.cancel_here()
+        if (watch := getattr(self, "_outbox_watch", None)) is not None:
+            watch.cancel()
+            await asyncio.gather(watch, return_exceptions=True)
         if aclose := getattr(self.engine.notifier, "aclose", None):
             await aclose()  # the Slack notifier flushes what it still holds
         try:

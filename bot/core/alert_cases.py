@@ -47,27 +47,43 @@ class Ingested:
 
 class AlertCases(EngineBase):
     @contextmanager
-    def drilling(self, alertname: str, route: str) -> Iterator[None]:
+    def drilling(self, alertname: str, route: str,
+                 drill_id: str | None = None) -> Iterator[None]:
         """While a drill runs, its expected alert is a drill alert however it arrives.
 
         Alertmanager may deliver the drill's alert to the webhook before the drill's
         own observer hands it over; either way the incident must be marked DRILL
-        and never page a real escalation.
+        (grouped within that drill, ``drill_id``) and never page a real escalation.
         """
         key = (alertname, route)
         self._drilling[key] += 1
+        if drill_id:
+            self._drill_ids.setdefault(key, []).append(drill_id)
         try:
             yield
         finally:
             self._drilling[key] -= 1
             if self._drilling[key] <= 0:
                 del self._drilling[key]
+            if drill_id and drill_id in self._drill_ids.get(key, []):
+                self._drill_ids[key].remove(drill_id)
+                if not self._drill_ids[key]:
+                    del self._drill_ids[key]
+
+    def _drill_key(self, alert: Alert) -> tuple[str, str]:
+        route = alert.labels.get("route") or alert.labels.get("requested_model") or ""
+        return alert.alertname, route
 
     def _is_drill(self, alert: Alert) -> bool:
-        route = alert.labels.get("route") or alert.labels.get("requested_model") or ""
-        return (alert.alertname, route) in self._drilling
+        return self._drill_key(alert) in self._drilling
 
-    def ingest(self, alerts: Iterable[Alert], *, is_drill: bool = False) -> list[Ingested]:
+    def _drill_of(self, alert: Alert) -> str | None:
+        """The newest running drill that expects this alert, if one said its id."""
+        ids = self._drill_ids.get(self._drill_key(alert))
+        return ids[-1] if ids else None
+
+    def ingest(self, alerts: Iterable[Alert], *, is_drill: bool = False,
+               drill_id: str | None = None) -> list[Ingested]:
         """Record a webhook body's alerts in one transaction, with the work they leave
         (announce, automatic steps, recovery) in the outbox: committed together, or
         nothing at all. ``drain_outbox`` does that work; the webhook answers first."""
@@ -76,7 +92,7 @@ class AlertCases(EngineBase):
             resolved: set[str] = set()
             alerts = list(alerts)
             for alert in alerts:
-                item = self._ingest_one(alert, is_drill=is_drill)
+                item = self._ingest_one(alert, is_drill=is_drill, drill_id=drill_id)
                 out.append(item)
                 if item.created and alert.status == "firing":
                     self.store.add_outbox(item.incident_id, "opened")
@@ -100,7 +116,8 @@ class AlertCases(EngineBase):
         return [Ingested(a, i, False, [], "duplicate") for a, i in zip(alerts, incidents,
                                                                          strict=True)]
 
-    def _ingest_one(self, alert: Alert, *, is_drill: bool) -> Ingested:
+    def _ingest_one(self, alert: Alert, *, is_drill: bool,
+                    drill_id: str | None = None) -> Ingested:
         if (incident_id := self.known.incident_of_repeat(alert)) is not None:
             return Ingested(alert, incident_id, False, [], "duplicate")
         known = self.store.alert_by_key(alert.fingerprint, alert.starts_at)
@@ -111,13 +128,15 @@ class AlertCases(EngineBase):
         matches = self.matcher.match(alert)
         top = matches[0].playbook if matches else None
         klass = top.class_ if top else alert.labels.get("incident_class", UNCLASSIFIED)
+        is_drill = is_drill or self._is_drill(alert)
+        drill_id = (drill_id or self._drill_of(alert)) if is_drill else None
         incident_id, created, reopened = self.store.record_alert(
             alert,
-            group_key=group_key_for(alert, klass),
+            group_key=group_key_for(alert, klass, drill_id=drill_id),
             title=_title(alert, top),
             klass=klass,
             severity=top.severity if top else alert.labels.get("severity", "warning"),
-            is_drill=is_drill or self._is_drill(alert),
+            is_drill=is_drill,
             reopen_within=self.flap_window,
         )
         if created and top is not None:
@@ -143,7 +162,7 @@ class AlertCases(EngineBase):
         return Ingested(alert, incident_id, created, matches, outcome)
 
     async def handle_alerts(
-        self, alerts: Iterable[Alert], *, is_drill: bool = False
+        self, alerts: Iterable[Alert], *, is_drill: bool = False, drill_id: str | None = None
     ) -> list[Ingested]:
         """Ingest, then do the work it left at once (suggest for new incidents, run
         auto steps, apply the recovery rules). ``serve``'s webhook calls ``ingest``
@@ -153,7 +172,7 @@ class AlertCases(EngineBase):
         its live message (alert count, last seen, latest value), never a new one:
         grouping exists to cut noise, and the notifier coalesces a burst of them.
         """
-        ingested = self.ingest(alerts, is_drill=is_drill)
+        ingested = self.ingest(alerts, is_drill=is_drill, drill_id=drill_id)
         await self.drain_outbox()
         if any(i.outcome != "duplicate" for i in ingested):
             self._changed()

@@ -36,8 +36,11 @@ class Engine(AlertCases, StepCases):
         if inc.status in ("mitigating", "mitigated"):
             # Someone took it after the bot already acted: record who, keep the status.
             text = f"acknowledged by {actor} (status stays {inc.status})"
-            self.store.add_event(incident_id, "acknowledged", text, actor=actor)
-            await self.publish(self._timeline(inc, f"{incident_id} acknowledged", text))
+            msg = self._timeline(inc, f"{incident_id} acknowledged", text)
+            with self.store.transaction():  # the event and its message commit together
+                self.store.add_event(incident_id, "acknowledged", text, actor=actor)
+                item = self.queue_message(msg)
+            await self.deliver(item, msg)
             return inc
         return await self._move(incident_id, "acknowledged", actor)
 
@@ -56,8 +59,11 @@ class Engine(AlertCases, StepCases):
             raise InputError(f"the note on {incident_id} is {len(text)} characters; "
                              f"the limit is {MAX_NOTE}", hint="link to a document instead")
         inc = self.store.incident(incident_id)
-        self.store.add_event(incident_id, "note", text, actor=actor)
-        await self.publish(self._timeline(inc, f"{incident_id} note by {actor}", text))
+        msg = self._timeline(inc, f"{incident_id} note by {actor}", text)
+        with self.store.transaction():
+            self.store.add_event(incident_id, "note", text, actor=actor)
+            item = self.queue_message(msg)
+        await self.deliver(item, msg)
         return inc
 
     async def assign(self, incident_id: str, commander: str, actor: str) -> Incident:
@@ -69,9 +75,12 @@ class Engine(AlertCases, StepCases):
         if not inc.is_open:
             raise InputError(f"{incident_id} is {inc.status}; a closed incident needs no "
                              "commander", hint="add a `note` instead")
-        inc = self.store.set_commander(incident_id, commander, actor=actor)
         text = f"{commander} is the incident commander (assigned by {actor})"
-        await self.publish(self._timeline(inc, f"{incident_id} commander: {commander}", text))
+        with self.store.transaction():
+            inc = self.store.set_commander(incident_id, commander, actor=actor)
+            msg = self._timeline(inc, f"{incident_id} commander: {commander}", text)
+            item = self.queue_message(msg)
+        await self.deliver(item, msg)
         return inc
 
     async def remind_unacknowledged(self, every: timedelta) -> list[Message]:

@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from bot.base.errors import InputError, NotFound
 from bot.core.known_alerts import KnownAlerts
 from bot.core.lifecycle import Change, Lifecycle, LifecyclePolicy
-from bot.core.messages import Message
+from bot.core.messages import Message, message_to_json
 from bot.core.notifier import Notifier, publish_safely
 from bot.core.playbook_loading import LoadResult
 from bot.core.playbook_loading import reload as reload_playbooks
@@ -49,12 +49,14 @@ class EngineBase:
         self.clock = clock
         self.notifier = notifier
         self.lifecycle = Lifecycle(store, lifecycle)
+        self.lifecycle.queue = self.queue_message  # status updates join their change
         self.diagnose_timeout = diagnose_timeout
         # A group firing again this soon after its incident resolved reopens it.
         self.flap_window = flap_window
         self._listeners: list[Callable[[], None]] = []
         # (alertname, route) pairs a running drill owns; see ``drilling``.
         self._drilling: Counter[tuple[str, str]] = Counter()
+        self._drill_ids: dict[tuple[str, str], list[str]] = {}  # the drills among them
         self._matcher: Matcher | None = None
         self._matcher_for: object = None
         self._draining = self._drain_again = False
@@ -201,13 +203,48 @@ class EngineBase:
 
     # --- publishing -----------------------------------------------------------
 
+    # What a change says goes through the outbox, whichever process made it: queued
+    # (``queue_message``, in the change's transaction where the caller holds one),
+    # then delivered by this process at once when it has a notifier (the item is
+    # claimed at insert, so no other process sends it too), else left for one that
+    # has (``serve`` sees a CLI's items within a second). A message about no
+    # incident has no outbox row to hang on: it goes straight to the notifier.
+
+    def queue_message(self, msg: Message) -> int | None:
+        """Put ``msg`` in the outbox (inside the caller's transaction, if any)."""
+        if msg.incident_id is None:
+            return None
+        return self.store.add_outbox(msg.incident_id, "message", payload=message_to_json(msg),
+                                     claim=self.notifier is not None)
+
+    async def deliver(self, item_id: int | None, msg: Message) -> None:
+        """Send a queued message now when this process can; the outbox keeps it otherwise."""
+        if item_id is None:
+            await publish_safely(self.notifier, msg)
+        elif self.notifier is not None:
+            # Sent as the change made it (a burst of moves reads as its steps); a message
+            # this process could not send is rendered again when it is (``outbox``).
+            # A notifier that raised was logged; as before, the message is not resent
+            # (a fan-out that half worked would show it twice). The error stays on it.
+            sent = await publish_safely(self.notifier, msg)
+            self.store.outbox_done(item_id, None if sent else "the notifier failed")
+
     async def publish(self, msg: Message) -> None:
-        """Hand a message to the notifier; failures are logged, never raised."""
-        await publish_safely(self.notifier, msg)
+        """Queue and send a message; failures are logged, never raised."""
+        try:
+            item_id = self.queue_message(msg)
+        except Exception as exc:  # noqa: BLE001 - the message still goes out, undurably
+            log.error("could not queue the %s message %r: %s", msg.kind, msg.title, exc)
+            item_id = None
+        await self.deliver(item_id, msg)
 
     async def publish_changes(self, changes: list[Change]) -> None:
         for change in changes:
-            await self.publish(self.lifecycle.update_message(change))
+            msg = self.lifecycle.update_message(change)
+            if change.queued is not None:
+                await self.deliver(change.queued, msg)  # queued by the move itself
+            else:
+                await self.publish(msg)
 
     def _timeline(self, inc: Incident, title: str, text: str) -> Message:
         return Message("timeline", inc.id, title, text, severity=inc.severity,

@@ -21,14 +21,17 @@ Automatic rules, all derived from the store so they can be re-run at any time
   then ``resolved`` if ``auto_resolve_without_mitigation``.
 
 Every status change is one ``status`` timeline event (actor, time, reason) and
-one ``update`` Message.
+one ``update`` Message, queued in the outbox in the change's own transaction
+(``Lifecycle.queue``, set by the engine), so whichever process moved it (the CLI
+too) the message reaches the channel, sent by a process with a notifier.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
-from bot.base.errors import InputError
+from bot.base.errors import InputError, NotFound
 from bot.core.messages import Button, Field, Message, Section
 from bot.store import CLOSED_STATUSES, Incident, Store
 
@@ -51,6 +54,7 @@ class Change:
     before: str
     actor: str
     reason: str = ""
+    queued: int | None = None  # its update message's outbox item, when one was queued
 
 
 def check_transition(incident: Incident, wanted: str) -> None:
@@ -80,15 +84,45 @@ class Lifecycle:
     def __init__(self, store: Store, policy: LifecyclePolicy | None = None) -> None:
         self.store = store
         self.policy = policy or LifecyclePolicy()
+        # Writes a message into the outbox inside the current transaction; its item id.
+        self.queue: Callable[[Message], int | None] | None = None
 
     def move(self, incident_id: str, wanted: str, *, actor: str, reason: str = "") -> Change:
-        """Check and store one status change, atomically (read, check and write together)."""
+        """Check and store one status change, atomically (read, check and write together),
+        with its update message queued in the same transaction."""
         with self.store.transaction():
             before = self.store.incident(incident_id)
             check_transition(before, wanted)
             after = self.store.set_incident_status(incident_id, wanted, actor=actor,
                                                    reason=reason)
-        return Change(after, before.status, actor, reason)
+            change = Change(after, before.status, actor, reason)
+            if self.queue is not None:
+                change = replace(change, queued=self.queue(self.update_message(change)))
+        return change
+
+    def refresh(self, msg: Message) -> Message:
+        """``msg`` as it should read now: an update of an incident whose status moved on
+        since it was queued (a crash held it, another process moved the incident) is
+        rendered again from the store, so the live message never shows an old state."""
+        if msg.kind != "update" or not msg.incident_id:
+            return msg
+        try:
+            inc = self.store.incident(msg.incident_id)
+        except NotFound:
+            return msg
+        if msg.title == f"{inc.id} {inc.status}":  # the title update messages carry
+            return msg
+        return self.status_message(inc)
+
+    def status_message(self, inc: Incident) -> Message:
+        """The update message of the incident's latest status change, from the timeline."""
+        last = next((e for e in reversed(self.store.timeline(inc.id)) if e.kind == "status"),
+                    None)
+        if last is None:
+            return self.alerts_message(inc.id)
+        data = last.data or {}
+        return self.update_message(Change(inc, str(data.get("from", inc.status)), last.actor,
+                                          str(data.get("reason", ""))))
 
     def sync_runs(self, incident_id: str) -> list[Change]:
         """Apply the run rules: applied -> mitigating, verification passed -> mitigated."""

@@ -27,12 +27,13 @@ CLI command for each button, so every button can also be typed.
 
 from __future__ import annotations
 
+import json
 import shlex
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
 
-from bot.base.errors import InputError
+from bot.base.errors import InputError, StoreError
 
 ButtonAction = Literal[
     "run_step", "dry_run", "approve", "deny", "revert", "ack", "not_this_playbook",
@@ -81,6 +82,32 @@ class Message:
     # An update saying the incident is closed (resolved or cancelled): whatever shows
     # it keeps no action buttons from earlier messages, only this one's own.
     closes: bool = False
+
+
+def message_to_json(msg: Message) -> str:
+    """The message as JSON (the outbox keeps it so another process can deliver it)."""
+    return json.dumps(asdict(msg), sort_keys=True)
+
+
+def message_from_json(text: str) -> Message:
+    """Rebuild a ``Message`` written by ``message_to_json``; StoreError if it is not one."""
+    try:
+        d: dict[str, Any] = json.loads(text)
+        sections = tuple(
+            Section(s["text"], s.get("title"), tuple(Field(f["label"], f["value"])
+                                                    for f in s.get("fields", ())))
+            for s in d.get("sections", ())
+        )
+        buttons = tuple(Button(b["action"], b["label"], b["value"], b.get("style"))
+                        for b in d.get("buttons", ()))
+        return Message(d["kind"], d.get("incident_id"), d["title"], d["text"],
+                       severity=d.get("severity"), sections=sections, buttons=buttons,
+                       is_drill=bool(d.get("is_drill", False)),
+                       closes=bool(d.get("closes", False)))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise StoreError(f"a stored message is not readable: {exc!r}",
+                         hint="the outbox item is damaged; it is set aside, the rest go out"
+                         ) from exc
 
 
 # --- button values -------------------------------------------------------------------

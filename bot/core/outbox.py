@@ -12,16 +12,26 @@ An ``opened`` item has two stages: the suggestion is posted (stage
 the incident is never planned again, so a retried item acts at most once.
 A failure is logged, put on the incident's timeline (``background_failed``,
 counted in /metrics) and retried, up to ``MAX_ATTEMPTS``.
+
+A ``message`` item is what a change said (a status update, a note, a step's
+result), queued in that change's transaction by whichever process made it. Only
+a process with a notifier takes one (the CLI leaves them to ``serve``); an
+update is rendered again from the store when it is sent, so a message held by a
+crash or queued before another process moved the incident shows the incident as
+it is at send time, not as it was at queue time.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from bot.core.leadership import NotLeader
 from bot.core.lifecycle import ENGINE_ACTOR, Change
+from bot.core.messages import message_from_json
+from bot.core.notifier import publish_safely
 from bot.core.suggestions import build_suggestion, release_on
 from bot.store.outbox import MAX_ATTEMPTS, OutboxItem
 
@@ -32,6 +42,10 @@ log = logging.getLogger(__name__)
 
 KEEP_DONE = timedelta(days=7)
 PRUNE_EVERY = timedelta(hours=1)
+# How often ``serve`` looks whether another process (the CLI) queued something: one
+# primary-key lookup, so a CLI's `resolve` shows in the channel within a second. On
+# Postgres the commit's NOTIFY wakes the leader sooner; this is the fallback too.
+WATCH_EVERY = 0.5
 
 
 async def drain(engine: Engine) -> int:
@@ -42,9 +56,12 @@ async def drain(engine: Engine) -> int:
         return 0  # a replica that does not lead leaves announcements and steps to the leader
     # One transaction claims the whole pending batch (not one per item): in a storm of
     # new incidents the commits, not the work, were the cost.
-    for claimed in engine.store.claim_outbox_batch(engine.store.pending_outbox()):
+    pending = engine.store.pending_outbox(deliveries=engine.notifier is not None)
+    batch = engine.store.claim_outbox_batch(pending)
+    newest = _newest_updates(batch)
+    for claimed in batch:
         try:
-            await _do(engine, claimed)
+            await _do(engine, claimed, newest)
         except NotLeader as exc:
             # Lost the lease half way: the item goes back, untried, for the new leader.
             log.warning("outbox item %s handed to the new leader: %s", claimed.id, exc)
@@ -74,15 +91,48 @@ async def drain(engine: Engine) -> int:
     return done
 
 
+async def watch(engine: Engine, every: float = WATCH_EVERY) -> None:
+    """Drain whenever the outbox's newest id moved since the last look (until cancelled)."""
+    seen: int | None = None
+    while True:
+        try:
+            mark = engine.store.outbox_mark()
+            if mark != seen:
+                seen = mark
+                await engine.drain_outbox()
+        except Exception:  # supervised: the next look tries again
+            log.exception("looking for outbox work queued by another process failed")
+        await asyncio.sleep(every)
+
+
 def _what(item: OutboxItem) -> str:
     return {"opened": "announcing the incident and its automatic steps",
             "reopened": "reporting the reopened incident",
             "resolved": "applying the recovery rules",
-            "joined": "updating the live message with the new alerts"}.get(item.kind, item.kind)
+            "joined": "updating the live message with the new alerts",
+            "message": "sending a message"}.get(item.kind, item.kind)
 
 
-async def _do(engine: Engine, item: OutboxItem) -> None:
+def _newest_updates(items: list[OutboxItem]) -> dict[str, int]:
+    """Per incident, the last queued update message among ``items``."""
+    out: dict[str, int] = {}
+    for item in items:
+        if item.kind == "message" and item.payload and '"kind": "update"' in item.payload:
+            out[item.incident_id] = item.id
+    return out
+
+
+async def _do(engine: Engine, item: OutboxItem, newest: dict[str, int]) -> None:
     store = engine.store
+    if item.kind == "message":
+        queued = message_from_json(item.payload or "")
+        msg = engine.lifecycle.refresh(queued)
+        if msg != queued and newest.get(item.incident_id, item.id) > item.id:
+            return  # out of date, and a later update of the same live message follows
+        if not await publish_safely(engine.notifier, msg):
+            raise RuntimeError(f"the notifier did not take the {msg.kind} message "
+                               f"{msg.title!r}")
+        return
     inc = store.incident(item.incident_id)
     if item.kind == "opened":
         alert = engine.latest_alert(inc.id)

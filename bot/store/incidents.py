@@ -35,18 +35,22 @@ class Recorded(NamedTuple):
     reopened: bool = False
 
 
-def group_key_for(alert: Alert, klass: str) -> str:
-    """Default grouping key: ``class|route|model``.
+def group_key_for(alert: Alert, klass: str, *, drill_id: str | None = None) -> str:
+    """Default grouping key: ``class|route|model``, and ``|drill:ID`` for a drill's.
 
     The route is the ``route`` label, else LiteLLM's ``requested_model``; the
     model is the ``model`` label, else vLLM's ``model_name``; a missing one is
     ``*``. So a cost alert and a token-rate alert on the same route and model
     land in one incident, while the same class on another route opens its own.
+    A drill's alerts group only within that drill: two drills of one class
+    minutes apart are two incidents (never one reopened as "flapping"), and
+    production never joins either (the drill flag keeps them apart as well).
     """
     labels = alert.labels
     route = labels.get("route") or labels.get("requested_model") or "*"
     model = labels.get("model") or labels.get("model_name") or "*"
-    return f"{klass}|{route}|{model}"
+    drill = f"|drill:{drill_id}" if drill_id else ""
+    return f"{klass}|{route}|{model}{drill}"
 
 
 class IncidentRecords:

@@ -334,8 +334,13 @@ class SlackNotifier:
     async def _send_update(self, msg: Message) -> None:
         incident_id = msg.incident_id
         assert incident_id is not None
-        self._last_update[incident_id] = self.clock()
+        # Rendered again from the store at send time: an update held by a crash (or
+        # Slack being down) while the incident moved on shows it as it is now.
+        msg = Lifecycle(self.store).refresh(msg)
         top = self.messages.get(incident_id, self.channel)
+        if top is not None and top.status_message == msg:
+            return  # the live message shows exactly this already: no second edit
+        self._last_update[incident_id] = self.clock()
         if top is None:  # no top message yet: the update becomes it
             if await self._post_top(incident_id, msg):
                 return
