@@ -153,7 +153,9 @@ def _decode(body: bytes) -> Any:
             hint="send the webhook body as UTF-8 JSON",
         ) from None
     try:
-        payload = json.loads(text, parse_int=_parse_int)
+        payload = json.loads(text, parse_int=_parse_int, object_pairs_hook=_unique_keys)
+    except _DuplicateKey:
+        raise _duplicate_at(text) from None
     except json.JSONDecodeError as exc:
         raise AlertParseError(
             f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}",
@@ -169,6 +171,47 @@ def _decode(body: bytes) -> Any:
     if _depth_over(payload, MAX_DEPTH):
         raise _too_deep()
     return _replace_surrogates(payload)
+
+
+class _DuplicateKey(ValueError):
+    """An object of the body has a key twice (the decoder would keep the last)."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # The fast path: one dict() and one length check per object, in C but for the call.
+    # Where the duplicate is gets worked out only for a body that has one.
+    d = dict(pairs)
+    if len(d) != len(pairs):
+        raise _DuplicateKey
+    return d
+
+
+class _Pairs(list[tuple[str, Any]]):
+    """An object decoded with its pairs in order, to find a repeated key's path."""
+
+
+def _duplicate_at(text: str) -> AlertParseError:
+    """Which key is repeated, and where: the path of the first such object, in the
+    order of the body (walked without recursion, like ``_depth_over``)."""
+    stack: list[tuple[str, Any]] = [("", json.loads(text, object_pairs_hook=_Pairs))]
+    while stack:
+        path, node = stack.pop()
+        children: list[tuple[str, Any]] = []
+        if isinstance(node, _Pairs):
+            seen: set[str] = set()
+            for key, value in node:
+                where = join_path(path, key)
+                if key in seen:
+                    return AlertParseError(
+                        f"key '{key[:60]}' appears twice in one object; which value was "
+                        "meant is ambiguous", field=where[:200],
+                        hint="send each key once per object")
+                seen.add(key)
+                children.append((where, value))
+        elif isinstance(node, list):
+            children = [(f"{path}[{i}]", v) for i, v in enumerate(node)]
+        stack.extend(reversed(children))
+    return AlertParseError("a key appears twice in one object", field="body")
 
 
 MAX_DEPTH = 32
