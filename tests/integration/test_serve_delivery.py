@@ -29,30 +29,36 @@ CHANNEL = "C0INC"
 DELIVERED_WITHIN = 2.0  # seconds from the CLI's commit to Slack's chat.update (issue 25)
 
 
-def _env(tmp: Path, api: WebApiStub) -> dict[str, str]:
+def _env(tmp: Path, api: WebApiStub, db: str | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LLM_INCIDENT_", "SLACK_"))}
-    return env | {"LLM_INCIDENT_DB": str(tmp / "bot.db"),
+    return env | {"LLM_INCIDENT_DB": db or str(tmp / "bot.db"),
                   "LLM_INCIDENT_POLICY": str(tmp / "policy.yaml"),
                   "LLM_INCIDENT_PROMETHEUS_URL": "http://127.0.0.1:1",
                   "SLACK_BOT_TOKEN": "xoxb-test", "LLM_INCIDENT_SLACK_CHANNEL": CHANNEL,
                   "LLM_INCIDENT_SLACK_API_URL": f"http://127.0.0.1:{api.port}/api/"}
 
 
-def _serve(tmp: Path, api: WebApiStub, name: str) -> Service:
+def _serve(tmp: Path, api: WebApiStub, name: str, db: str | None = None) -> Service:
     port = free_port()
     return spawn(name, [sys.executable, "-m", "bot.adapters.cli", "serve", "--port", str(port)],
-                 tmp, f"http://127.0.0.1:{port}", ready_path="/healthz", env=_env(tmp, api))
+                 tmp, f"http://127.0.0.1:{port}", ready_path="/healthz",
+                 env=_env(tmp, api, db))
 
 
-def _cli(tmp: Path, api: WebApiStub, *args: str) -> str:
-    env = _env(tmp, api) | {"LLM_INCIDENT_USER": "alice"}
+def _cli(tmp: Path, api: WebApiStub, *args: str, db: str | None = None) -> str:
+    env = _env(tmp, api, db) | {"LLM_INCIDENT_USER": "alice"}
     done = subprocess.run([sys.executable, "-m", "bot.adapters.cli", *args], env=env, cwd=tmp,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout
 
 
-def _rows(db: Path, sql: str) -> list[tuple[Any, ...]]:
+def _rows(db: Path | str, sql: str) -> list[tuple[Any, ...]]:
+    if str(db).startswith("postgresql"):
+        import psycopg
+
+        with psycopg.connect(str(db)) as pg:
+            return pg.execute(sql).fetchall()
     with sqlite3.connect(db, timeout=30) as conn:
         return conn.execute(sql).fetchall()
 
@@ -61,7 +67,7 @@ def _updates(api: WebApiStub, after: float = 0.0) -> list[StubCall]:
     return [c for c in api.calls_of("chat.update") if c.time > after]
 
 
-def _settled(api: WebApiStub, db: Path, quiet: float = 3.0) -> None:
+def _settled(api: WebApiStub, db: Path | str, quiet: float = 3.0) -> None:
     """Wait until serve has nothing left for Slack and the stub heard nothing for ``quiet``
     seconds (past the notifier's coalescing window)."""
     def quiet_now() -> bool:
@@ -71,15 +77,14 @@ def _settled(api: WebApiStub, db: Path, quiet: float = 3.0) -> None:
     poll(quiet_now, what="Slack deliveries settled", timeout=60, interval=0.2)
 
 
-def _opened(tmp: Path, api: WebApiStub, bot: Service) -> str:
+def _opened(db: Path | str, api: WebApiStub, bot: Service) -> str:
     assert post(bot.url, provider_alert("deliver-1")).status_code == 200
-    db = tmp / "bot.db"
     poll(lambda: api.calls_of("chat.postMessage"), what="the incident's top message", timeout=60)
     (inc,) = [i for (i,) in _rows(db, "SELECT id FROM incidents")]
     return str(inc)
 
 
-def _resolved_at(db: Path, inc: str) -> float:
+def _resolved_at(db: Path | str, inc: str) -> float:
     (at,) = _rows(db, "SELECT at FROM events WHERE incident_id = ? AND kind = 'status' "
                       "AND data LIKE '%\"to\": \"resolved\"%'".replace("?", f"'{inc}'"))[0]
     return datetime.fromisoformat(at).timestamp()
@@ -90,24 +95,31 @@ def _policy(tmp: Path) -> None:
         "version: 1\nroutes: {chat: {}, chat-long: {}, chat-small: {}}\n")
 
 
-def test_a_cli_resolve_reaches_the_slack_message_while_serve_runs(tmp_path: Path):
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_a_cli_resolve_reaches_the_slack_message_while_serve_runs(
+        tmp_path: Path, backend: str, request: pytest.FixtureRequest):
     _policy(tmp_path)
-    db = tmp_path / "bot.db"
+    # Postgres: the CLI's commit NOTIFYs the leader; SQLite: serve's look every 0.5 s.
+    db: Path | str = request.getfixturevalue("postgres").new_database() \
+        if backend == "postgres" else tmp_path / "bot.db"
+    url = str(db) if backend == "postgres" else None
     api = WebApiStub(clock=time.time)  # wall time: compared with the store's timestamps
     with api.serving_in_thread():
-        bot = _serve(tmp_path, api, "serve-deliver")
+        bot = _serve(tmp_path, api, "serve-deliver", url)
         try:
-            inc = _opened(tmp_path, api, bot)
+            inc = _opened(db, api, bot)
             _settled(api, db)
             before = time.time()
-            _cli(tmp_path, api, "resolve", inc, "--reason", "fixed from the CLI")
+            _cli(tmp_path, api, "resolve", inc, "--reason", "fixed from the CLI", db=url)
+            exited = time.time()
             poll(lambda: [c for c in _updates(api, before)
                           if "resolved by alice" in c.params["text"]],
                  what="the resolve in the Slack message", timeout=30, interval=0.05)
             (call,) = [c for c in _updates(api, before)
                        if "resolved by alice" in c.params["text"]]
             took = call.time - _resolved_at(db, inc)
-            print(f"CLI resolve committed -> chat.update in {took * 1000:.0f} ms")
+            print(f"{backend}: CLI resolve committed -> chat.update in {took * 1000:.0f} ms "
+                  f"({(call.time - exited) * 1000:.0f} ms after the CLI exited)")
             assert "fixed from the CLI" in call.params["text"]
             tops = [m for m in api.messages.values() if m.thread_ts is None]
             assert [m.ts for m in tops] == [call.params["ts"]]  # the incident's one top message
@@ -130,7 +142,7 @@ def test_a_message_held_by_a_kill_9_goes_out_with_the_state_at_send_time(tmp_pat
     api = WebApiStub(clock=time.time, fail_429_times={"chat.update": 10**9}, retry_after=1)
     with api.serving_in_thread():
         bot = _serve(tmp_path, api, "serve-held")
-        inc = _opened(tmp_path, api, bot)
+        inc = _opened(db, api, bot)
         poll(lambda: _rows(db, "SELECT COUNT(*) FROM chat_deliveries WHERE queue = 'update' "
                                "AND delivered_at IS NULL")[0][0] >= 1
              and api.calls_of("chat.update", ok_only=False),
