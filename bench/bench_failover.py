@@ -1,19 +1,23 @@
-"""Failover time with two replicas: the leader killed (or hung) -> the new leader's
-first scheduled action.
+"""Failover time with two replicas: the leader killed, hung, or hung inside a write
+transaction -> the new leader's first scheduled action.
 
-Run: ``python bench/bench_failover.py [--trials 50] [--lease 10]``.
+Run: ``python bench/bench_failover.py [--trials 50] [--lease 4] [--modes kill,stop,stop-txn]``.
 
 Two `llm-incident serve` replicas on one durable Postgres (started from Debian's
-package, as the tests do), a real Alertmanager delivering to both, the policy-file
-target. Each trial fires an alert whose playbook applies a cap automatically with
-a short TTL; just before that TTL falls due, the leader is killed with SIGKILL
-(odd trials: hung with SIGSTOP). The failover time is from that signal to the
-TTL revert the new leader does (its ``reverted`` event in the store): the first
-scheduled action after the leader is gone. Killed, the leader's pid is seen dead
-at the other replica's next lease round (both run on this machine); hung, only
-the lease's expiry tells, which is what replicas on separate machines see. The lease is the deployment default
-(10 s) unless ``--lease`` says otherwise. Prints p50/p99/max and, per trial, the
-fencing token of the replica that reverted.
+package, as the tests do), the policy-file target. Each trial fires an alert whose
+playbook applies a cap automatically with a short TTL; just before that TTL falls
+due, the leader is disrupted, the modes in turn: ``kill`` (SIGKILL), ``stop``
+(SIGSTOP), ``stop-txn`` (SIGSTOP while it holds the store's write lock inside a
+transaction: another session holds the lock until the leader's next lease round
+waits on it, then hands it over; see ``tests/integration/chaos.py``). The failover
+time is from that signal to the TTL revert the new leader does (its ``reverted``
+event in the store): the first scheduled action after the leader is gone. Killed,
+the leader's pid is seen dead at the other replica's next lease round (both run on
+this machine); hung, only the lease's expiry tells, which is what replicas on
+separate machines see; hung inside a transaction, the server also has to cut its
+session (``idle_in_transaction_session_timeout``) before anyone can write. The
+lease is the deployment default unless ``--lease`` says otherwise. Prints
+p50/p99/max per mode and, per trial, the fencing token afterwards.
 """
 
 from __future__ import annotations
@@ -29,14 +33,17 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
+from integration.chaos import ChaosCluster, stop_inside_a_transaction  # noqa: E402
 from integration.replicas import (  # noqa: E402
-    Cluster,
     post_alert,
     query,
+    run_state,
     start_alertmanager,
     wait_for_state,
 )
 from postgres_server import PostgresServer  # noqa: E402
+
+from bot.adapters.settings import Settings  # noqa: E402
 
 TTL = 3  # seconds: the cap's TTL, so each trial's revert falls due soon after the apply
 
@@ -48,61 +55,90 @@ def percentile(values: list[float], q: float) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--trials", type=int, default=50)
-    ap.add_argument("--lease", type=float, default=10.0, help="LLM_INCIDENT_LEASE_TTL, seconds")
+    ap.add_argument("--trials", type=int, default=50, help="per mode")
+    default_lease = Settings().lease_ttl.total_seconds()
+    ap.add_argument("--lease", type=float, default=default_lease,
+                    help=f"LLM_INCIDENT_LEASE_TTL, seconds (default {default_lease:g})")
+    ap.add_argument("--modes", default=",".join(MODES), help="comma-separated: " + ", ".join(MODES))
     args = ap.parse_args()
+    modes = [m for m in args.modes.split(",") if m]
+    unknown = set(modes) - set(MODES)
+    if unknown:
+        raise SystemExit(f"--modes: unknown {sorted(unknown)}; choose from {', '.join(MODES)}")
     server = PostgresServer(durable=True)
-    times: dict[str, list[float]] = {"kill": [], "stop": []}
+    times: dict[str, list[float]] = {m: [] for m in modes}
     with tempfile.TemporaryDirectory(prefix="bench-failover-") as tmp:
         work = Path(tmp)
         db = server.new_database()
-        routes = [f"r{i}" for i in range(args.trials)]
-        cluster = Cluster(work, db, routes, lease=args.lease, ttl=TTL)
+        plan = [modes[i % len(modes)] for i in range(args.trials * len(modes))]
+        routes = [f"r{i}" for i in range(len(plan))]
+        cluster = ChaosCluster(work, db, routes, lease=args.lease, ttl=TTL)
+        cluster.env["LLM_INCIDENT_POLL_INTERVAL"] = "15s"  # the deployment default
         cluster.start(0)
         cluster.start(1)
         am = start_alertmanager(work, [cluster.url(0), cluster.url(1)])
         try:
-            for trial, route in enumerate(routes):
-                leader = cluster.leader()
-                post_alert(am.url, route)
-                if wait_for_state(db, route, "applied", timeout=30) != "applied":
-                    raise SystemExit(f"trial {trial}: the cap on {route} was never applied")
-                (due,) = query(db, "SELECT m.ttl_due_at FROM mitigations m JOIN runs r "
-                               "ON r.id = m.run_id WHERE r.args LIKE '%%\"" + route + "\"%%'")[0]
-                wait = datetime.fromisoformat(due).timestamp() - time.time() - 0.3
-                time.sleep(max(0.0, wait))
-                how = "kill" if trial % 2 == 0 else "stop"
-                proc = cluster.procs[leader]
-                assert proc is not None
-                t0 = time.time()
-                proc.process.send_signal(signal.SIGKILL if how == "kill" else signal.SIGSTOP)
-                if wait_for_state(db, route, "reverted", timeout=args.lease * 4 + 30) != "reverted":
-                    raise SystemExit(f"trial {trial}: {route} was never reverted after failover")
-                ((at, actor),) = query(
-                    db, "SELECT e.at, e.actor FROM events e JOIN runs r ON r.id = e.run_id "
-                    "WHERE e.kind = 'reverted' AND r.args LIKE '%%\"" + route + "\"%%'")
-                took = datetime.fromisoformat(at).timestamp() - t0
+            for trial, (how, route) in enumerate(zip(plan, routes, strict=True)):
+                took = trial_once(cluster, am.url, db, route, how, args.lease)
+                if took is None:
+                    print(f"trial {trial:3d} ({how}): the TTL fell due before the leader "
+                          "stopped; not counted", flush=True)
+                    continue
                 times[how].append(took)
                 token = query(db, "SELECT token FROM leases WHERE name = 'leader'")[0][0]
-                print(f"trial {trial:2d} ({how}): first scheduled action after {took:5.2f} s "
+                print(f"trial {trial:3d} ({how}): first scheduled action after {took:5.2f} s "
                       f"(fencing token now {token})", flush=True)
-                if how == "kill":
-                    proc.process.wait()
-                    cluster.start(leader)
-                else:
-                    proc.process.send_signal(signal.SIGCONT)
         finally:
             am.stop()
             cluster.stop()
             server.stop()
     print(f"\nlease {args.lease:g} s (renewed every {args.lease / 4:g} s):")
-    for how, why in (("kill", "SIGKILL: the dead pid is seen on this machine"),
-                     ("stop", "SIGSTOP: hung, so only the lease expiry tells (as across hosts)")):
+    for how in modes:
         took = times[how]
         if took:
-            print(f"  {how} ({why}): {len(took)} failovers, p50 {statistics.median(took):.2f} s, "
-                  f"p99 {percentile(took, 0.99):.2f} s, max {max(took):.2f} s, "
-                  f"min {min(took):.2f} s")
+            print(f"  {how} ({MODES[how]}): {len(took)} failovers, p50 "
+                  f"{statistics.median(took):.2f} s, p99 {percentile(took, 0.99):.2f} s, "
+                  f"max {max(took):.2f} s, min {min(took):.2f} s")
+
+
+MODES = {"kill": "SIGKILL: the dead pid is seen on this machine",
+         "stop": "SIGSTOP: hung, so only the lease expiry tells (as across hosts)",
+         "stop-txn": "SIGSTOP inside a write transaction, holding the write lock"}
+
+
+def trial_once(cluster: ChaosCluster, am_url: str, db: str, route: str, how: str,
+               lease: float) -> float | None:
+    """One disruption of the leader; seconds to the new leader's TTL revert."""
+    leader = cluster.leader()
+    post_alert(am_url, route)
+    if wait_for_state(db, route, "applied", timeout=30) != "applied":
+        raise SystemExit(f"the cap on {route} was never applied")
+    (due,) = query(db, "SELECT m.ttl_due_at FROM mitigations m JOIN runs r "
+                   "ON r.id = m.run_id WHERE r.args LIKE '%%\"" + route + "\"%%'")[0]
+    # stop-txn needs up to a lease round to catch the leader inside a transaction.
+    early = 0.3 + (lease / 4 + 0.5 if how == "stop-txn" else 0.0)
+    time.sleep(max(0.0, datetime.fromisoformat(due).timestamp() - time.time() - early))
+    if how == "stop-txn":
+        stop_inside_a_transaction(cluster, leader)
+        t0 = time.time()
+    else:
+        t0 = time.time()
+        cluster.signal(leader, signal.SIGKILL if how == "kill" else signal.SIGSTOP)
+    early_revert = run_state(db, route) != "applied"  # the old leader got to it first
+    if wait_for_state(db, route, "reverted", timeout=lease * 4 + 30) != "reverted":
+        raise SystemExit(f"{route} was never reverted after failover")
+    ((at,),) = query(db, "SELECT e.at FROM events e JOIN runs r ON r.id = e.run_id "
+                     "WHERE e.kind = 'reverted' AND r.args LIKE '%%\"" + route + "\"%%'")
+    proc = cluster.procs[leader]
+    assert proc is not None
+    if how == "kill":
+        proc.process.wait()
+        cluster.start(leader)
+    else:
+        cluster.signal(leader, signal.SIGCONT)
+    if early_revert:
+        return None
+    return float(datetime.fromisoformat(at).timestamp() - t0)
 
 
 if __name__ == "__main__":

@@ -65,10 +65,21 @@ class PostgresServer:
                    "-c max_connections=300")
         if not durable:
             options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
-        self._run([pg_ctl, "-D", str(self.data), "-o", options, "-l", str(self.dir / "log"),
-                   "-w", "-t", "60", "start"])
+        self._options = options
+        self._start()
         self._names = itertools.count(1)
         self.admin_url = f"postgresql://llm@127.0.0.1:{self.port}/postgres"
+
+    def _start(self) -> None:
+        self._run([self._pg_ctl, "-D", str(self.data), "-o", self._options, "-l",
+                   str(self.dir / "log"), "-w", "-t", "60", "start"])
+
+    def restart(self, *, down_for: float = 0.0) -> None:
+        """Crash the server (``immediate``: no clean shutdown, every session cut, as a
+        host failure does), keep it down ``down_for`` seconds, start it again."""
+        self._run([self._pg_ctl, "-D", str(self.data), "-m", "immediate", "-w", "stop"])
+        time.sleep(down_for)
+        self._start()
 
     def _run(self, argv: list[str]) -> None:
         done = subprocess.run([*self._as, *argv], capture_output=True, text=True, check=False)

@@ -71,7 +71,7 @@ ENV_VARS = {
     "LLM_INCIDENT_SLOS": "the SLO and budget file `slo status` and `slo render` read (default: "
     "the shipped example, bot/playbook/slos.example.yaml)",
     "LLM_INCIDENT_LEASE_TTL": "replicas: the leader lease; a dead or hung leader is replaced "
-    "within it plus a quarter of it (default 10s)",
+    "within it plus a quarter of it, and every store transaction is bounded by it (default 5s)",
     "LLM_INCIDENT_PAGERDUTY_ROUTING_KEY": "paging: a PagerDuty Events API v2 integration key; "
     "with it the escalation rules page (default: none, nothing pages)",
     "LLM_INCIDENT_PAGERDUTY_URL": "paging: the Events API URL (default "
@@ -110,7 +110,7 @@ class Settings:
     max_active_mitigations: int = 3
     self_approval: bool = True
     flap_window: timedelta = timedelta(minutes=10)
-    lease_ttl: timedelta = timedelta(seconds=10)
+    lease_ttl: timedelta = timedelta(seconds=5)  # bot.store.leases.DEFAULT_LEASE
     poll_interval: timedelta = timedelta(seconds=15)
     release_gate: str | None = None
     canary_thresholds: Path | None = None

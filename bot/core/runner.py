@@ -322,8 +322,25 @@ class Runner(RunnerTimers):
             if mismatch:
                 await self._fail(run, act, driver, "the change did not take effect: "
                                  + "; ".join(mismatch), actor, routes=None)
-        return self._mark_applied(run, actor=actor, applied_at=self.clock(),
-                                  text=f"applied: {run.plan.summary or run.action}")
+        applied_at = self.clock()
+        return await self._record(lambda: self._mark_applied(
+            run, actor=actor, applied_at=applied_at,
+            text=f"applied: {run.plan.summary or run.action}"), run.id)
+
+    async def _record(self, write: Callable[[], Run], run_id: str) -> Run:
+        """Record what was done to the target while this process holds the claim, until
+        the store takes it: a store that failed after the target changed (Postgres
+        restarted, a partition) must not leave the run claimed by a live process that
+        nobody else may settle. Someone who settled it meanwhile wins (a Conflict)."""
+        deadline = asyncio.get_running_loop().time() + 600
+        while True:
+            try:
+                return write()
+            except self.store.failures() as exc:
+                if not self.store.transient(exc) or asyncio.get_running_loop().time() > deadline:
+                    raise
+                log.warning("%s: recording the outcome failed (%s); trying again", run_id, exc)
+                await asyncio.sleep(0.5)
 
     def _apply_blocker(self, run: Run, current: ServingPolicy, *,
                        automatic: bool) -> Blocker | None:
@@ -473,12 +490,15 @@ class Runner(RunnerTimers):
         if stuck:
             self._revert_failed(run, f"{', '.join(stuck)} still hold the change", actor)
         left = f"; left as is: {'; '.join(drifted)}" if drifted else ""
-        with self.store.transaction():
-            self.store.mark_reverted(run.id, reason)
-            return self.store.transition(run.id, "reverted", f"reverted by {actor}: "
-                                         f"{_without_actor(reason, actor)}{note}{left}",
-                                         actor=actor, kind=kind, data={"drifted": drifted},
-                                         expect=("reverting",))
+
+        def reverted() -> Run:
+            with self.store.transaction():
+                self.store.mark_reverted(run.id, reason)
+                return self.store.transition(run.id, "reverted", f"reverted by {actor}: "
+                                             f"{_without_actor(reason, actor)}{note}{left}",
+                                             actor=actor, kind=kind, data={"drifted": drifted},
+                                             expect=("reverting",))
+        return await self._record(reverted, run.id)
 
     def _revert_failed(self, run: Run, why: str, actor: str) -> NoReturn:
         text = f"revert of {run.id} failed: {why}; the change is still in place"

@@ -104,6 +104,8 @@ class Db:
     dialect: str = ""
     #: The driver's error classes: a caller turns these into ``StoreError``.
     errors: tuple[type[BaseException], ...] = ()
+    #: Those that pass (connection lost, a lock or statement limit): worth a retry.
+    transient_errors: tuple[type[BaseException], ...] = ()
     _savepoints = 0
     #: The database's clock minus this machine's (0 where the database is local).
     clock_offset = timedelta(0)
@@ -204,6 +206,7 @@ def _ident(name: str) -> str:
 class SqliteDb(Db):
     dialect = "sqlite"
     errors = (sqlite3.Error,)
+    transient_errors = (sqlite3.OperationalError,)  # "database is locked"
 
     def __init__(self, where: str, *, busy_timeout_ms: int) -> None:
         # check_same_thread=False: the store's lock serialises use of the connection.
@@ -251,11 +254,16 @@ class PostgresDb(Db):
 
     def __init__(self, url: str, *, busy_timeout_ms: int) -> None:
         import psycopg  # only a Postgres deployment needs the driver loaded
+        import psycopg.errors
         from psycopg.rows import dict_row
 
         self._psycopg = psycopg
         self._dict_row = dict_row
         self.errors = (psycopg.Error,)
+        # Connection lost, server shutting down, lock_timeout and statement_timeout are
+        # OperationalError subclasses; the idle-in-transaction cut is not.
+        self.transient_errors = (psycopg.OperationalError,
+                                 psycopg.errors.IdleInTransactionSessionTimeout)
         self.url = url
         # Until the leadership says which lease is in force (``set_limits``).
         self.limits = Limits.for_lease(timedelta(seconds=10))

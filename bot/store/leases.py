@@ -32,8 +32,11 @@ from bot.store.backend import Db
 from bot.store.records import from_text, required_time, to_text
 
 LEADER = "leader"
-# Failover takes at most the lease plus one renew round (ttl / 4): 12.5 s by default.
-DEFAULT_LEASE = timedelta(seconds=10)
+# A follower bids again the moment the lease it saw runs out, so failover takes about
+# the lease (at most the lease plus one renew round, ttl / 4, if that bid is missed).
+# 5 s: bench_failover's p99 for a hung leader is then about 5 s; each replica writes
+# one transaction per round (ttl / 4), 48 a minute, as the 10 s lease did with two.
+DEFAULT_LEASE = timedelta(seconds=5)
 
 
 @dataclass(frozen=True)

@@ -116,6 +116,12 @@ class Store(IncidentRecords, RunRecords, OutboxRecords, LeaseRecords, ReleaseRec
         """What a store call may raise when the database fails: ours and the driver's."""
         return (StoreError, *self.db.errors)
 
+    def transient(self, exc: BaseException) -> bool:
+        """Is ``exc`` a failure that passes (a lost connection, a lock wait or statement
+        over its limit), worth trying again, rather than a refused write?"""
+        cause = exc.__cause__ if isinstance(exc, StoreError) else exc
+        return isinstance(cause, self.db.transient_errors)
+
     @property
     def dialect(self) -> str:
         return self.db.dialect
