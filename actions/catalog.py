@@ -17,6 +17,7 @@ from actions.customer_actions import CUSTOMER_ACTIONS
 from actions.policy import ServingPolicy
 from actions.release_actions import RELEASE_ACTIONS
 from bot.base.errors import InputError
+from bot.base.names import check_name
 
 
 class _RouteParams(BaseModel):
@@ -31,6 +32,8 @@ class _RouteParams(BaseModel):
         names = [v] if isinstance(v, str) else v
         if not names or any(not n.strip() for n in names):
             raise ValueError("route must name at least one route")
+        for n in names:
+            check_name(n)  # rendered from alert text: no newline reaches the policy file
         return v
 
     @property
@@ -60,13 +63,32 @@ class RouteOnlyParams(_RouteParams):
 class FallbackParams(_RouteParams):
     to: str = Field(min_length=1)
 
+    @field_validator("to")
+    @classmethod
+    def _plain_to(cls, v: str) -> str:
+        return check_name(v)
+
 
 class RollbackPromptParams(_RouteParams):
+    # Often rendered from an alert's last_good_prompt_version annotation: it goes into
+    # the policy file and the gateway's upstream header as it is.
     prompt_version: str = Field(min_length=1)
+
+    @field_validator("prompt_version")
+    @classmethod
+    def _plain_version(cls, v: str) -> str:
+        return check_name(v)
 
 
 class ShiftTrafficParams(_RouteParams):
     weights: dict[str, float]
+
+    @field_validator("weights")
+    @classmethod
+    def _plain_models(cls, v: dict[str, float]) -> dict[str, float]:
+        for model in v:
+            check_name(model)
+        return v
 
 
 class CapOutputLength(Action):

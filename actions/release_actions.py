@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from actions.base import Action
 from actions.policy import CanaryPolicy, ServingPolicy
 from bot.base.errors import InputError
+from bot.base.names import check_name
 
 
 class _ReleaseParams(BaseModel):
@@ -22,6 +23,11 @@ class _ReleaseParams(BaseModel):
 
     route: str = Field(min_length=1)
     release: str = Field(min_length=1)
+
+    @field_validator("route", "release")
+    @classmethod
+    def _plain(cls, v: str) -> str:
+        return check_name(v)
 
     @property
     def routes(self) -> list[str]:
@@ -32,6 +38,11 @@ class SetCanaryParams(_ReleaseParams):
     prompt_version: str | None = None
     model: str | None = None
     weight: float = Field(gt=0, le=1)
+
+    @field_validator("prompt_version", "model")
+    @classmethod
+    def _plain_change(cls, v: str | None) -> str | None:
+        return None if v is None else check_name(v)
 
     @model_validator(mode="after")
     def _something_changes(self) -> SetCanaryParams:

@@ -22,6 +22,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Protocol
 
 from bot.base.errors import GuardRefused, InputError
+from bot.base.names import name_problem
 from bot.core.canary_judge import SIGNALS, Sample, Verdict, judge
 from bot.core.canary_samples import Version, read_samples
 from bot.core.messages import Button, Message, Section
@@ -82,6 +83,14 @@ class ReleaseGuard:
         if prompt_version is None and model is None:
             raise InputError("a release changes the prompt version, the model, or both",
                              hint="release start ROUTE --prompt V | --model M")
+        # Checked before anything is recorded: these go into the policy file, the
+        # gateway's upstream header and every label the judge reads.
+        for field, value in (("route", route), ("prompt_version", prompt_version),
+                             ("model", model), ("baseline_version", baseline_version),
+                             ("owner", owner)):
+            if value is not None and (why := name_problem(value)):
+                raise InputError(f"release start: {field} {why}",
+                                 hint="give the name as the gateway knows it")
         if self._reader is None and self.runner.metrics is None:
             raise InputError("the release guard judges canaries on Prometheus; none is set",
                              hint="set LLM_INCIDENT_PROMETHEUS_URL (or --prometheus)")

@@ -39,6 +39,7 @@ from pydantic import (
 )
 
 from bot.base.errors import InputError, PlaybookError, Problem
+from bot.base.names import check_name
 from bot.playbook.engine_profiles import (
     DEFAULT,
     PROFILES,
@@ -64,7 +65,6 @@ SLI_CLASS: dict[str, str] = {
 _SECONDS = re.compile(r"^\s*(\d+(\.\d+)?)\s*(ms|s)\s*$")
 _PERCENT = re.compile(r"^\s*(\d+(\.\d+)?)\s*%\s*$")
 _NAME = r"^[a-z0-9][a-z0-9_-]*$"
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def plain_name(v: str | None) -> str | None:
@@ -76,11 +76,7 @@ def plain_name(v: str | None) -> str | None:
     if "{{" in v or "}}" in v:
         raise ValueError(f"{v[:60]!r} holds a template delimiter ({{{{ or }}}}): Prometheus "
                          "would run it as a template when the alert fires; give the plain name")
-    if _CONTROL.search(v):
-        raise ValueError(f"{v[:60]!r} holds a control character (a newline, a tab...)")
-    if v != v.strip():
-        raise ValueError(f"{v[:60]!r} starts or ends with whitespace")
-    return v
+    return check_name(v)
 
 
 def _share(value: Any) -> float:
