@@ -19,6 +19,8 @@ command -v redis-server >/dev/null || need_apt+=(redis-server)
 # The store suite and the replica tests run on a real Postgres, which the tests start
 # themselves (initdb and pg_ctl as the package's postgres user) and stop.
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need_apt+=(postgresql)
+# The replica chaos tests run one replica on a shifted clock (LD_PRELOAD libfaketime).
+compgen -G "/usr/lib/*/faketime/libfaketimeMT.so.1" >/dev/null || need_apt+=(faketime libfaketime)
 # Headless Chromium for the web console's browser tests (driven by playwright).
 command -v chromium >/dev/null || need_apt+=(chromium)
 if ((${#need_apt[@]})); then
