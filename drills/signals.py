@@ -297,7 +297,11 @@ def parse_query(promql: str) -> SimpleQuery:
 
 
 def evaluate(promql: str, scrapes: Scrapes, model_routes: Mapping[str, str]) -> float | None:
-    """The query's value now, or None when it has no samples (and no ``or vector``)."""
+    """The query's value now, or None when it has no samples (and no ``or vector``).
+
+    ``or vector(N)`` is read for scenarios' own queries (a stop condition with no data
+    has not tripped). The bot's verify queries never reach this stand-in, and lint
+    refuses that form in them: there, no data is "not known yet", never a number."""
     q = parse_query(promql)
     series = signal(q.name, scrapes, model_routes)
     values = [v for labels, v in series.items()

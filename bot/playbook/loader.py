@@ -21,12 +21,8 @@ from pydantic import ValidationError
 from actions.catalog import CATALOG
 from bot.base.errors import PlaybookError, Problem, TemplateError
 from bot.playbook.promql_check import promql_errors
-from bot.playbook.render import (
-    TemplateLineError,
-    inspect_template,
-    raw_alert_values,
-    reads_alert,
-)
+from bot.playbook.query_values import raw_alert_values
+from bot.playbook.render import TemplateLineError, inspect_template, reads_alert
 from bot.playbook.schema import TARGET_ARGS, Playbook
 from bot.playbook.yamlsource import (
     KeyPath,

@@ -23,13 +23,8 @@ from typing import Any
 import promql_parser
 
 from bot.base.errors import IncidentBotError
-from bot.playbook.render import (
-    _Annotations,
-    _Labels,
-    _render_value,
-    bounded_number,
-    render_string,
-)
+from bot.playbook.numbers import in_range
+from bot.playbook.render import _Annotations, _Labels, _render_value, render_string
 from bot.playbook.schema import NumberParam, Playbook
 
 STAND_IN = "1"
@@ -95,7 +90,7 @@ def _stand_in_param(name: str, value: Any, context: dict[str, Any]) -> Any:
     # A ranged number stands in as its smallest allowed value (the alert's "1" may be
     # outside the range, and the range is what the plan would hold).
     if isinstance(value, NumberParam):
-        return bounded_number(name, value.model_copy(update={"value": value.min}), context)
+        return in_range(name, value, value.min)
     return _render_value(value, context, f"params.{name}")
 
 

@@ -29,6 +29,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
 from bot.base.errors import TemplateError
 from bot.intake.alert import Alert
+from bot.playbook.numbers import in_range, number
 from bot.playbook.schema import NumberParam, Playbook, Step
 
 MAX_OUTPUT = 4096
@@ -160,39 +161,6 @@ def promql_escape(value: Any) -> str:
     return text
 
 
-def number(value: Any) -> int | float:
-    """A value that must be a finite number (``{{ annotations.budget | number }}``).
-
-    Unlike ``float``, which turns anything unparseable into 0.0, a non-number is an
-    error: alert text put into a query can never become PromQL, and a typo in an
-    annotation never silently becomes a zero budget.
-    """
-    if isinstance(value, bool):
-        raise TemplateError(f"not a number: {value!r}")
-    if isinstance(value, int | float):
-        out: float = float(value)
-    else:
-        text = str(value).strip()
-        if len(text) > 64:
-            raise TemplateError(f"not a number: {text[:64]!r}...")
-        try:
-            out = float(text)
-        except ValueError:
-            raise TemplateError(
-                f"not a number: {text!r}", hint="the value comes from the alert; fix its source"
-            ) from None
-    if out != out or out in (float("inf"), float("-inf")):
-        raise TemplateError(f"not a finite number: {value!r}")
-    return int(out) if out.is_integer() and abs(out) < 2**53 else out
-
-
-# Filters whose output cannot carry PromQL syntax. ``promql`` quotes a label value; the
-# rest make numbers, and a number from the alert is still the alert choosing how a
-# query scales (``/ 1e300`` verifies anything), so lint lets alert-derived values into
-# a query only quoted, or as a param with a declared range (``NumberParam``).
-NUMBER_FILTERS = frozenset({"number", "int", "float", "round", "abs", "length"})
-
-
 class _Sandbox(ImmutableSandboxedEnvironment):
     intercepted_binops = frozenset({"*", "**", "+", "%"})
 
@@ -289,57 +257,7 @@ def reads_alert(text: str, tainted_params: frozenset[str] | set[str] = frozenset
     return bool(info.names & ALERT_SCOPE) or bool(info.params & set(tainted_params))
 
 
-def raw_alert_values(text: str, tainted_params: frozenset[str] | set[str]
-                     ) -> list[tuple[int, str, str]]:
-    """``(line, what, why)`` for each ``{{ ... }}`` of a query that puts alert-derived
-    text into PromQL other than quoted inside a double-quoted label value
-    (``"{{ x | promql }}"``). ``why`` is ``"number"`` when it goes through a number
-    filter (safe syntax, but an unbounded scale), ``"unquoted"`` for ``| promql``
-    outside double quotes (it escapes quotes, not operators), else ``"raw"``. Params
-    with a declared range are not in ``tainted_params``: the playbook bounds them."""
-    tree = _ENV.parse(text)
-    out: list[tuple[int, str, str]] = []
-    for output in tree.find_all(nodes.Output):
-        quoted = False  # inside "..." of the PromQL, judged from the literal text
-        for expr in output.nodes:
-            if isinstance(expr, nodes.TemplateData):
-                quoted ^= _unescaped_quotes(expr.data) % 2 == 1
-                continue
-            read = sorted(_alert_reads(expr, tainted_params))
-            if not read:
-                continue
-            if isinstance(expr, nodes.Filter) and expr.name == "promql":
-                if not quoted:
-                    out.append((expr.lineno or 1, ", ".join(read), "unquoted"))
-                continue
-            why = ("number" if isinstance(expr, nodes.Filter) and expr.name in NUMBER_FILTERS
-                   else "raw")
-            out.append((expr.lineno or 1, ", ".join(read), why))
-    return out
-
-
-def _unescaped_quotes(text: str) -> int:
-    count, i = 0, 0
-    while i < len(text):
-        if text[i] == "\\":
-            i += 2
-            continue
-        count += text[i] == '"'
-        i += 1
-    return count
-
-
 ALERT_SCOPE = frozenset({"alert", "labels", "annotations"})
-
-
-def _alert_reads(expr: nodes.Node, tainted: frozenset[str] | set[str]) -> set[str]:
-    every = [expr, *expr.find_all(nodes.Node)]  # find_all skips the node itself
-    found = {n.name for n in every if isinstance(n, nodes.Name) and n.name in ALERT_SCOPE}
-    for node in every:
-        ref = _param_reference(node)
-        if ref in tainted:
-            found.add(f"params.{ref}")
-    return found
 
 
 def check_template(text: str) -> None:
@@ -468,29 +386,9 @@ def render_params(playbook: Playbook, alert: Alert) -> dict[str, Any]:
 
 def render_param(name: str, value: Any, context: Mapping[str, Any]) -> Any:
     """One param; a ``NumberParam`` becomes a number inside its range, or an error."""
-    if isinstance(value, NumberParam):
-        return bounded_number(name, value, context)
-    return _render_value(value, context, f"params.{name}")
-
-
-def bounded_number(name: str, param: NumberParam, context: Mapping[str, Any]) -> int | float:
-    """The alert may choose the number, the playbook the range it falls in: a value
-    outside refuses the plan (an alert saying ``1e300`` or ``-1`` never scales a check)."""
-    where = f"params.{name}"
-    raw = _render_value(param.value, context, where)
-    try:
-        out = number(raw)
-    except TemplateError as exc:
-        raise TemplateError(f"{where}: {exc.message} (the playbook allows "
-                            f"{param.min:g}..{param.max:g})",
-                            hint="the value comes from the alert; fix its source") from None
-    if not param.min <= out <= param.max:
-        raise TemplateError(
-            f"{where} = {raw!s:.64} is outside {param.describe_range()} the playbook "
-            "allows",
-            hint=f"fix the alert's source, or widen params.{name}.min/max in the playbook "
-                 "if the value is genuine")
-    return out
+    raw = _render_value(value.value if isinstance(value, NumberParam) else value, context,
+                        f"params.{name}")
+    return in_range(name, value, raw) if isinstance(value, NumberParam) else raw
 
 
 def _with_params(params: Mapping[str, Any], alert: Alert) -> dict[str, Any]:
