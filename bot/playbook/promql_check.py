@@ -106,12 +106,25 @@ def _reads_series(expr: Any) -> bool:
     return found
 
 
+def _calls(expr: Any, name: str) -> bool:
+    found = False
+
+    def visit(node: Any) -> bool:
+        nonlocal found
+        found = found or (isinstance(node, promql_parser.Call) and node.func.name == name)
+        return not found
+
+    promql_parser.walk(expr, visit, None)
+    return found
+
+
 def no_data_fallback(query: str) -> str | None:
     """How ``query`` answers with a value when its series have no data, or None.
 
     ``or`` with a side that reads no series (``or vector(0)``, ``or on() vector(1)``),
-    ``unless`` on such a left side, ``absent``/``absent_over_time``, or a query that
-    reads no series at all. ``x or 0 * sum(rate(requests[5m]))`` is not one: its zero
+    ``unless`` on such a left side, ``absent``/``absent_over_time``, a ``bool``
+    comparison of ``scalar(...)`` (NaN for no data becomes 0), or a query that reads
+    no series at all. ``x or 0 * sum(rate(requests[5m]))`` is not one: its zero
     stands on a series that exists."""
     try:
         expr = promql_parser.parse(query)
@@ -126,6 +139,10 @@ def no_data_fallback(query: str) -> str | None:
         if isinstance(node, promql_parser.Call) and node.func.name in ("absent",
                                                                        "absent_over_time"):
             why = f"{node.func.name}(...) answers 1 exactly when there is no data"
+        elif (isinstance(node, promql_parser.BinaryExpr) and node.modifier is not None
+              and node.modifier.return_bool and _calls(node, "scalar")):
+            why = ("scalar(...) answers NaN for no data, and a `bool` comparison turns that "
+                   "NaN into 0 or 1")
         elif isinstance(node, promql_parser.BinaryExpr) and str(node.op) in ("or", "unless"):
             sides = (node.lhs, node.rhs) if str(node.op) == "or" else (node.lhs,)
             made_up = next((side for side in sides if not _reads_series(side)), None)

@@ -193,6 +193,8 @@ def test_lint_refuses_absent_and_a_query_that_reads_no_series(tmp_path):
     assert "absent(...)" in absent.message
     (constant,) = _problems(tmp_path, "'vector(0)'")
     assert "reads no series" in constant.message
+    (boolean,) = _problems(tmp_path, f"'scalar({SPEND}) > bool 1'")
+    assert "scalar(...) answers NaN" in boolean.message
 
 
 def test_a_diagnose_query_may_keep_or_vector_and_a_ranged_budget_is_fine(tmp_path):
