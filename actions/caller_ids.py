@@ -68,6 +68,10 @@ def normalise(raw: str) -> tuple[str, bool] | None:
 
     ``exact`` is False when characters outside ASCII remain: such an id may be a
     lookalike this table does not know, so it must not escape a limit by it."""
+    if raw.isascii() and raw.isprintable() and " " not in raw:
+        # The common case, and the same result: NFKC, NFKD and the tables leave
+        # visible ASCII alone, and casefold is lower() on it.
+        return (raw.lower(), True) if raw else None
     text = unicodedata.normalize("NFKD", raw)
     kept = []
     for ch in text:

@@ -142,7 +142,7 @@ def decide(policy: ServingPolicy, route: str, rng: random.Random) -> RouteDecisi
 
 def callers_of(index: CallerIndex, user_api_key_dict: Any, data: dict) -> list[Match]:
     """Every ``customers`` entry naming this request (by what the proxy authenticated)."""
-    return index.matches(identity_of(user_api_key_dict, data))
+    return index.matches(identity_of(user_api_key_dict, data)) if index else []
 
 
 def _pick(weights: dict[str, float], rng: random.Random) -> str:

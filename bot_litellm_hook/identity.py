@@ -51,17 +51,18 @@ class Match:
     counter: str  # what its requests are counted under
 
 
-def _strictest(entries: Iterable[tuple[str, CustomerPolicy]]) -> CustomerPolicy:
-    def low(values: Iterable[int | None]) -> int | None:
-        present = [v for v in values if v is not None]
-        return min(present) if present else None
+def _low(values: Iterable[int | None]) -> int | None:
+    present = [v for v in values if v is not None]
+    return min(present) if present else None
 
+
+def _strictest(entries: Iterable[tuple[str, CustomerPolicy]]) -> CustomerPolicy:
     limits = [lim for _, lim in entries]
     return CustomerPolicy(
         blocked=any(lim.blocked for lim in limits),
-        max_output_tokens=low(lim.max_output_tokens for lim in limits),
-        max_requests_per_minute=low(lim.max_requests_per_minute for lim in limits),
-        max_tokens_per_minute=low(lim.max_tokens_per_minute for lim in limits))
+        max_output_tokens=_low(lim.max_output_tokens for lim in limits),
+        max_requests_per_minute=_low(lim.max_requests_per_minute for lim in limits),
+        max_tokens_per_minute=_low(lim.max_tokens_per_minute for lim in limits))
 
 
 class CallerIndex:
@@ -82,6 +83,9 @@ class CallerIndex:
                 else:
                     self._users[(kind, parsed.principal)][parsed.end_user].append(
                         (name, limits))
+
+    def __bool__(self) -> bool:
+        return bool(self._own or self._users)
 
     def matches(self, who: Identity) -> list[Match]:
         """Every entry naming this request; all of them hold (the tightest wins)."""
@@ -108,13 +112,11 @@ class CallerIndex:
 
 def counters(found: list[Match]) -> list[Counter]:
     """One counter per thing counted, with the tightest limits naming it."""
-    by_key: dict[str, list[Match]] = defaultdict(list)
+    by_key: dict[str, list[Match]] = {}
     for m in found:
         if m.limits.max_requests_per_minute or m.limits.max_tokens_per_minute:
-            by_key[m.counter].append(m)
-    out = []
-    for key, ms in by_key.items():
-        limits = _strictest((m.label, m.limits) for m in ms)
-        out.append(Counter(key, ms[0].label, limits.max_requests_per_minute,
-                           limits.max_tokens_per_minute))
-    return out
+            by_key.setdefault(m.counter, []).append(m)
+    return [Counter(key, ms[0].label,
+                    _low(m.limits.max_requests_per_minute for m in ms),
+                    _low(m.limits.max_tokens_per_minute for m in ms))
+            for key, ms in by_key.items()]
