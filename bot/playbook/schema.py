@@ -15,6 +15,9 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
     field_validator,
     model_validator,
 )
@@ -243,8 +246,31 @@ class NumberParam(_Strict):
         return f"the range {self.min:g}..{self.max:g}"
 
 
+def _one_param(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+    # One clear problem per bad param, instead of one per member of the union.
+    if isinstance(value, dict):
+        try:
+            return NumberParam.model_validate(value)
+        except ValidationError as exc:
+            what = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'range'}: {_said(e)}"
+                             for e in exc.errors())
+            raise ValueError(f"a param given as a mapping is a number with a range "
+                             f"{{value, min, max}}: {what}") from None
+    try:
+        return handler(value)
+    except ValidationError:
+        raise ValueError(f"a param is a template or a constant (text, number, true/false, "
+                         f"list), or {{value, min, max}}; got {type(value).__name__}") from None
+
+
+def _said(error: Any) -> str:
+    kinds = {"missing": "missing", "extra_forbidden": "unknown key"}
+    return kinds.get(error["type"]) or str(error["msg"]).removeprefix("Value error, ")
+
+
 # A param is a template (or a constant), or a number with its range.
-Param = NumberParam | str | int | float | bool | list[Any] | None
+Param = Annotated[NumberParam | str | int | float | bool | list[Any] | None,
+                  WrapValidator(_one_param)]
 
 
 class DiagnoseQuery(_Strict):
