@@ -4,6 +4,10 @@
 #   docker run -d -p 8080:8080 -v llm-incident-data:/data \
 #     -e LLM_INCIDENT_WEBHOOK_TOKEN=... llm-incident
 #
+# It listens on 0.0.0.0, so `serve` refuses to start without LLM_INCIDENT_WEBHOOK_TOKEN
+# (anyone's alert could run automatic steps) unless
+# LLM_INCIDENT_ALLOW_UNAUTHENTICATED_WEBHOOKS=1 says so; the log then warns at start.
+#
 # BASE is any image with Python 3.11+ and its venv module (the default, or Debian's
 # python3 + python3-venv). A `wheelhouse/` directory in the build context (from
 # `pip wheel . -w wheelhouse`) is installed offline instead of reaching PyPI.

@@ -32,7 +32,7 @@ from bot.adapters.pagers import build_escalations
 from bot.adapters.playbook_watch import PlaybookWatcher
 from bot.adapters.scheduler import Scheduler
 from bot.adapters.service_metrics import ServiceMetrics
-from bot.adapters.settings import Settings
+from bot.adapters.settings import Settings, unauthenticated_bind
 from bot.adapters.slack import attach_slack, build_slack_notifier
 from bot.adapters.web import create_app
 from bot.adapters.wiring import build_engine
@@ -106,6 +106,9 @@ class Service:
                  *, engine: Engine | None = None, scheduler: Scheduler | None = None,
                  notifier: Notifier | None = None, http: str = "h11",
                  loop: str = "asyncio") -> None:
+        # Before anything opens: open webhooks beyond loopback are refused, or said loudly.
+        if warning := unauthenticated_bind(settings, host or settings.host):
+            log.warning("%s", warning)
         self.settings = settings
         self.engine = engine or build_engine(settings)
         # Slack's notifier when SLACK_BOT_TOKEN and LLM_INCIDENT_SLACK_CHANNEL are set.

@@ -8,6 +8,7 @@ serving-policy file under ``./var``, the shipped playbooks, no Prometheus
 from __future__ import annotations
 
 import getpass
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -120,6 +121,8 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8080
     webhook_token: str | None = field(default=None, repr=False)
+    # Listening beyond loopback with no webhook token: refused unless this says so.
+    allow_unauthenticated_webhooks: bool = False
     grafana_hmac_secret: str | None = field(default=None, repr=False)
     grafana_hmac_header: str = DEFAULT_GRAFANA_HMAC_HEADER
     grafana_hmac_timestamp_header: str | None = None
@@ -255,6 +258,9 @@ def _serve_settings(s: Settings, env: Mapping[str, str]) -> Settings:
         s = replace(s, port=int(v))
     if v := env.get("LLM_INCIDENT_WEBHOOK_TOKEN"):
         s = replace(s, webhook_token=v)
+    if v := env.get("LLM_INCIDENT_ALLOW_UNAUTHENTICATED_WEBHOOKS"):
+        s = replace(s, allow_unauthenticated_webhooks=_flag(
+            "LLM_INCIDENT_ALLOW_UNAUTHENTICATED_WEBHOOKS", v))
     if v := env.get("LLM_INCIDENT_GRAFANA_HMAC_SECRET"):
         s = replace(s, grafana_hmac_secret=v)
     if v := env.get("LLM_INCIDENT_GRAFANA_HMAC_HEADER"):
@@ -266,6 +272,35 @@ def _serve_settings(s: Settings, env: Mapping[str, str]) -> Settings:
             raise InputError(f"LLM_INCIDENT_MAX_BODY must be a positive number of bytes, got {v!r}")
         s = replace(s, max_body_bytes=int(v))
     return s
+
+
+def is_loopback(host: str) -> bool:
+    """Only this machine can reach ``host`` (a name other than localhost may be anything)."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def unauthenticated_bind(s: Settings, host: str) -> str | None:
+    """The warning to log loudly when webhooks on ``host`` take anyone's alert (the
+    operator said so), None when they do not; ``InputError`` when they would and
+    nobody said so: any alert posted there can run a playbook's automatic steps."""
+    if s.webhook_token or is_loopback(host):
+        return None
+    if not s.allow_unauthenticated_webhooks:
+        raise InputError(
+            f"serve: listening on {host} with no LLM_INCIDENT_WEBHOOK_TOKEN would let "
+            "anyone who can reach the port post alerts, and alerts run automatic steps",
+            hint="set LLM_INCIDENT_WEBHOOK_TOKEN (and the same bearer token in "
+                 "Alertmanager/Grafana), listen on 127.0.0.1, or set "
+                 "LLM_INCIDENT_ALLOW_UNAUTHENTICATED_WEBHOOKS=1 to run so anyway")
+    return (f"WEBHOOKS ARE UNAUTHENTICATED: listening on {host} with no "
+            "LLM_INCIDENT_WEBHOOK_TOKEN (LLM_INCIDENT_ALLOW_UNAUTHENTICATED_WEBHOOKS is "
+            "set): anyone who can reach the port can post alerts, and alerts run "
+            "automatic steps")
 
 
 def _slack_settings(s: Settings, env: Mapping[str, str]) -> Settings:
