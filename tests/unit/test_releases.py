@@ -17,7 +17,8 @@ from actions.policy import ServingPolicy
 from bot.base.errors import Conflict, InputError
 from bot.core.canary_judge import Histogram
 from bot.core.canary_samples import Version
-from bot.core.release_cases import ReleaseGuard, parse_steps
+from bot.core.release_cases import ReleaseGuard
+from bot.core.release_moves import parse_steps
 
 sys.path.insert(0, str(Path(__file__).parent))
 from incident_env import Env  # noqa: E402

@@ -17,9 +17,9 @@ from bot.core.release_cases import (
     DEFAULT_BAKE,
     DEFAULT_STEPS,
     ReleaseGuard,
-    parse_steps,
     verdict_text,
 )
+from bot.core.release_moves import parse_steps
 from bot.playbook.canary_thresholds import load_thresholds
 from bot.store.releases import Release
 
