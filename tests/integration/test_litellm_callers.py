@@ -73,7 +73,7 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     workdir = tmp_path_factory.mktemp("litellm-callers")
     redis = RedisServer()
     upstream = StubUpstream(default_tokens=20).start()
-    keys = {team: "sk-" + secrets.token_hex(16) for team in ("victim", "team-x", "counted")}
+    keys = {team: "sk-" + secrets.token_hex(16) for team in ("victim", "team-x", "counted", "tokens")}
     (workdir / "keys.json").write_text(json.dumps({k: t for t, k in keys.items()}))
     (workdir / "callers_auth.py").write_text(AUTH)
     policy = workdir / "serving-policy.yaml"
@@ -130,3 +130,10 @@ def test_two_proxy_processes_give_a_caller_its_limit_once(rig: Rig) -> None:
     rig.set_customers({"counted": {"max_requests_per_minute": 2}})
     codes = [rig.chat(n % 2, "counted") for n in range(6)]  # alternating processes
     assert codes == [200, 200, 429, 429, 429, 429], codes
+
+
+def test_tokens_answered_by_one_process_count_in_the_other(rig: Rig) -> None:
+    # Each answer is 5 prompt + 5 completion tokens (the stub's usage): two fill 20.
+    rig.set_customers({"tokens": {"max_tokens_per_minute": 20}})
+    codes = [rig.chat(n % 2, "tokens") for n in range(4)]
+    assert codes == [200, 200, 429, 429], codes

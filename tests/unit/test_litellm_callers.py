@@ -152,3 +152,28 @@ def test_policy_and_request_are_normalised_the_same_way() -> None:
     assert parse_customer_id("Team:ACME/Alice") == parse_customer_id("team:acme/alice")
     assert normalise("\u674e") == ("\u674e", False)
     assert normalise("\u200b \t") is None
+
+
+class _BrokenRedis:
+    """What LiteLLM's RedisCache gives when its server is gone: scripts that raise."""
+
+    redis_kwargs = {"host": "127.0.0.1", "port": 1}
+
+    def async_register_script(self, script: str) -> Any:
+        async def run(keys: Any, args: Any, client: Any = None) -> Any:
+            raise ConnectionError("Error 111 connecting to 127.0.0.1:1. Connection refused.")
+        return run
+
+
+def test_a_failing_redis_counts_in_the_process_and_says_so_once(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "policy.yaml"
+    path.write_text("version: 1\nroutes:\n  chat: {}\ncustomers:\n"
+                    "  victim: {max_requests_per_minute: 2}\n  blocked: {blocked: true}\n")
+    hook = PolicyHook(path, redis=_BrokenRedis())
+    with caplog.at_level(logging.INFO, logger="bot_litellm_hook"):
+        assert [status(hook, VICTIM) for _ in range(3)] == [200, 200, 429]
+    failed = [r for r in caplog.records if "shared Redis failed" in r.getMessage()]
+    assert len(failed) == 1 and "Connection refused" in failed[0].getMessage()
+    assert status(hook, SimpleNamespace(team_id="blocked", token="t", user_id=None,
+                                        end_user_id=None)) == 403  # blocks need no Redis
