@@ -177,3 +177,16 @@ def test_a_failing_redis_counts_in_the_process_and_says_so_once(
     assert len(failed) == 1 and "Connection refused" in failed[0].getMessage()
     assert status(hook, SimpleNamespace(team_id="blocked", token="t", user_id=None,
                                         end_user_id=None)) == 403  # blocks need no Redis
+
+
+def test_customer_actions_take_namespaced_ids() -> None:
+    from actions.catalog import get_action
+    from bot.base.errors import InputError
+
+    act = get_action("throttle_customer")
+    plan = act.plan({"customer": "key:ab12/alice", "max_requests_per_minute": 5},
+                    ServingPolicy(), target="litellm")
+    assert "customer/key:ab12/alice" in str(plan.model_dump())
+    with pytest.raises(InputError, match="not a caller id"):
+        act.plan({"customer": "key:ab12/ali ce", "max_requests_per_minute": 5},
+                 ServingPolicy(), target="litellm")
