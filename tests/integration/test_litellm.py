@@ -358,7 +358,8 @@ def test_caps_hold_on_litellms_own_fallback_path(gateway: Gateway) -> None:
     try:
         route_cap = gateway.apply("cap_output_length", {"route": "chat-small",
                                                         "max_output_tokens": 16})
-        caller_cap = gateway.apply("cap_customer", {"customer": "fb-co", "max_output_tokens": 4})
+        caller_cap = gateway.apply("cap_customer", {"customer": END_USER + "fb-co",
+                                                    "max_output_tokens": 4})
         gateway.upstream.failing.add("large")
         resp = gateway.chat(max_tokens=1000)
         assert resp.status_code == 200 and served_by(resp) == "small", resp.text
