@@ -232,4 +232,3 @@ def test_a_replica_whose_clock_is_30s_off_neither_steals_the_lease_nor_reverts_e
 def _run_id(db_url: str, route: str) -> str:
     rows = query(db_url, "SELECT id FROM runs WHERE args LIKE '%%\"" + route + "\"%%'")
     return str(rows[0][0])
-
