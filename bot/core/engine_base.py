@@ -212,7 +212,9 @@ class EngineBase:
 
     def queue_message(self, msg: Message) -> int | None:
         """Put ``msg`` in the outbox (inside the caller's transaction, if any)."""
-        if msg.incident_id is None:
+        if msg.incident_id is None or not msg.incident_id.startswith("INC-"):
+            # A release's messages (``REL-n``) name no incident row for the outbox to
+            # hang on; they go straight to the notifier, as they always have.
             return None
         return self.store.add_outbox(msg.incident_id, "message", payload=message_to_json(msg),
                                      claim=self.notifier is not None)
