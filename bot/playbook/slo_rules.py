@@ -174,15 +174,29 @@ def _thr(o: Objective) -> str:
 
 def spend(b: Budget, window: str) -> str:
     """The budget's spend over ``window``, in dollars, as PromQL. With ``per_customer``,
-    one series per caller, labelled ``customer`` (from LiteLLM's ``end_user``)."""
+    one series per caller, labelled ``customer``: the policy's name for it, which on
+    LiteLLM is ``KEYHASH/END_USER`` (an end user is somebody only within the key that
+    sent it; the body's ``user`` is the caller's to choose) and ``END_USER`` where the
+    source has no key hashes (the sandbox)."""
     pairs = [(k, v) for k, v in (("requested_model", b.route), ("model", b.model),
-                                 ("end_user", b.customer), ("environment", b.environment)) if v]
+                                 *_customer_matchers(b.customer),
+                                 ("environment", b.environment)) if v]
     matchers = ",".join(f'{k}="{promql_escape(v)}"' for k, v in pairs)
     if not b.per_customer:
         return f"sum(increase(litellm_spend_metric_total{{{matchers}}}[{window}]))"
     matchers = ",".join([*([matchers] if matchers else []), 'end_user!=""'])
-    return ('sum by (customer) (label_replace(increase(litellm_spend_metric_total'
-            f'{{{matchers}}}[{window}]), "customer", "$1", "end_user", "(.+)"))')
+    joined = (f'label_join(increase(litellm_spend_metric_total{{{matchers}}}[{window}]), '
+              '"customer", "/", "hashed_api_key", "end_user")')
+    return f'sum by (customer) (label_replace({joined}, "customer", "$1", "customer", "/(.+)"))'
+
+
+def _customer_matchers(customer: str | None) -> tuple[tuple[str, str | None], ...]:
+    """One caller's series: ``KEYHASH/END_USER`` is that key's end user; a plain id is an
+    end user as the source names it (the sandbox's ``user``)."""
+    if customer and "/" in customer:
+        key, end_user = customer.split("/", 1)
+        return (("hashed_api_key", key), ("end_user", end_user))
+    return (("end_user", customer),)
 
 
 def budget_labels(name: str, b: Budget) -> dict[str, str]:
@@ -330,12 +344,15 @@ def _budget_test(name: str, b: Budget) -> dict[str, Any]:
     assert limit is not None
     annotations = budget_annotations(name, b, limit, window, quote=str, customer="c1")
     if b.per_customer:
-        # Two callers: the one over its budget is named; the one at a tenth is not.
+        # Two callers: the one over its budget is named; the one at a fifteenth is not,
+        # nor is another key's end user of the same name (a caller of its own).
         series = [(labels | {"end_user": "c1"}, per_minute), (labels | {"end_user": "c2"},
-                                                             per_minute / 15)]
+                                                             per_minute / 15),
+                  (labels | {"hashed_api_key": "k1", "end_user": "c1"}, per_minute / 15)]
         expected = expected | {"customer": "c1"}
     else:
-        series = [(labels | ({"end_user": b.customer} if b.customer else {}), per_minute)]
+        series = [(labels | {k: v for k, v in _customer_matchers(b.customer) if v},
+                   per_minute)]
     return {"interval": "1m",
             "input_series": [{"series": _series_text("litellm_spend_metric_total", ls),
                               "values": f"0+{rate:g}x180"} for ls, rate in series],
