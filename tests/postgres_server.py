@@ -46,7 +46,7 @@ def _free_port() -> int:
 class PostgresServer:
     """One throwaway cluster; ``new_database()`` hands out empty databases."""
 
-    def __init__(self, *, durable: bool = False) -> None:
+    def __init__(self, *, durable: bool = False, listen: str = "127.0.0.1") -> None:
         initdb, pg_ctl = postgres_bin("initdb"), postgres_bin("pg_ctl")
         self.dir = Path(tempfile.mkdtemp(prefix="llm-incident-pg-"))
         self.data = self.dir / "data"
@@ -61,7 +61,7 @@ class PostgresServer:
                    "--no-sync"])
         # fsync off for tests: a cluster thrown away after the session. Benchmarks ask
         # for a durable one (every commit on disk, as SQLite's synchronous=FULL).
-        options = (f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 "
+        options = (f"-p {self.port} -k {self.dir} -c listen_addresses={listen} "
                    "-c max_connections=300")
         if not durable:
             options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"

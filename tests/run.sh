@@ -21,6 +21,8 @@ command -v redis-server >/dev/null || need_apt+=(redis-server)
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need_apt+=(postgresql)
 # The replica chaos tests run one replica on a shifted clock (LD_PRELOAD libfaketime).
 compgen -G "/usr/lib/*/faketime/libfaketimeMT.so.1" >/dev/null || need_apt+=(faketime libfaketime)
+# ...and cut one replica off from Postgres on the loopback (iptables DROP rules).
+command -v iptables >/dev/null || need_apt+=(iptables)
 # Headless Chromium for the web console's browser tests (driven by playwright).
 command -v chromium >/dev/null || need_apt+=(chromium)
 if ((${#need_apt[@]})); then

@@ -46,9 +46,11 @@ class ChaosCluster(Cluster):
     """``Cluster`` with a clock offset per slot (``skew={1: "+30s"}``) and a fast poll."""
 
     def __init__(self, tmp: Path, db_url: str, routes: list[str], *, ttl: int,
-                 skew: dict[int, str] | None = None, lease: float = LEASE) -> None:
+                 skew: dict[int, str] | None = None, lease: float = LEASE,
+                 db_urls: dict[int, str] | None = None) -> None:
         super().__init__(tmp, db_url, routes, lease=lease, ttl=ttl)
         self.skew = skew or {}
+        self.db_urls = db_urls or {}  # a slot reaching the database by another address
         self.env["LLM_INCIDENT_POLL_INTERVAL"] = "1s"
 
     def start(self, slot: int) -> None:
@@ -57,6 +59,8 @@ class ChaosCluster(Cluster):
             # The whole process sees the shifted clock: time(), datetime, monotonic.
             self.env = base | {"FAKETIME": self.skew[slot], "LD_PRELOAD": faketime_library(),
                                "FAKETIME_DONT_RESET": "1"}
+        if slot in self.db_urls:
+            self.env = self.env | {"LLM_INCIDENT_DB": self.db_urls[slot]}
         try:
             super().start(slot)
         finally:
@@ -220,3 +224,45 @@ def assert_not_stuck(cluster: ChaosCluster, *, within: float = 30.0) -> None:
              timeout=within, interval=0.5)
     poll(lambda: cluster.holder() is not None, what="a leader holding a live lease",
          timeout=within)
+
+
+#: The database's second loopback address: whoever connects to it is partitioned.
+PARTITION_HOST = "127.0.0.2"
+
+
+@contextmanager
+def partitioned(server_port: int) -> Iterator[None]:
+    """Drop every packet to ``PARTITION_HOST:server_port`` and back on the loopback
+    until the block ends: a silent partition (nothing refused, nothing answered) of
+    whoever reaches the database by that address, and of nobody else."""
+    import subprocess
+
+    rules = [["-d", PARTITION_HOST, "-p", "tcp", "--dport", str(server_port)],
+             ["-s", PARTITION_HOST, "-p", "tcp", "--sport", str(server_port)]]
+    tag = ["-m", "comment", "--comment", "llm-incident-chaos"]
+    added = []
+    try:
+        for rule in rules:
+            subprocess.run(["iptables", "-w", "-I", "INPUT", "-i", "lo", *rule, *tag,
+                            "-j", "DROP"], check=True, capture_output=True)
+            added.append(rule)
+        yield
+    finally:
+        for rule in added:
+            subprocess.run(["iptables", "-w", "-D", "INPUT", "-i", "lo", *rule, *tag,
+                            "-j", "DROP"], check=False, capture_output=True)
+
+
+def require_iptables() -> None:
+    """A partition needs iptables and root (CI runs as root; tests/run.sh installs it)."""
+    import shutil
+    import subprocess
+
+    ok = shutil.which("iptables") is not None and os.geteuid() == 0 and subprocess.run(
+        ["iptables", "-w", "-L", "INPUT", "-n"], capture_output=True,
+        check=False).returncode == 0
+    if not ok:
+        message = "the partition test needs iptables and root (Debian package iptables)"
+        if os.environ.get("LLM_INCIDENT_REQUIRE_INTEGRATION") == "1":
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)

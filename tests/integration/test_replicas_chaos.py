@@ -4,7 +4,9 @@ through what freezes a cluster that shares one write lock and one lease.
 - another session holds the write lock past every writer's wait limit;
 - the leader is stopped (SIGSTOP) inside a write transaction, holding that lock;
 - Postgres crashes and restarts while a run is claimed (``applying``);
-- one replica's clock runs 30 s ahead, or 30 s behind (libfaketime).
+- one replica's clock runs 30 s ahead, or 30 s behind (libfaketime);
+- the leader is cut off from Postgres (iptables drops its packets on the loopback)
+  while it holds the write lock inside a transaction.
 
 Each asserts what an on-call engineer needs: no change written twice to the target
 (its own change log), no replica left stuck (every one answers /healthz and takes
@@ -25,12 +27,17 @@ import httpx
 import pytest
 from integration.chaos import (
     LEASE,
+    PARTITION_HOST,
     ChaosCluster,
     assert_no_double_writes,
     assert_not_stuck,
+    backend_holds_write_lock_idle,
+    backend_waiting_for_write_lock,
     db_now,
     lease_row,
+    partitioned,
     probe,
+    require_iptables,
     stop_inside_a_transaction,
     write_lock_held,
 )
@@ -232,3 +239,56 @@ def test_a_replica_whose_clock_is_30s_off_neither_steals_the_lease_nor_reverts_e
 def _run_id(db_url: str, route: str) -> str:
     rows = query(db_url, "SELECT id FROM runs WHERE args LIKE '%%\"" + route + "\"%%'")
     return str(rows[0][0])
+
+
+def test_a_leader_partitioned_from_postgres_inside_a_transaction_is_replaced_in_time(
+        tmp_path: Path):
+    require_iptables()
+    # Its own server, also listening on a second loopback address: the leader reaches
+    # it there, and only that address is cut off.
+    server = PostgresServer(listen=f"127.0.0.1,{PARTITION_HOST}")
+    try:
+        db = server.new_database()
+        cluster = ChaosCluster(tmp_path, db, ["r0"], ttl=8,
+                               db_urls={0: db.replace("127.0.0.1", PARTITION_HOST)})
+        cluster.start(0)
+        assert cluster.leader() == 0
+        cluster.start(1)
+        try:
+            fire(cluster, 0, "r0")
+            assert wait_for_state(db, "r0", "applied", timeout=30) == "applied"
+            _, token, _, _ = lease_row(db)
+            cut = partitioned(server.port)
+            # As with SIGSTOP: the leader's next lease round waits for the lock inside
+            # its transaction; the partition falls then, and the lock is handed to it.
+            with write_lock_held(db):
+                backend = poll(lambda: backend_waiting_for_write_lock(db, cluster.pid(0)),
+                               what="the leader waiting for the write lock", timeout=15,
+                               interval=0.02)
+                cut.__enter__()
+                started = time.monotonic()
+            try:
+                poll(lambda: backend_holds_write_lock_idle(db, backend),
+                     what="the partitioned leader's transaction holding the lock", timeout=5,
+                     interval=0.01)
+                _, _, _, expires_before = lease_row(db)
+                poll(lambda: cluster.holder() == 1, what="the other replica taking the lease",
+                     timeout=LEASE * 4)
+                moved = time.monotonic() - started
+                _, new_token, acquired, _ = lease_row(db)
+                since = (acquired - (expires_before - timedelta(seconds=LEASE))).total_seconds()
+                assert new_token > token and since <= LEASE * 1.25, (new_token, since)
+                assert probe(cluster.url(1)) == 200
+                assert wait_for_state(db, "r0", "reverted", timeout=30) == "reverted"
+                print(f"\nleader partitioned inside a transaction: lease moved {moved:.2f} s "
+                      f"after the cut ({since:.2f} s after its last renewal)")
+            finally:
+                cut.__exit__(None, None, None)
+            # Healed: the cut-off replica reconnects and follows; nothing was doubled.
+            assert_not_stuck(cluster, within=60)
+            assert cluster.holder() == 1
+            assert_no_double_writes(tmp_path)
+        finally:
+            cluster.stop()
+    finally:
+        server.stop()
