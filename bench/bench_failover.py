@@ -1,7 +1,8 @@
 """Failover time with two replicas: the leader killed, hung, or hung inside a write
 transaction -> the new leader's first scheduled action.
 
-Run: ``python bench/bench_failover.py [--trials 50] [--lease 4] [--modes kill,stop,stop-txn]``.
+Run: ``python bench/bench_failover.py [--trials 50] [--lease 4]
+[--modes kill,stop,stop-txn,partition]`` (``partition`` needs root and iptables).
 
 Two `llm-incident serve` replicas on one durable Postgres (started from Debian's
 package, as the tests do), the policy-file target. Each trial fires an alert whose
@@ -9,7 +10,9 @@ playbook applies a cap automatically with a short TTL; just before that TTL fall
 due, the leader is disrupted, the modes in turn: ``kill`` (SIGKILL), ``stop``
 (SIGSTOP), ``stop-txn`` (SIGSTOP while it holds the store's write lock inside a
 transaction: another session holds the lock until the leader's next lease round
-waits on it, then hands it over; see ``tests/integration/chaos.py``). The failover
+waits on it, then hands it over; see ``tests/integration/chaos.py``), ``partition``
+(the same moment, but the leader's packets to Postgres are dropped on the loopback:
+each replica reaches the database by an address of its own). The failover
 time is from that signal to the TTL revert the new leader does (its ``reverted``
 event in the store): the first scheduled action after the leader is gone. Killed,
 the leader's pid is seen dead at the other replica's next lease round (both run on
@@ -28,12 +31,21 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from datetime import datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
-from integration.chaos import ChaosCluster, stop_inside_a_transaction  # noqa: E402
+from integration.chaos import (  # noqa: E402
+    ChaosCluster,
+    backend_holds_write_lock_idle,
+    backend_waiting_for_write_lock,
+    partitioned,
+    stop_inside_a_transaction,
+    write_lock_held,
+)
 from integration.replicas import (  # noqa: E402
     post_alert,
     query,
@@ -41,6 +53,7 @@ from integration.replicas import (  # noqa: E402
     start_alertmanager,
     wait_for_state,
 )
+from integration.services import poll  # noqa: E402
 from postgres_server import PostgresServer  # noqa: E402
 
 from bot.adapters.settings import Settings  # noqa: E402
@@ -65,21 +78,24 @@ def main() -> None:
     unknown = set(modes) - set(MODES)
     if unknown:
         raise SystemExit(f"--modes: unknown {sorted(unknown)}; choose from {', '.join(MODES)}")
-    server = PostgresServer(durable=True)
+    hosts = {0: "127.0.0.2", 1: "127.0.0.3"}  # each replica's own way to the database
+    server = PostgresServer(durable=True, listen=",".join(["127.0.0.1", *hosts.values()]))
     times: dict[str, list[float]] = {m: [] for m in modes}
     with tempfile.TemporaryDirectory(prefix="bench-failover-") as tmp:
         work = Path(tmp)
         db = server.new_database()
         plan = [modes[i % len(modes)] for i in range(args.trials * len(modes))]
         routes = [f"r{i}" for i in range(len(plan))]
-        cluster = ChaosCluster(work, db, routes, lease=args.lease, ttl=TTL)
+        cluster = ChaosCluster(work, db, routes, lease=args.lease, ttl=TTL, db_urls={
+            slot: db.replace("127.0.0.1", host) for slot, host in hosts.items()})
         cluster.env["LLM_INCIDENT_POLL_INTERVAL"] = "15s"  # the deployment default
         cluster.start(0)
         cluster.start(1)
         am = start_alertmanager(work, [cluster.url(0), cluster.url(1)])
         try:
             for trial, (how, route) in enumerate(zip(plan, routes, strict=True)):
-                took = trial_once(cluster, am.url, db, route, how, args.lease)
+                took = trial_once(cluster, am.url, db, route, how, args.lease,
+                                  cut=lambda slot: partitioned(server.port, hosts[slot]))
                 if took is None:
                     print(f"trial {trial:3d} ({how}): the TTL fell due before the leader "
                           "stopped; not counted", flush=True)
@@ -103,11 +119,13 @@ def main() -> None:
 
 MODES = {"kill": "SIGKILL: the dead pid is seen on this machine",
          "stop": "SIGSTOP: hung, so only the lease expiry tells (as across hosts)",
-         "stop-txn": "SIGSTOP inside a write transaction, holding the write lock"}
+         "stop-txn": "SIGSTOP inside a write transaction, holding the write lock",
+         "partition": "cut off from Postgres inside a write transaction"}
 
 
 def trial_once(cluster: ChaosCluster, am_url: str, db: str, route: str, how: str,
-               lease: float) -> float | None:
+               lease: float, *, cut: Callable[[int], AbstractContextManager[None]],
+               ) -> float | None:
     """One disruption of the leader; seconds to the new leader's TTL revert."""
     leader = cluster.leader()
     post_alert(am_url, route)
@@ -116,17 +134,32 @@ def trial_once(cluster: ChaosCluster, am_url: str, db: str, route: str, how: str
     (due,) = query(db, "SELECT m.ttl_due_at FROM mitigations m JOIN runs r "
                    "ON r.id = m.run_id WHERE r.args LIKE '%%\"" + route + "\"%%'")[0]
     # stop-txn needs up to a lease round to catch the leader inside a transaction.
-    early = 0.3 + (lease / 4 + 0.5 if how == "stop-txn" else 0.0)
+    early = 0.3 + (lease / 4 + 0.5 if how in ("stop-txn", "partition") else 0.0)
     time.sleep(max(0.0, datetime.fromisoformat(due).timestamp() - time.time() - early))
+    partition = None
     if how == "stop-txn":
         stop_inside_a_transaction(cluster, leader)
         t0 = time.time()
+    elif how == "partition":
+        partition = cut(leader)
+        with write_lock_held(db):
+            backend = poll(lambda: backend_waiting_for_write_lock(db, cluster.pid(leader)),
+                           what="the leader waiting for the write lock", timeout=15,
+                           interval=0.02)
+            partition.__enter__()
+            t0 = time.time()
+        poll(lambda: backend_holds_write_lock_idle(db, backend), timeout=5, interval=0.01,
+             what="the partitioned leader inside a transaction")
     else:
         t0 = time.time()
         cluster.signal(leader, signal.SIGKILL if how == "kill" else signal.SIGSTOP)
     early_revert = run_state(db, route) != "applied"  # the old leader got to it first
-    if wait_for_state(db, route, "reverted", timeout=lease * 4 + 30) != "reverted":
-        raise SystemExit(f"{route} was never reverted after failover")
+    try:
+        if wait_for_state(db, route, "reverted", timeout=lease * 4 + 30) != "reverted":
+            raise SystemExit(f"{route} was never reverted after failover")
+    finally:
+        if partition is not None:
+            partition.__exit__(None, None, None)
     ((at,),) = query(db, "SELECT e.at FROM events e JOIN runs r ON r.id = e.run_id "
                      "WHERE e.kind = 'reverted' AND r.args LIKE '%%\"" + route + "\"%%'")
     proc = cluster.procs[leader]
@@ -134,7 +167,7 @@ def trial_once(cluster: ChaosCluster, am_url: str, db: str, route: str, how: str
     if how == "kill":
         proc.process.wait()
         cluster.start(leader)
-    else:
+    elif how != "partition":
         cluster.signal(leader, signal.SIGCONT)
     if early_revert:
         return None

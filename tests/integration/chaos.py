@@ -231,14 +231,14 @@ PARTITION_HOST = "127.0.0.2"
 
 
 @contextmanager
-def partitioned(server_port: int) -> Iterator[None]:
-    """Drop every packet to ``PARTITION_HOST:server_port`` and back on the loopback
-    until the block ends: a silent partition (nothing refused, nothing answered) of
-    whoever reaches the database by that address, and of nobody else."""
+def partitioned(server_port: int, host: str = PARTITION_HOST) -> Iterator[None]:
+    """Drop every packet to ``host:server_port`` and back on the loopback until the
+    block ends: a silent partition (nothing refused, nothing answered) of whoever
+    reaches the database by that address, and of nobody else."""
     import subprocess
 
-    rules = [["-d", PARTITION_HOST, "-p", "tcp", "--dport", str(server_port)],
-             ["-s", PARTITION_HOST, "-p", "tcp", "--sport", str(server_port)]]
+    rules = [["-d", host, "-p", "tcp", "--dport", str(server_port)],
+             ["-s", host, "-p", "tcp", "--sport", str(server_port)]]
     tag = ["-m", "comment", "--comment", "llm-incident-chaos"]
     added = []
     try:
