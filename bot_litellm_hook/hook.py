@@ -61,7 +61,9 @@ from pydantic import ValidationError
 from actions.caller_limits import CustomerLimits, CustomerRefused
 from actions.policy import ServingPolicy
 from bot_litellm_hook.identity import CallerIndex, Match, counters, identity_of
+from bot_litellm_hook.metrics import HookMetrics, shared
 from bot_litellm_hook.shared_limits import SharedLimits, describe, proxy_redis
+from bot_litellm_hook.signals import Signals
 
 # The key under ``litellm_settings`` naming the policy file. LiteLLM sets unknown
 # ``litellm_settings`` keys as attributes of the ``litellm`` module, which lets
@@ -199,8 +201,10 @@ class PolicyHook(CustomLogger):
     """The pre-call hook; ``path`` overrides ``litellm_settings.llm_incident_policy_file``."""
 
     def __init__(self, path: str | os.PathLike[str] | None = None, *, seed: int | None = None,
-                 redis: Any | None = None):
+                 redis: Any | None = None, metrics: HookMetrics | None = None):
         super().__init__()
+        self._metrics = metrics  # the families are registered at first use (signals.py)
+        self._signals: Signals | None = None
         self._path = Path(path) if path is not None else None
         self._policy = ServingPolicy()  # the last good policy; empty = enforce nothing
         self._stamp: tuple[int, int, int] | None = None
@@ -352,6 +356,22 @@ class PolicyHook(CustomLogger):
             else:
                 self._callers.record_counters(mine, tokens)
         return response
+
+    def signals(self) -> Signals:
+        if self._signals is None:
+            self._signals = Signals(self._metrics or shared())
+        return self._signals
+
+    async def async_log_success_event(self, kwargs: Any, response_obj: Any, start_time: Any,
+                                      end_time: Any) -> None:
+        """Measure the answer a caller got (once per request, streams assembled)."""
+        self.signals().success(self.current(), kwargs, response_obj, start_time, end_time)
+
+    async def async_post_call_failure_hook(self, request_data: dict, original_exception: Exception,
+                                           user_api_key_dict: Any, traceback_str: Any = None) -> Any:
+        """Count a request that failed after the policy admitted it (overflows apart)."""
+        self.signals().failure(self.current(), request_data, original_exception)
+        return None
 
     async def _admit(self, found: list[Match]) -> None:
         blocked = next((m for m in found if m.limits.blocked), None)
