@@ -6,8 +6,10 @@ hook (hook.py) calls them from LiteLLM's callbacks and metrics.py counts the ver
 
 - :func:`validity`: when the request asked for JSON (``response_format``
   ``json_object`` / ``json_schema``, or ``tools``), whether the answer parses and
-  validates against the schema given. Schemas are checked with ``jsonschema``, a
-  dependency of litellm itself (so nothing new is installed into the proxy).
+  validates against the schema given. Schemas of the common keywords (type,
+  required, properties, items, enum, additionalProperties) are checked by a small
+  checker here; any other schema by ``jsonschema``, a dependency of litellm itself
+  (so nothing new is installed into the proxy).
 - :func:`refused`: ``message.refusal``, ``finish_reason: content_filter``, or the
   content matching one of a short list of refusal patterns.
 - :func:`safety_flagged`: ``finish_reason: content_filter`` or a configured
@@ -69,12 +71,68 @@ def requested_schema(params: Mapping[str, Any]) -> tuple[str, Any] | None:
     return None
 
 
+# The keywords the small checker below knows; a schema using any other goes to jsonschema.
+SIMPLE_KEYWORDS = frozenset({"type", "required", "properties", "items", "enum",
+                             "additionalProperties", "description", "title", "$schema"})
+_TYPES: dict[str, Any] = {
+    "object": lambda v: isinstance(v, dict), "array": lambda v: isinstance(v, list),
+    "string": lambda v: isinstance(v, str), "boolean": lambda v: isinstance(v, bool),
+    "null": lambda v: v is None,
+    "number": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
+    "integer": lambda v: (isinstance(v, int) and not isinstance(v, bool))
+    or (isinstance(v, float) and v.is_integer()),
+}
+
+
+def _simple(schema: Any) -> bool:
+    """Whether the small checker covers ``schema`` exactly (all of it, nested too)."""
+    if not isinstance(schema, dict) or not SIMPLE_KEYWORDS.issuperset(schema):
+        return False
+    kind = schema.get("type")
+    kinds = kind if isinstance(kind, list) else [kind] if kind is not None else []
+    if not all(k in _TYPES for k in kinds):
+        return False
+    extra = schema.get("additionalProperties", False)
+    props = schema.get("properties", {})
+    items = schema.get("items", {})
+    return (isinstance(extra, bool) and isinstance(props, dict)
+            and all(_simple(p) for p in props.values())
+            and isinstance(schema.get("required", []), list)
+            and isinstance(schema.get("enum", []), list)
+            and (items == {} or _simple(items)))
+
+
+def _check(value: Any, schema: dict[str, Any]) -> bool:
+    kind = schema.get("type")
+    if kind is not None and not any(_TYPES[k](value) for k in
+                                    (kind if isinstance(kind, list) else [kind])):
+        return False
+    if "enum" in schema and value not in schema["enum"]:
+        return False
+    if isinstance(value, dict):
+        props = schema.get("properties", {})
+        if any(r not in value for r in schema.get("required", [])):
+            return False
+        if schema.get("additionalProperties", True) is False and any(k not in props
+                                                                      for k in value):
+            return False
+        return all(_check(v, props[k]) for k, v in value.items() if k in props)
+    if isinstance(value, list) and schema.get("items"):
+        return all(_check(v, schema["items"]) for v in value)
+    return True
+
+
 @functools.lru_cache(maxsize=256)
 def _validator(schema_json: str) -> Any:
     # Building a validator walks the schema; a route's schema repeats on every request.
+    # The common shapes (type/required/properties/items/enum) get the small checker,
+    # 15x faster than jsonschema's on a 2 KB answer (bench/bench_hook_metrics.py).
     schema = json.loads(schema_json)
+    if _simple(schema):
+        return lambda value: _check(value, schema)
     cls = jsonschema.validators.validator_for(schema)
-    return cls(schema)
+    cls.check_schema(schema)
+    return cls(schema).is_valid
 
 
 def _valid_against(value: Any, schema: Any) -> bool:
@@ -85,7 +143,7 @@ def _valid_against(value: Any, schema: Any) -> bool:
         validator = _validator(key)
     except (TypeError, ValueError, jsonschema.SchemaError):
         return True  # a schema we cannot use is the caller's problem, not the answer's
-    return bool(validator.is_valid(value))
+    return bool(validator(value))
 
 
 def _message(response: Any) -> tuple[Any, str | None]:

@@ -9,13 +9,14 @@ Names and labels are the practice gateway's (drills/sandbox/metrics.py): the
 shipped rules (``sum by (route, prompt_version)``) and the release judge
 (``route``/``prompt_version``/``model`` matchers, summed) read them unchanged. Two
 labels are added, which both sum away: ``role`` (``canary``/``baseline``) and, on
-counters only, ``customer`` (a policy ``customers`` key; empty otherwise).
+``llm_app_responses`` and its quality verdicts (invalid, refusals, safety flags,
+context overflow), ``customer`` (a policy ``customers`` key; empty otherwise).
 
 Every label value is bounded by the policy, never by the caller: routes the policy
 lists (else ``other``), models that are policy routes or the asked route (else
-``other``), prompt versions the policy names now or named lately (at most
-``MAX_OLD_VERSIONS`` of those, else ``other``), customers the policy lists (at most
-``MAX_CUSTOMERS``, the rest ``other``).
+``other``), prompt versions the policy names for the route now or named lately (at
+most ``MAX_OLD_VERSIONS`` of those per route, else ``other``), customers the policy
+lists (at most ``MAX_CUSTOMERS``, the rest ``other``).
 """
 
 from __future__ import annotations
@@ -48,31 +49,39 @@ COUNTED = [*VERSION, "customer"]
 
 
 class Labels:
-    """Folds what a request says into bounded label values, from the policy in force."""
+    """Folds what a request says into bounded label values, from the policy in force.
+
+    A prompt version is kept for a route only if the policy names it for that route
+    (its version, its canary's) or named it lately (the last ``MAX_OLD_VERSIONS``), so
+    a caller naming another route's version gets ``other`` too."""
 
     def __init__(self) -> None:
         self._policy: ServingPolicy | None = None
-        self._current: set[str] = set()
-        self._old: OrderedDict[str, None] = OrderedDict()
+        self._current: dict[str, set[str]] = {}
+        self._old: dict[str, OrderedDict[str, None]] = {}
         self._customers: set[str] = set()
 
     def update(self, policy: ServingPolicy) -> None:
         if policy is self._policy:
             return
-        names: set[str] = set()
-        for rp in policy.routes.values():
+        current: dict[str, set[str]] = {}
+        for route, rp in policy.routes.items():
+            names = current[route] = set()
             if rp.prompt_version:
                 names.add(rp.prompt_version)
             if rp.canary is not None and rp.canary.prompt_version:
                 names.add(rp.canary.prompt_version)
-        for gone in self._current - names:  # versions the policy stopped naming
-            self._old[gone] = None
-            self._old.move_to_end(gone)
-        for back in names:
-            self._old.pop(back, None)
-        while len(self._old) > MAX_OLD_VERSIONS:
-            self._old.popitem(last=False)
-        self._current = names
+            old = self._old.setdefault(route, OrderedDict())
+            for gone in self._current.get(route, set()) - names:  # no longer named
+                old[gone] = None
+                old.move_to_end(gone)
+            for back in names:
+                old.pop(back, None)
+            while len(old) > MAX_OLD_VERSIONS:
+                old.popitem(last=False)
+        for dropped in set(self._old) - set(current):
+            del self._old[dropped]
+        self._current = current
         self._customers = set(sorted(policy.customers)[:MAX_CUSTOMERS])
         self._policy = policy
 
@@ -85,10 +94,11 @@ class Labels:
             return name
         return OTHER
 
-    def prompt_version(self, name: object) -> str:
+    def prompt_version(self, name: object, route: str) -> str:
         if name is None or name == "":
             return ""
-        if isinstance(name, str) and (name in self._current or name in self._old):
+        if isinstance(name, str) and (name in self._current.get(route, ())
+                                      or name in self._old.get(route, ())):
             return name
         return OTHER
 
@@ -104,13 +114,17 @@ class HookMetrics:
     def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
         r = registry
 
-        def counter(name: str, doc: str) -> Counter:
-            return Counter(name, doc, COUNTED, registry=r)
+        def counter(name: str, doc: str, labels: list[str] = COUNTED) -> Counter:
+            return Counter(name, doc, labels, registry=r)
 
+        # ``customer`` only on the answers and the quality verdicts on them (what tells
+        # one caller's bad traffic from the route's); the rest per version only.
         self.responses = counter("llm_app_responses", "Completions returned to callers")
         self.requests = counter("llm_app_requests",
-                                "Requests served or failed, by the version that took them")
-        self.errors = counter("llm_app_errors", "Requests that failed after a version took them")
+                                "Requests served or failed, by the version that took them",
+                                VERSION)
+        self.errors = counter("llm_app_errors", "Requests that failed after a version took them",
+                              VERSION)
         self.invalid = counter("llm_app_output_invalid",
                                "Responses that failed the requested JSON output or its schema")
         self.refusals = counter("llm_app_refusals", "Responses that refused")
@@ -121,9 +135,10 @@ class HookMetrics:
             "llm_app_context_overflow",
             "Requests rejected because input plus output exceed the context window")
         self.fallbacks = counter("llm_app_fallback_responses",
-                                 "Responses a fallback route served (by the route asked for)")
+                                 "Responses a fallback route served (by the route asked for)",
+                                 VERSION)
         self.misrouted = counter("llm_app_misrouted",
-                                 "Responses served by a model the policy did not pick")
+                                 "Responses served by a model the policy did not pick", VERSION)
         self.output_tokens = Histogram(
             "llm_app_output_tokens", "Output tokens per completion, by version", VERSION,
             buckets=TOKEN_BUCKETS, registry=r)

@@ -67,7 +67,7 @@ class Signals:
         chosen = ours.get("model") or ours.get("route") or served
         model = lb.model(served if served is not None else chosen, route)
         role = "canary" if ours.get("reason") == "canary" else "baseline"
-        pv = lb.prompt_version(meta.get("prompt_version"))
+        pv = lb.prompt_version(meta.get("prompt_version"), route)
         return (route, model, pv, role), lb.customer(ours.get("customer")), str(chosen), ours
 
     def success(self, policy: ServingPolicy, kwargs: Mapping[str, Any], response: Any,
@@ -100,7 +100,7 @@ class Signals:
             return  # not a caller's request (a health check, a background call)
         version, customer, chosen, _ = self._version(meta, served)
         m, counted = self.metrics, (*version, customer)
-        m.requests.labels(*counted).inc()
+        m.requests.labels(*version).inc()
         m.responses.labels(*counted).inc()
         params = kwargs.get("optional_params") or slo.get("model_parameters") or {}
         if measure.validity(params, response) is False:
@@ -112,9 +112,9 @@ class Signals:
         if isinstance(served, str) and served != chosen:
             depth = lp.get("fallback_depth") or kwargs.get("fallback_depth") or 0
             if depth or served in _router_fallbacks(chosen):
-                m.fallbacks.labels(*counted).inc()
+                m.fallbacks.labels(*version).inc()
             else:
-                m.misrouted.labels(*counted).inc()
+                m.misrouted.labels(*version).inc()
         tokens = measure.output_tokens(response)
         if tokens is not None:
             m.output_tokens.labels(*version).observe(tokens)
@@ -137,7 +137,7 @@ class Signals:
         version, customer, _, _ = self._version(meta, asked)
         counted = (*version, customer)
         m = self.metrics
-        m.requests.labels(*counted).inc()
-        m.errors.labels(*counted).inc()
+        m.requests.labels(*version).inc()
+        m.errors.labels(*version).inc()
         if measure.failure_kind(exc) == "context_overflow":
             m.context_overflow.labels(*counted).inc()

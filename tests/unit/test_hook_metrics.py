@@ -179,6 +179,13 @@ def test_unbounded_label_values_fold_to_other() -> None:
     assert value(reg, "llm_app_responses_total") == 50
 
 
+def test_another_routes_prompt_version_is_other_on_this_route() -> None:
+    reg = CollectorRegistry()
+    sig = Signals(HookMetrics(reg))
+    sig.success(POLICY, kwargs_for("chat-small", "chat-small", "v2"), reply(), T0, T0)
+    assert label_values(reg, "llm_app_responses_total", "prompt_version") == {OTHER}
+
+
 def test_old_prompt_versions_keep_their_label_up_to_a_cap() -> None:
     reg = CollectorRegistry()
     sig = Signals(HookMetrics(reg))
@@ -228,3 +235,24 @@ def test_the_hook_measures_through_its_litellm_callbacks(tmp_path: Any) -> None:
         litellm.ModelResponse(choices=[{"message": {"content": "ok"}}]), T0, T0))
     assert value(reg, "llm_app_context_overflow_total", route="chat-small") == 1
     assert value(reg, "llm_app_responses_total", route="chat-small", model="chat-small") == 1
+
+
+@pytest.mark.parametrize("schema", [
+    SCHEMA,
+    {"type": "object", "properties": {"n": {"type": "integer"}, "tags": {
+        "type": "array", "items": {"type": "string", "enum": ["a", "b"]}}},
+     "additionalProperties": False},
+    {"type": "object", "properties": {"n": {"type": "number", "minimum": 3}}},  # jsonschema's
+])
+@pytest.mark.parametrize("value", [
+    {"answer": "x"}, {"answer": 1}, {}, [], {"n": 1}, {"n": 1.0}, {"n": True}, {"n": 2.5},
+    {"tags": ["a", "c"]}, {"tags": ["a"]}, {"extra": 1}, {"n": "1"},
+])
+def test_the_small_checker_agrees_with_jsonschema(schema: dict[str, Any], value: Any) -> None:
+    import jsonschema
+
+    content = json.dumps(value)
+    params = {"response_format": {"type": "json_schema",
+                                  "json_schema": {"name": "s", "schema": schema}}}
+    expected = jsonschema.Draft202012Validator(schema).is_valid(value)
+    assert measure.validity(params, reply(content)) is expected
