@@ -103,12 +103,15 @@ class Signals:
         m.requests.labels(*version).inc()
         m.responses.labels(*counted).inc()
         params = kwargs.get("optional_params") or slo.get("model_parameters") or {}
-        if measure.validity(params, response) is False:
-            m.invalid.labels(*counted).inc()
-        if measure.refused(response, self.refusal_patterns):
+        refused = measure.refused(response, self.refusal_patterns)
+        flagged = measure.safety_flagged(response, slo.get("guardrail_information"))
+        if refused:
             m.refusals.labels(*counted).inc()
-        if measure.safety_flagged(response, slo.get("guardrail_information")):
+        if flagged:
             m.safety_flags.labels(*counted).inc()
+        # A refusal is no JSON either; counted once, as what it is (one fault, one page).
+        if not (refused or flagged) and measure.validity(params, response) is False:
+            m.invalid.labels(*counted).inc()
         if isinstance(served, str) and served != chosen:
             depth = lp.get("fallback_depth") or kwargs.get("fallback_depth") or 0
             if depth or served in _router_fallbacks(chosen):

@@ -139,6 +139,16 @@ def test_each_response_is_counted_with_its_version_labels() -> None:
     assert value(reg, "llm_app_request_latency_seconds_sum", **labels) == pytest.approx(1.2)
 
 
+def test_a_refusal_in_json_mode_is_a_refusal_not_malformed_output() -> None:
+    reg = CollectorRegistry()
+    Signals(HookMetrics(reg)).success(
+        POLICY, kwargs_for("chat", "chat", "v1",
+                           optional_params={"response_format": {"type": "json_object"}}),
+        reply("I'm sorry, but I can't help with that."), T0, T0)
+    assert value(reg, "llm_app_refusals_total") == 1
+    assert value(reg, "llm_app_output_invalid_total") == 0
+
+
 def test_streams_observe_time_to_first_token() -> None:
     reg = CollectorRegistry()
     Signals(HookMetrics(reg)).success(
