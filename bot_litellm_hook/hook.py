@@ -31,6 +31,9 @@ deployment call, those included: it clamps the output again to the tightest of t
 request's cap (route and caller, as decided above) and the cap of the route the
 deployment serves, and refuses a deployment of a route the policy disabled.
 
+Each answer and failed request is also measured on the proxy's ``/metrics`` (signals.py,
+metrics.py; refusal patterns from ``litellm_settings.llm_incident_refusal_patterns``).
+
 ``max_concurrency`` is not enforced here: the LiteLLM driver writes it as the
 deployments' ``max_parallel_requests``, which the router enforces with a 429.
 
@@ -63,7 +66,7 @@ from actions.policy import ServingPolicy
 from bot_litellm_hook.identity import CallerIndex, Match, counters, identity_of
 from bot_litellm_hook.metrics import HookMetrics, shared
 from bot_litellm_hook.shared_limits import SharedLimits, describe, proxy_redis
-from bot_litellm_hook.signals import Signals
+from bot_litellm_hook.signals import PATTERNS_KEY, Signals, refusal_patterns
 
 # The key under ``litellm_settings`` naming the policy file. LiteLLM sets unknown
 # ``litellm_settings`` keys as attributes of the ``litellm`` module, which lets
@@ -359,7 +362,8 @@ class PolicyHook(CustomLogger):
 
     def signals(self) -> Signals:
         if self._signals is None:
-            self._signals = Signals(self._metrics or shared())
+            patterns = refusal_patterns(getattr(litellm, PATTERNS_KEY, None))
+            self._signals = Signals(self._metrics or shared(), patterns)
         return self._signals
 
     async def async_log_success_event(self, kwargs: Any, response_obj: Any, start_time: Any,

@@ -19,6 +19,7 @@ admission.
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from collections.abc import Mapping
 from datetime import datetime
@@ -30,6 +31,24 @@ from bot_litellm_hook.metrics import HookMetrics, Labels
 
 log = logging.getLogger("bot_litellm_hook")
 HOOK_PROVIDER = "llm-incident"  # the llm_provider of the errors the hook raises
+PATTERNS_KEY = "llm_incident_refusal_patterns"  # under litellm_settings: a list of regexes
+
+
+def refusal_patterns(configured: object) -> tuple[str, ...]:
+    """The configured refusal patterns, or the defaults (logged) when they are unusable."""
+    if configured is None:
+        return measure.DEFAULT_REFUSAL_PATTERNS
+    try:
+        if not isinstance(configured, list | tuple) or not all(
+                isinstance(p, str) for p in configured):
+            raise ValueError(f"expected a list of regular expressions, got {configured!r}")
+        patterns = tuple(configured)
+        measure.compile_patterns(patterns)
+        return patterns
+    except (ValueError, re.error) as exc:
+        log.error("litellm_settings.%s: %s; the default refusal patterns are used",
+                  PATTERNS_KEY, exc)
+        return measure.DEFAULT_REFUSAL_PATTERNS
 
 
 def _seconds(t: Any) -> float | None:

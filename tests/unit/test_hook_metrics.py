@@ -68,6 +68,17 @@ def test_refusals_by_field_finish_reason_and_pattern() -> None:
     assert not measure.refused(reply("hello"), patterns=())
 
 
+def test_refusal_patterns_come_from_the_proxy_config_or_the_defaults(
+        caplog: pytest.LogCaptureFixture) -> None:
+    from bot_litellm_hook.signals import refusal_patterns
+
+    assert refusal_patterns(None) == measure.DEFAULT_REFUSAL_PATTERNS
+    assert refusal_patterns(["^nope"]) == ("^nope",)
+    assert refusal_patterns(["(unclosed"]) == measure.DEFAULT_REFUSAL_PATTERNS
+    assert refusal_patterns("^nope") == measure.DEFAULT_REFUSAL_PATTERNS
+    assert "llm_incident_refusal_patterns" in caplog.text
+
+
 def test_content_filter_and_guardrails_are_safety_flags() -> None:
     assert measure.safety_flagged(reply("", "content_filter"))
     assert not measure.safety_flagged(reply("fine"))
