@@ -111,7 +111,8 @@ PROFILES: dict[str, Profile] = {p.name: p for p in (
     Profile(
         "sandbox", "LiteLLM's names with the sandbox's buckets, and the llm_app_* family",
         "drills/sandbox/metrics.py (the default; what drills and the e2e tests speak)",
-        "requested_model", ("llm_app_responses_total",),
+        # Its own family, not llm_app_*: the LiteLLM hook exports that on a real proxy too.
+        "requested_model", ("llm_sandbox_policy_reload_errors_total",),
         ttft=Histogram(("llm_app_time_to_first_token_seconds",), SANDBOX_TTFT, label="route"),
         latency=Histogram(("litellm_request_total_latency_metric",), SANDBOX_LATENCY),
         requests=Counter("litellm_proxy_total_requests_metric_total"),
