@@ -104,12 +104,13 @@ async def main(calls: int) -> None:
               f"({calls} calls)")
 
     # Series: every route x version x listed customer, then unlisted ones (folded).
-    # The worst case: every answer invalid, refused and filtered, every request also
+    # The worst case: answers refused and filtered, others malformed, requests also
     # overflowing once, a third of them misrouted, so every family holds every series.
     bad = litellm.ModelResponse(choices=[{"message": {"content": "I'm sorry, but I can't"},
                                           "finish_reason": "content_filter"}],
                                 usage={"prompt_tokens": 5, "completion_tokens": 3,
                                        "total_tokens": 8})
+    broken = answer('{"cut": ')  # a refusal is not also counted malformed: a call of its own
     asks_json = {"response_format": {"type": "json_object"}}
     overflow = litellm.ContextWindowExceededError(message="too long", model="m",
                                                   llm_provider="openai")
@@ -124,8 +125,9 @@ async def main(calls: int) -> None:
                     if c % 3 == 0:
                         kw["standard_logging_object"]["model_group"] = f"route-{(r + 1) % 50}"
                     sig.success(hook.current(), kw, bad, T0, T0 + timedelta(seconds=1))
+                    sig.success(hook.current(), kw, broken, T0, T0 + timedelta(seconds=1))
                     sig.failure(hook.current(), kw["litellm_params"], overflow)
-                    fed += 2
+                    fed += 3
     # Every exported sample is a series Prometheus stores (``_created`` ones included).
     series = sum(len(m.samples) for m in reg.collect())
     by_family = {m.name: len(m.samples) for m in reg.collect()}
