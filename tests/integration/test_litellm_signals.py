@@ -6,7 +6,7 @@ Four routes of one proxy, each served by a model of a faulty upstream
 ``assist`` refuses (in words or through the content filter), ``summarize`` is
 rejected as too long for its context window, and ``chat`` is healthy. Each faulted
 route must fire its own incident's alert with its prompt version, and the healthy
-route none of them. ``flaky`` is down and falls back (LiteLLM's router) to ``chat``.
+route (half of it a release's canary) none of them. ``flaky`` is down and falls back (LiteLLM's router) to ``chat``.
 """
 
 from __future__ import annotations
@@ -71,8 +71,10 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     workdir = tmp_path_factory.mktemp("litellm-signals")
     upstream = FaultyUpstream(faults={m: f for m, f in ROUTES.values() if f}).start()
     policy = workdir / "serving-policy.yaml"
-    policy.write_text(yaml.safe_dump({"version": 1, "routes": {
-        route: {"prompt_version": f"{route}-v1"} for route in ROUTES}}))
+    routes: dict[str, Any] = {route: {"prompt_version": f"{route}-v1"} for route in ROUTES}
+    # Half of chat's own traffic is a release's canary (the hook applies the policy's split).
+    routes["chat"]["canary"] = {"prompt_version": "chat-v2", "weight": 0.5, "release": "REL-1"}
+    policy.write_text(yaml.safe_dump({"version": 1, "routes": routes}))
     key = "sk-" + secrets.token_hex(16)
     config = workdir / "config.yaml"
     config.write_text(yaml.safe_dump({
@@ -135,8 +137,8 @@ def test_faulted_routes_fire_their_shipped_alerts_and_the_healthy_route_none(rig
 
 
 def test_the_proxy_exports_version_histograms_and_fallbacks(rig: Rig) -> None:
-    resp = rig.chat("chat", json_mode=False, stream=True)
-    assert resp.status_code == 200
+    for _ in range(20):  # both sides of chat's canary split (all on one side: p = 2**-19)
+        assert rig.chat("chat", json_mode=False, stream=True).status_code == 200
     assert rig.chat("flaky").status_code == 200  # served by chat through the router
     text = httpx.get(f"{rig.proxy.url}/metrics/", timeout=10,
                      headers={"Authorization": f"Bearer {rig.proxy.key}"}).text
@@ -146,10 +148,14 @@ def test_the_proxy_exports_version_histograms_and_fallbacks(rig: Rig) -> None:
     def has(prefix: str, *parts: str) -> bool:
         return any(line.startswith(prefix) and all(p in line for p in parts) for line in lines)
 
-    version = ('route="chat"', 'prompt_version="chat-v1"', 'role="baseline"')
-    assert has("llm_app_time_to_first_token_seconds_count", *version), ours
-    assert has("llm_app_output_tokens_count", *version), ours
-    assert has("llm_app_request_latency_seconds_count", *version), ours
+    for version in (('route="chat"', 'prompt_version="chat-v1"', 'role="baseline"'),
+                    ('route="chat"', 'prompt_version="chat-v2"', 'role="canary"')):
+        assert has("llm_app_time_to_first_token_seconds_count", *version), ours
+        assert has("llm_app_output_tokens_count", *version), ours
+        assert has("llm_app_request_latency_seconds_count", *version), ours
+    # The release judge's sides never mix: no canary version served as baseline.
+    assert not has("llm_app_responses_total", 'prompt_version="chat-v2"', 'role="baseline"')
+    assert not has("llm_app_responses_total", 'prompt_version="chat-v1"', 'role="canary"')
     assert has("llm_app_fallback_responses_total", 'route="flaky"', 'model="chat"'), ours
     assert not has("llm_app_misrouted_total", 'route="flaky"')
     assert not has("llm_app_output_invalid_total", 'route="chat"')
