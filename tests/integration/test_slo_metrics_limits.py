@@ -17,13 +17,16 @@ import pytest
 
 pytestmark = pytest.mark.integration
 
-# The CLI in a child that reports its own peak memory (ru_maxrss, KiB) on exit.
-MEASURED = ("import resource, runpy, sys\n"
+# The CLI in a child that reports its own peak memory (KiB) on exit. VmHWM, not
+# ru_maxrss: Linux keeps ru_maxrss across fork and exec, so a child of a big pytest
+# process would report the parent's size.
+MEASURED = ("import runpy, sys\n"
             "try:\n"
             "    runpy.run_module('bot.adapters.cli', run_name='__main__')\n"
             "finally:\n"
-            "    print(f'maxrss_kib={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}',"
-            " file=sys.stderr)\n")
+            "    hwm = next(l.split()[1] for l in open('/proc/self/status')"
+            " if l.startswith('VmHWM:'))\n"
+            "    print(f'maxrss_kib={hwm}', file=sys.stderr)\n")
 
 
 class Page(BaseHTTPRequestHandler):
