@@ -9,14 +9,13 @@ shows the playbook, not only the status line. Nothing here imports a chat API.
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from bot.base.claims import this_process
 from bot.base.errors import StoreError
-from bot.core.messages import Button, Field, Message, Section
+from bot.core.messages import Message, message_to_json
+from bot.core.messages import message_from_json as core_message_from_json
 from bot.store import Store, from_text, to_text
 from bot.store.backend import Db
 
@@ -32,27 +31,12 @@ class ChatMessage:
     updated_at: datetime
 
 
-def message_to_json(msg: Message) -> str:
-    return json.dumps(asdict(msg), sort_keys=True)
-
-
 def message_from_json(text: str) -> Message:
-    """Rebuild a ``Message`` written by ``message_to_json``; StoreError if it is not one."""
+    """The core's reader (one format for the outbox and this table), with this table's hint."""
     try:
-        d: dict[str, Any] = json.loads(text)
-        sections = tuple(
-            Section(s["text"], s.get("title"), tuple(Field(f["label"], f["value"])
-                                                    for f in s.get("fields", ())))
-            for s in d.get("sections", ())
-        )
-        buttons = tuple(Button(b["action"], b["label"], b["value"], b.get("style"))
-                        for b in d.get("buttons", ()))
-        return Message(d["kind"], d.get("incident_id"), d["title"], d["text"],
-                       severity=d.get("severity"), sections=sections, buttons=buttons,
-                       is_drill=bool(d.get("is_drill", False)),
-                       closes=bool(d.get("closes", False)))
-    except (ValueError, KeyError, TypeError) as exc:
-        raise StoreError(f"a stored chat message is not readable: {exc!r}",
+        return core_message_from_json(text)
+    except StoreError as exc:
+        raise StoreError(f"a stored chat message is not readable: {exc.__cause__!r}",
                          hint="the chat_messages row is damaged; delete it to post afresh") from exc
 
 
