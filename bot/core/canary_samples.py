@@ -89,6 +89,10 @@ async def collect(histogram: HistogramSource, count: CountSource, canary: Versio
         if n is None:
             return None
         hits = await count(counted, v) or 0.0  # no series: none counted
+        # increase() extrapolates each series on its own, so a counter that counted
+        # every request (a canary whose answers all fail to parse) can read a hair
+        # over its total: a share is never outside 0..1.
+        hits = min(max(hits, 0.0), n)
         return Ratio(n - hits if complement else hits, n)
 
     out: dict[str, tuple[Sample, Sample]] = {}

@@ -9,6 +9,10 @@
 - ``overflow``: a 400 ``context_length_exceeded``, as OpenAI answers a too-long request;
 - ``down``: a 500 (for LiteLLM's router fallbacks).
 
+``bad_versions`` names prompt versions whose every answer is that cut-off JSON, on
+any model: the hook passes the version it chose on as the ``x-prompt-version``
+header, so a release's canary version can break while its baseline stays healthy.
+
 A healthy model answers a JSON-mode request (``response_format``) with a JSON object,
 and a ``stream`` request as server-sent events, its first chunk after
 ``FIRST_TOKEN_S`` (so the proxy's time to first token has something to measure).
@@ -44,6 +48,7 @@ def completion(model: str, content: str | None, finish: str = "stop") -> dict[st
 @dataclass
 class FaultyUpstream(StubUpstream):
     faults: dict[str, str] = field(default_factory=dict)  # upstream model -> fault kind
+    bad_versions: set[str] = field(default_factory=set)  # x-prompt-version -> broken JSON
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -53,6 +58,8 @@ class FaultyUpstream(StubUpstream):
     def answer(self, body: dict[str, Any], headers: dict[str, str]) -> tuple[int, dict[str, Any]]:
         model = str(body.get("model", ""))
         fault = self.faults.get(model)
+        if headers.get("x-prompt-version") in self.bad_versions:
+            fault = "malformed"
         if fault == "overflow":
             return 400, {"error": {
                 "message": "This model's maximum context length is 8192 tokens. However, "
@@ -79,7 +86,8 @@ class FaultyUpstream(StubUpstream):
                 raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 body = json.loads(raw or b"{}")
                 if not body.get("stream"):
-                    self._send(*self.server.stub.answer(body, {}))  # type: ignore[attr-defined]
+                    headers = {k.lower(): v for k, v in self.headers.items()}
+                    self._send(*self.server.stub.answer(body, headers))  # type: ignore[attr-defined]
                     return
                 self.send_response(200)
                 self.send_header("Content-Type", "text/event-stream")
