@@ -24,6 +24,7 @@ it is at send time, not as it was at queue time.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from datetime import timedelta
 from typing import TYPE_CHECKING
@@ -117,9 +118,19 @@ def _newest_updates(items: list[OutboxItem]) -> dict[str, int]:
     """Per incident, the last queued update message among ``items``."""
     out: dict[str, int] = {}
     for item in items:
-        if item.kind == "message" and item.payload and '"kind": "update"' in item.payload:
+        if item.kind == "message" and _message_kind(item.payload) == "update":
             out[item.incident_id] = item.id
     return out
+
+
+def _message_kind(payload: str | None) -> str | None:
+    """The queued message's kind, read from its JSON (not found by a substring, which
+    would depend on how the JSON was spaced); None for a payload that is not one."""
+    try:
+        kind = json.loads(payload or "").get("kind")
+    except (ValueError, AttributeError):
+        return None
+    return kind if isinstance(kind, str) else None
 
 
 async def _do(engine: Engine, item: OutboxItem, newest: dict[str, int]) -> None:
